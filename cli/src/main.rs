@@ -1,0 +1,33 @@
+//! `chatpipe`: the one binary. Each subcommand is one role; the binary only parses
+//! arguments, sets up tracing and hands over to the role's library `run(config, shutdown)`.
+//! Errors are printed once with their chain and the process exits non-zero.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// chatpipe: a streaming pipeline for chat events (ingest → Kafka → processor → HBase).
+#[derive(Parser, Debug)]
+#[command(name = "chatpipe", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    log: chatpipe_common::telemetry::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve HBase's Thrift1 API from an embedded store (dev and tests).
+    HbaseEmulator(chatpipe_hbase_emulator::Config),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    chatpipe_common::telemetry::init(&cli.log)?;
+    let shutdown = chatpipe_common::shutdown::signal();
+    match cli.command {
+        Command::HbaseEmulator(cfg) => chatpipe_hbase_emulator::run(cfg, shutdown).await?,
+    }
+    Ok(())
+}
