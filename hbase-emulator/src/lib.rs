@@ -1,0 +1,125 @@
+//! `chatpipe-hbase-emulator`: our own server of HBase's **Thrift1** interface, for dev and
+//! tests where HBase cannot be installed — the role Google's Bigtable emulator plays for
+//! Bigtable. Code tested against it should work unchanged against `hbase thrift start`.
+//!
+//! It serves the generated `HbaseSyncProcessor` of the `hbase-thrift` crate over the binary
+//! protocol and buffered transport (HBase's defaults; `--compact`, `--framed` switch), and
+//! keeps tables, cells, versions and delete markers in an embedded redb file.
+//!
+//! # Guarantees
+//!
+//! * **Durability**: a write acknowledged to a client is committed to disk (one redb write
+//!   transaction with `Durability::Immediate`, i.e. fsync, per Thrift call, committed before
+//!   the reply is sent), so it survives a kill -9 and a restart on the same `--data-dir`.
+//!   A call's writes are atomic: a batch naming an unknown family writes nothing (HBase may
+//!   apply part of such a batch).
+//! * **Semantics as HBase has them**: see `store.rs` (versions, `maxVersions`, TTL, delete
+//!   markers that mask older puts, 8-byte big-endian counters, bytewise row order) and
+//!   `handler.rs` (how each Thrift method maps, which exception it raises). Methods not
+//!   implemented (`getRegionInfo`, `grant`, `revoke`) answer an `IOError` naming the method.
+//! * **Failure**: bad input never panics the server and never takes it down: lengths are
+//!   bounded before anything is allocated (`protocol.rs`), a connection that sends garbage
+//!   or a cut frame is closed, and the others go on (`server.rs`).
+//!
+//! # Layout
+//!
+//! * `config.rs` — [`Config`], the `chatpipe hbase-emulator` flags (env `CHATPIPE_HBASE_EMULATOR_*`);
+//! * `keys.rs` — the order-preserving key codec of the store;
+//! * `store.rs` — storage and HBase semantics, no Thrift (unit-tested);
+//! * `filter.rs` — the supported subset of HBase's filter language (`PrefixFilter`, …);
+//! * `regions.rs` — region boundaries, salt pre-splits ([`SALT_BUCKETS`]);
+//! * `scanner.rs` — open scanners;
+//! * `handler.rs` — the `HbaseSyncHandler` implementation;
+//! * `protocol.rs` — transports and bounded protocols;
+//! * `server.rs` — listener, connection threads, shutdown.
+//!
+//! # Use
+//!
+//! From the binary: `chatpipe hbase-emulator --listen 127.0.0.1:9090 --data-dir DIR`
+//! (or `--in-memory`), which calls [`run`] until the shutdown future resolves.
+//!
+//! In-process (tests of other crates): [`start`] binds (port 0 allowed) and returns an
+//! [`EmulatorHandle`] with the bound address; [`EmulatorHandle::stop`] (or dropping it) closes
+//! every connection and the store, after which the same port and data dir can be started
+//! again — e.g. to test a sink against an HBase outage:
+//!
+//! ```no_run
+//! use chatpipe_hbase_emulator::{start, Config};
+//! # fn main() -> Result<(), chatpipe_hbase_emulator::Error> {
+//! let dir = std::path::PathBuf::from("/tmp/emulator-data");
+//! let emulator = start(Config::on_disk("127.0.0.1:0".parse().unwrap(), &dir))?;
+//! let addr = emulator.local_addr();
+//! // ... write through a Thrift client on `addr` ...
+//! emulator.stop(); // HBase is down
+//! let emulator = start(Config::on_disk(addr, &dir))?; // back, same data
+//! # drop(emulator); Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod filter;
+mod handler;
+mod keys;
+mod protocol;
+mod regions;
+mod scanner;
+mod server;
+mod store;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+pub use config::{Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES};
+pub use error::Error;
+pub use regions::{salt_split_points, SALTED_NAMESPACE, SALT_BUCKETS};
+pub use server::EmulatorHandle;
+
+/// The store file inside `--data-dir`.
+pub const STORE_FILE: &str = "hbase-emulator.redb";
+
+/// Opens the store, binds the listener and starts serving on background threads.
+///
+/// Blocking (it opens and may recover the store file); from async code prefer [`run`] or
+/// call it in `spawn_blocking`.
+pub fn start(config: Config) -> Result<EmulatorHandle, Error> {
+    if config.max_connections == 0 {
+        return Err(Error::Config("--max-connections must be at least 1".into()));
+    }
+    let store = match (&config.data_dir, config.in_memory) {
+        (_, true) => {
+            store::Store::in_memory().map_err(|source| Error::OpenStore { path: "<memory>".into(), source })?
+        }
+        (Some(dir), false) => {
+            std::fs::create_dir_all(dir).map_err(|source| Error::DataDir { path: dir.clone(), source })?;
+            let path = dir.join(STORE_FILE);
+            store::Store::open(&path).map_err(|source| Error::OpenStore { path, source })?
+        }
+        (None, false) => return Err(Error::Config("either --data-dir or --in-memory is required".into())),
+    };
+    let listener = TcpListener::bind(config.listen).map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let handler = handler::Handler::new(Arc::new(store), config.presplit_salt, addr.ip().to_string(), addr.port());
+    let wire = protocol::WireFormat {
+        framed: config.framed,
+        compact: config.compact,
+        max_message_bytes: config.max_message_bytes,
+    };
+    let handle = server::serve(listener, handler, wire, config.max_connections).map_err(Error::Spawn)?;
+    tracing::info!(
+        addr = %handle.local_addr(),
+        data_dir = ?config.data_dir,
+        in_memory = config.in_memory,
+        framed = config.framed,
+        compact = config.compact,
+        "hbase emulator listening"
+    );
+    Ok(handle)
+}
+
+/// Serves until `shutdown` resolves, then closes every connection and the store.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let handle = tokio::task::spawn_blocking(move || start(config)).await.map_err(|e| Error::Task(e.to_string()))??;
+    shutdown.await;
+    tokio::task::spawn_blocking(move || handle.stop()).await.map_err(|e| Error::Task(e.to_string()))
+}

@@ -1,0 +1,473 @@
+//! The wire side of a connection: buffered or framed transport, binary or compact protocol,
+//! with the bounds the `thrift` crate lacks.
+//!
+//! `thrift` 0.17 allocates whatever a length prefix asks for (`vec![0; len]` for strings,
+//! `Vec::with_capacity(size)` for lists, `resize(frame_size)` for frames), so a few garbage
+//! bytes can abort the process with an allocation failure. [`GuardedInput`] wraps the
+//! crate's input protocols and checks every length before anything is allocated: strings
+//! and binaries up to `max_message_bytes`, containers up to [`MAX_CONTAINER_ELEMENTS`],
+//! frames (read by our own [`FramedReader`]) up to `max_message_bytes`. It also reads the
+//! arguments of an unknown method off the wire (so the reply stays in sync) and records
+//! whether any read failed, so the server closes a connection whose stream is out of step.
+
+use std::cell::RefCell;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::rc::Rc;
+
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol, TFieldIdentifier,
+    TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
+    TStructIdentifier, TType,
+};
+use thrift::{ProtocolError, ProtocolErrorKind};
+
+/// Most elements of one list, set or map in a request.
+pub const MAX_CONTAINER_ELEMENTS: i32 = 1_000_000;
+
+/// The methods of the Thrift1 `Hbase` service (those the generated processor dispatches).
+const KNOWN_METHODS: &[&str] = &[
+    "enableTable",
+    "disableTable",
+    "isTableEnabled",
+    "compact",
+    "majorCompact",
+    "getTableNames",
+    "getTableNamesWithIsTableEnabled",
+    "getColumnDescriptors",
+    "getTableRegions",
+    "createTable",
+    "deleteTable",
+    "get",
+    "getVer",
+    "getVerTs",
+    "getRow",
+    "getRowWithColumns",
+    "getRowTs",
+    "getRowWithColumnsTs",
+    "getRows",
+    "getRowsWithColumns",
+    "getRowsTs",
+    "getRowsWithColumnsTs",
+    "mutateRow",
+    "mutateRowTs",
+    "mutateRows",
+    "mutateRowsTs",
+    "atomicIncrement",
+    "deleteAll",
+    "deleteAllTs",
+    "deleteAllRow",
+    "increment",
+    "incrementRows",
+    "deleteAllRowTs",
+    "scannerOpenWithScan",
+    "scannerOpen",
+    "scannerOpenWithStop",
+    "scannerOpenWithPrefix",
+    "scannerOpenTs",
+    "scannerOpenWithStopTs",
+    "scannerGet",
+    "scannerGetList",
+    "scannerClose",
+    "getRegionInfo",
+    "append",
+    "checkAndPut",
+    "getThriftServerType",
+    "getClusterId",
+    "grant",
+    "revoke",
+];
+
+/// Reads whole frames of the framed transport, refusing sizes outside `1..=max`.
+pub struct FramedReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    pos: usize,
+    max: usize,
+}
+
+impl<R: Read> FramedReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        FramedReader { inner, buf: Vec::new(), pos: 0, max }
+    }
+}
+
+impl<R: Read> Read for FramedReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.pos == self.buf.len() {
+            let mut size = [0u8; 4];
+            self.inner.read_exact(&mut size)?;
+            let size = i32::from_be_bytes(size);
+            let size = usize::try_from(size).ok().filter(|s| *s <= self.max).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("frame size {size} outside 0..={}", self.max))
+            })?;
+            self.buf.clear();
+            self.buf.resize(size, 0);
+            self.inner.read_exact(&mut self.buf)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Buffers one message and writes it as a frame on flush.
+pub struct FramedWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> FramedWriter<W> {
+    pub fn new(inner: W) -> Self {
+        FramedWriter { inner, buf: Vec::with_capacity(4096) }
+    }
+}
+
+impl<W: Write> Write for FramedWriter<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return self.inner.flush();
+        }
+        let size = i32::try_from(self.buf.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "reply too large for a frame"))?;
+        self.inner.write_all(&size.to_be_bytes())?;
+        self.inner.write_all(&self.buf)?;
+        self.buf.clear();
+        if self.buf.capacity() > 1 << 20 {
+            self.buf.shrink_to(4096);
+        }
+        self.inner.flush()
+    }
+}
+
+/// A reader shared by the wrapped protocol and [`GuardedInput`], so both consume one stream.
+#[derive(Clone)]
+struct SharedRead(Rc<RefCell<Box<dyn Read>>>);
+
+impl Read for SharedRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+fn protocol_error(kind: ProtocolErrorKind, message: String) -> thrift::Error {
+    thrift::Error::Protocol(ProtocolError { kind, message })
+}
+
+/// An input protocol that bounds every length it reads. See the module doc.
+pub struct GuardedInput {
+    inner: Box<dyn TInputProtocol>,
+    raw: SharedRead,
+    compact: bool,
+    max_bytes: usize,
+    failed: bool,
+}
+
+impl GuardedInput {
+    /// Whether any read failed (the stream can no longer be trusted).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn track<T>(&mut self, r: thrift::Result<T>) -> thrift::Result<T> {
+        if r.is_err() {
+            self.failed = true;
+        }
+        r
+    }
+
+    fn read_raw_byte(&mut self) -> thrift::Result<u8> {
+        let mut b = [0u8; 1];
+        self.raw.read_exact(&mut b)?;
+        Ok(b[0])
+    }
+
+    fn read_raw_i32(&mut self) -> thrift::Result<i32> {
+        let mut b = [0u8; 4];
+        self.raw.read_exact(&mut b)?;
+        Ok(i32::from_be_bytes(b))
+    }
+
+    fn read_varint_u32(&mut self) -> thrift::Result<u32> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let b = self.read_raw_byte()?;
+            value |= u32::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(protocol_error(ProtocolErrorKind::InvalidData, "varint longer than 5 bytes".into()))
+    }
+
+    fn read_sized(&mut self, len: i64) -> thrift::Result<Vec<u8>> {
+        let len = usize::try_from(len).ok().filter(|l| *l <= self.max_bytes).ok_or_else(|| {
+            protocol_error(ProtocolErrorKind::SizeLimit, format!("binary length {len} outside 0..={}", self.max_bytes))
+        })?;
+        let mut buf = vec![0u8; len];
+        self.raw.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_bytes_unchecked_track(&mut self) -> thrift::Result<Vec<u8>> {
+        let len = if self.compact { i64::from(self.read_varint_u32()?) } else { i64::from(self.read_raw_i32()?) };
+        self.read_sized(len)
+    }
+
+    fn read_message_begin_untracked(&mut self) -> thrift::Result<TMessageIdentifier> {
+        let ident = if self.compact {
+            let id = self.read_raw_byte()?;
+            if id != 0x82 {
+                return Err(protocol_error(
+                    ProtocolErrorKind::BadVersion,
+                    format!("invalid compact protocol header {id:#x}"),
+                ));
+            }
+            let type_and_version = self.read_raw_byte()?;
+            if type_and_version & 0x1F != 1 {
+                return Err(protocol_error(
+                    ProtocolErrorKind::BadVersion,
+                    format!("bad compact protocol version {}", type_and_version & 0x1F),
+                ));
+            }
+            let message_type = TMessageType::try_from(type_and_version >> 5)?;
+            let sequence = self.read_varint_u32()? as i32;
+            let name = String::from_utf8(self.read_bytes_unchecked_track()?)?;
+            TMessageIdentifier::new(name, message_type, sequence)
+        } else {
+            let first = self.read_raw_i32()?;
+            if first < 0 {
+                let [b0, b1, _, t] = first.to_be_bytes();
+                if [b0, b1] != [0x80, 0x01] {
+                    return Err(protocol_error(
+                        ProtocolErrorKind::BadVersion,
+                        format!("bad binary protocol version {first:#x}"),
+                    ));
+                }
+                let message_type = TMessageType::try_from(t)?;
+                let name = String::from_utf8(self.read_bytes_unchecked_track()?)?;
+                let sequence = self.read_raw_i32()?;
+                TMessageIdentifier::new(name, message_type, sequence)
+            } else {
+                // Old, non-strict clients: the name's length comes first.
+                let name = String::from_utf8(self.read_sized(i64::from(first))?)?;
+                let message_type = TMessageType::try_from(self.read_raw_byte()?)?;
+                let sequence = self.read_raw_i32()?;
+                TMessageIdentifier::new(name, message_type, sequence)
+            }
+        };
+        if !KNOWN_METHODS.contains(&ident.name.as_str()) {
+            // The processor answers "unknown method" without reading the arguments; read them
+            // here so that the next request starts where it should.
+            self.skip(TType::Struct)?;
+            self.inner.read_message_end()?;
+        }
+        Ok(ident)
+    }
+
+    fn check_size(&mut self, size: i32, what: &str) -> thrift::Result<()> {
+        if (0..=MAX_CONTAINER_ELEMENTS).contains(&size) {
+            Ok(())
+        } else {
+            self.failed = true;
+            Err(protocol_error(
+                ProtocolErrorKind::SizeLimit,
+                format!("{what} size {size} outside 0..={MAX_CONTAINER_ELEMENTS}"),
+            ))
+        }
+    }
+}
+
+impl TInputProtocol for GuardedInput {
+    fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
+        let r = self.read_message_begin_untracked();
+        self.track(r)
+    }
+    fn read_message_end(&mut self) -> thrift::Result<()> {
+        let r = self.inner.read_message_end();
+        self.track(r)
+    }
+    fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
+        let r = self.inner.read_struct_begin();
+        self.track(r)
+    }
+    fn read_struct_end(&mut self) -> thrift::Result<()> {
+        let r = self.inner.read_struct_end();
+        self.track(r)
+    }
+    fn read_field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
+        let r = self.inner.read_field_begin();
+        self.track(r)
+    }
+    fn read_field_end(&mut self) -> thrift::Result<()> {
+        let r = self.inner.read_field_end();
+        self.track(r)
+    }
+    fn read_bool(&mut self) -> thrift::Result<bool> {
+        let r = self.inner.read_bool();
+        self.track(r)
+    }
+    fn read_bytes(&mut self) -> thrift::Result<Vec<u8>> {
+        let r = self.read_bytes_unchecked_track();
+        self.track(r)
+    }
+    fn read_i8(&mut self) -> thrift::Result<i8> {
+        let r = self.inner.read_i8();
+        self.track(r)
+    }
+    fn read_i16(&mut self) -> thrift::Result<i16> {
+        let r = self.inner.read_i16();
+        self.track(r)
+    }
+    fn read_i32(&mut self) -> thrift::Result<i32> {
+        let r = self.inner.read_i32();
+        self.track(r)
+    }
+    fn read_i64(&mut self) -> thrift::Result<i64> {
+        let r = self.inner.read_i64();
+        self.track(r)
+    }
+    fn read_double(&mut self) -> thrift::Result<f64> {
+        let r = self.inner.read_double();
+        self.track(r)
+    }
+    fn read_string(&mut self) -> thrift::Result<String> {
+        let r = self.read_bytes_unchecked_track().and_then(|b| String::from_utf8(b).map_err(thrift::Error::from));
+        self.track(r)
+    }
+    fn read_list_begin(&mut self) -> thrift::Result<TListIdentifier> {
+        let r = self.inner.read_list_begin();
+        let ident = self.track(r)?;
+        self.check_size(ident.size, "list")?;
+        Ok(ident)
+    }
+    fn read_list_end(&mut self) -> thrift::Result<()> {
+        let r = self.inner.read_list_end();
+        self.track(r)
+    }
+    fn read_set_begin(&mut self) -> thrift::Result<TSetIdentifier> {
+        let r = self.inner.read_set_begin();
+        let ident = self.track(r)?;
+        self.check_size(ident.size, "set")?;
+        Ok(ident)
+    }
+    fn read_set_end(&mut self) -> thrift::Result<()> {
+        let r = self.inner.read_set_end();
+        self.track(r)
+    }
+    fn read_map_begin(&mut self) -> thrift::Result<TMapIdentifier> {
+        let r = self.inner.read_map_begin();
+        let ident = self.track(r)?;
+        self.check_size(ident.size, "map")?;
+        Ok(ident)
+    }
+    fn read_map_end(&mut self) -> thrift::Result<()> {
+        let r = self.inner.read_map_end();
+        self.track(r)
+    }
+    fn read_byte(&mut self) -> thrift::Result<u8> {
+        let r = self.inner.read_byte();
+        self.track(r)
+    }
+}
+
+/// How a connection is spoken.
+#[derive(Debug, Clone, Copy)]
+pub struct WireFormat {
+    pub framed: bool,
+    pub compact: bool,
+    pub max_message_bytes: usize,
+}
+
+/// Builds the input and output protocols of one connection.
+pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInput, Box<dyn TOutputProtocol>)> {
+    let write_half = stream.try_clone()?;
+    let reader: Box<dyn Read> = if wire.framed {
+        Box::new(FramedReader::new(BufReader::with_capacity(64 * 1024, stream), wire.max_message_bytes))
+    } else {
+        Box::new(BufReader::with_capacity(64 * 1024, stream))
+    };
+    let raw = SharedRead(Rc::new(RefCell::new(reader)));
+    let inner: Box<dyn TInputProtocol> = if wire.compact {
+        Box::new(TCompactInputProtocol::new(raw.clone()))
+    } else {
+        Box::new(TBinaryInputProtocol::new(raw.clone(), true))
+    };
+    let input = GuardedInput { inner, raw, compact: wire.compact, max_bytes: wire.max_message_bytes, failed: false };
+    let writer: Box<dyn Write> = if wire.framed {
+        Box::new(FramedWriter::new(BufWriter::with_capacity(64 * 1024, write_half)))
+    } else {
+        Box::new(BufWriter::with_capacity(64 * 1024, write_half))
+    };
+    let output: Box<dyn TOutputProtocol> = if wire.compact {
+        Box::new(TCompactOutputProtocol::new(writer))
+    } else {
+        Box::new(TBinaryOutputProtocol::new(writer, true))
+    };
+    Ok((input, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guarded(bytes: Vec<u8>, compact: bool) -> GuardedInput {
+        let raw = SharedRead(Rc::new(RefCell::new(Box::new(io::Cursor::new(bytes)))));
+        let inner: Box<dyn TInputProtocol> = if compact {
+            Box::new(TCompactInputProtocol::new(raw.clone()))
+        } else {
+            Box::new(TBinaryInputProtocol::new(raw.clone(), true))
+        };
+        GuardedInput { inner, raw, compact, max_bytes: 1024, failed: false }
+    }
+
+    #[test]
+    fn huge_or_negative_lengths_are_refused_before_allocating() {
+        let mut p = guarded(vec![0x7F, 0xFF, 0xFF, 0xFF], false);
+        assert!(p.read_bytes().is_err());
+        assert!(p.failed());
+        let mut p = guarded(vec![0xFF, 0xFF, 0xFF, 0xFF], false);
+        assert!(p.read_bytes().is_err());
+        // list header: element type string (11), size 2^31-1
+        let mut p = guarded(vec![11, 0x7F, 0xFF, 0xFF, 0xFF], false);
+        assert!(p.read_list_begin().is_err());
+        let mut p = guarded(vec![11, 0x80, 0, 0, 0], false);
+        assert!(p.read_list_begin().is_err());
+        // a non-strict message whose name claims 2 GiB
+        let mut p = guarded(vec![0x7F, 0xFF, 0xFF, 0xF0], false);
+        assert!(p.read_message_begin().is_err());
+        let mut p = guarded(vec![0xFF, 0xFF, 0xFF, 0xFF, 0x0F], true);
+        assert!(p.read_bytes().is_err());
+    }
+
+    #[test]
+    fn strings_within_limits_round_trip() {
+        let mut p = guarded(vec![0, 0, 0, 3, b'a', b'b', b'c'], false);
+        assert_eq!(p.read_string().unwrap(), "abc");
+        let mut p = guarded(vec![3, b'x', b'y', b'z'], true);
+        assert_eq!(p.read_bytes().unwrap(), b"xyz");
+        assert!(!p.failed());
+    }
+
+    #[test]
+    fn frames_outside_limits_are_refused() {
+        let mut r = FramedReader::new(io::Cursor::new(vec![0xFF, 0xFF, 0xFF, 0xFF]), 100);
+        assert!(r.read(&mut [0u8; 8]).is_err());
+        let mut r = FramedReader::new(io::Cursor::new(vec![0, 0, 1, 0]), 100);
+        assert!(r.read(&mut [0u8; 8]).is_err());
+        let mut r = FramedReader::new(io::Cursor::new(vec![0, 0, 0, 2, 7, 8]), 100);
+        let mut out = [0u8; 8];
+        assert_eq!(r.read(&mut out).unwrap(), 2);
+        assert_eq!(&out[..2], &[7, 8]);
+    }
+}

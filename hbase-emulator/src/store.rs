@@ -1,0 +1,1344 @@
+//! The storage and the HBase semantics, without Thrift: tables with column families, cells
+//! with versions, delete markers, TTL, counters, row-range scans.
+//!
+//! **Durability.** Every mutating call is one redb write transaction committed with redb's
+//! default `Durability::Immediate` (fsync) before it returns, so a write acknowledged to a
+//! client survives a kill -9. Reads use redb's MVCC snapshots and never block writes.
+//!
+//! **Semantics, as HBase has them.** Rows, families and qualifiers sort bytewise; versions
+//! newest first. A delete is a marker ("every version of this column / family with a
+//! timestamp ≤ T"); it is kept, so it also masks puts with an older timestamp that arrive
+//! later, as in HBase before a major compaction. Puts it masks are removed at once (and a
+//! masked put is not stored), which is what a compaction would do. A family keeps at most
+//! `maxVersions` versions per column (older ones are dropped on write, as a flush or
+//! compaction does); reads never return more. Cells older than the family's TTL are never
+//! returned. Counters are 8-byte big-endian longs.
+//!
+//! Table metadata lives in its own redb table and in an in-memory map guarded by a lock that
+//! data writes hold shared and DDL holds exclusive, so a table cannot vanish under a write.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::filter::Filter;
+use crate::keys::{self, EntryKind};
+
+/// Cells and delete markers, keyed as [`crate::keys`] describes.
+const CELLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cells");
+/// Table name → encoded [`TableMeta`].
+const TABLES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tables");
+/// Named counters (the next table id).
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const NEXT_TABLE_ID: &str = "next_table_id";
+
+/// HBase's `HConstants.FOREVER`: a TTL that never expires.
+pub const TTL_FOREVER: i32 = i32::MAX;
+/// HBase's `HConstants.LATEST_TIMESTAMP`: "the server's current time".
+pub const LATEST_TIMESTAMP: i64 = i64::MAX;
+
+/// Errors of the store; each maps to the exception HBase's Thrift server would raise.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("org.apache.hadoop.hbase.TableNotFoundException: {0}")]
+    TableNotFound(String),
+    #[error("table name already in use: {0}")]
+    TableExists(String),
+    #[error("org.apache.hadoop.hbase.TableNotEnabledException: {0} is disabled")]
+    TableDisabled(String),
+    #[error("org.apache.hadoop.hbase.TableNotDisabledException: {0} is enabled")]
+    TableNotDisabled(String),
+    #[error(
+        "org.apache.hadoop.hbase.regionserver.NoSuchColumnFamilyException: \
+         Column family {family} does not exist in table {table}"
+    )]
+    NoSuchFamily { table: String, family: String },
+    /// A bad argument: maps to Thrift's `IllegalArgument` where the method declares it.
+    #[error("java.lang.IllegalArgumentException: {0}")]
+    IllegalArgument(String),
+    /// A request HBase refuses with a (non-retriable) IOException.
+    #[error("org.apache.hadoop.hbase.DoNotRetryIOException: {0}")]
+    Refused(String),
+    /// The embedded store failed; the operation may be retried.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same request may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StoreError::Storage(_))
+    }
+}
+
+macro_rules! storage_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_error_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A column family's settings, as Thrift1's `ColumnDescriptor` carries them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyDescriptor {
+    /// The family name, without the trailing `:`.
+    pub name: Vec<u8>,
+    pub max_versions: i32,
+    /// Upper-case algorithm name (`NONE`, `GZ`, `SNAPPY`, …): recorded, not applied.
+    pub compression: String,
+    pub in_memory: bool,
+    /// `NONE`, `ROW`, `ROWCOL`, …: recorded, not applied.
+    pub bloom_filter_type: String,
+    pub block_cache_enabled: bool,
+    /// Seconds; [`TTL_FOREVER`] means no expiry.
+    pub time_to_live: i32,
+}
+
+impl FamilyDescriptor {
+    /// A family with Thrift1's defaults (3 versions, no TTL, no compression).
+    pub fn new(name: impl Into<Vec<u8>>) -> Self {
+        FamilyDescriptor {
+            name: name.into(),
+            max_versions: 3,
+            compression: "NONE".into(),
+            in_memory: false,
+            bloom_filter_type: "NONE".into(),
+            block_cache_enabled: false,
+            time_to_live: TTL_FOREVER,
+        }
+    }
+
+    /// Checks the descriptor as HBase's `HColumnDescriptor` does; normalises names.
+    pub fn validate(mut self) -> Result<Self, StoreError> {
+        let bad = |m: String| Err(StoreError::IllegalArgument(m));
+        if self.name.is_empty() {
+            return bad("Column Family name can not be empty".into());
+        }
+        if self.name[0] == b'.' {
+            return bad(format!("Column Family names cannot start with a period: {}", show(&self.name)));
+        }
+        if self.name.iter().any(|&b| b == b':' || b.is_ascii_control()) {
+            return bad(format!(
+                "Column Family names cannot contain control characters or colons: {}",
+                show(&self.name)
+            ));
+        }
+        if self.max_versions <= 0 {
+            return bad(format!("Maximum versions must be positive: {}", self.max_versions));
+        }
+        let compression = self.compression.to_ascii_lowercase();
+        self.compression = match compression.as_str() {
+            "none" | "gz" | "lzo" | "snappy" | "lz4" | "bzip2" | "zstd" | "lzma" | "brotli" => {
+                compression.to_ascii_uppercase()
+            }
+            _ => return bad(format!("Unsupported compression algorithm: {}", self.compression)),
+        };
+        match self.bloom_filter_type.as_str() {
+            "NONE" | "ROW" | "ROWCOL" | "ROWPREFIX_FIXED_LENGTH" | "ROWPREFIX_DELIMITED" => {}
+            other => return bad(format!("No enum constant org.apache.hadoop.hbase.regionserver.BloomType.{other}")),
+        }
+        if self.time_to_live <= 0 {
+            self.time_to_live = TTL_FOREVER;
+        }
+        Ok(self)
+    }
+}
+
+/// A table's descriptor and state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMeta {
+    /// Key prefix of the table's cells; never reused.
+    pub id: u32,
+    pub name: Vec<u8>,
+    /// Sorted by name.
+    pub families: Vec<FamilyDescriptor>,
+    pub enabled: bool,
+    /// The region boundaries reported by `getTableRegions`.
+    pub split_points: Vec<Vec<u8>>,
+    /// Creation time (ms), used as the region id.
+    pub created_ms: i64,
+}
+
+impl TableMeta {
+    pub fn family(&self, name: &[u8]) -> Option<&FamilyDescriptor> {
+        self.families.binary_search_by(|f| f.name.as_slice().cmp(name)).ok().map(|i| &self.families[i])
+    }
+
+    fn require_family(&self, name: &[u8]) -> Result<&FamilyDescriptor, StoreError> {
+        self.family(name).ok_or_else(|| StoreError::NoSuchFamily { table: show(&self.name), family: show(name) })
+    }
+
+    fn require_enabled(&self) -> Result<(), StoreError> {
+        if self.enabled {
+            Ok(())
+        } else {
+            Err(StoreError::TableDisabled(show(&self.name)))
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(128);
+        w.push(1u8); // encoding version
+        w.extend_from_slice(&self.id.to_be_bytes());
+        put_bytes(&mut w, &self.name);
+        w.push(u8::from(self.enabled));
+        w.extend_from_slice(&self.created_ms.to_be_bytes());
+        w.extend_from_slice(&(self.families.len() as u32).to_be_bytes());
+        for f in &self.families {
+            put_bytes(&mut w, &f.name);
+            w.extend_from_slice(&f.max_versions.to_be_bytes());
+            put_bytes(&mut w, f.compression.as_bytes());
+            w.push(u8::from(f.in_memory));
+            put_bytes(&mut w, f.bloom_filter_type.as_bytes());
+            w.push(u8::from(f.block_cache_enabled));
+            w.extend_from_slice(&f.time_to_live.to_be_bytes());
+        }
+        w.extend_from_slice(&(self.split_points.len() as u32).to_be_bytes());
+        for s in &self.split_points {
+            put_bytes(&mut w, s);
+        }
+        w
+    }
+
+    fn decode(bytes: &[u8]) -> Option<TableMeta> {
+        let mut r = Reader(bytes);
+        if r.u8()? != 1 {
+            return None;
+        }
+        let id = r.u32()?;
+        let name = r.bytes()?;
+        let enabled = r.u8()? != 0;
+        let created_ms = r.u64()? as i64;
+        let n = r.u32()?;
+        let mut families = Vec::new();
+        for _ in 0..n {
+            families.push(FamilyDescriptor {
+                name: r.bytes()?,
+                max_versions: r.u32()? as i32,
+                compression: String::from_utf8(r.bytes()?).ok()?,
+                in_memory: r.u8()? != 0,
+                bloom_filter_type: String::from_utf8(r.bytes()?).ok()?,
+                block_cache_enabled: r.u8()? != 0,
+                time_to_live: r.u32()? as i32,
+            });
+        }
+        let n = r.u32()?;
+        let mut split_points = Vec::new();
+        for _ in 0..n {
+            split_points.push(r.bytes()?);
+        }
+        Some(TableMeta { id, name, families, enabled, split_points, created_ms })
+    }
+}
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    w.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    w.extend_from_slice(b);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = self.u32()? as usize;
+        self.take(n).map(<[u8]>::to_vec)
+    }
+}
+
+/// Checks a table name as HBase's `TableName` does: `[namespace:]qualifier`, namespace of
+/// `[A-Za-z0-9_]`, qualifier of `[A-Za-z0-9_.-]` not starting with `.` or `-`.
+pub fn validate_table_name(name: &[u8]) -> Result<(), StoreError> {
+    let bad = |why: &str| Err(StoreError::IllegalArgument(format!("Illegal table name {:?}: {why}", show(name))));
+    let (namespace, qualifier) = match name.iter().position(|&b| b == b':') {
+        Some(i) => (Some(&name[..i]), &name[i + 1..]),
+        None => (None, name),
+    };
+    if let Some(ns) = namespace {
+        if ns.is_empty() || !ns.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+            return bad("namespace must be [A-Za-z0-9_]+");
+        }
+    }
+    if qualifier.is_empty() {
+        return bad("qualifier is empty");
+    }
+    if qualifier[0] == b'.' || qualifier[0] == b'-' {
+        return bad("qualifier must not start with '.' or '-'");
+    }
+    if !qualifier.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        return bad("qualifier must be [A-Za-z0-9_.-]+");
+    }
+    Ok(())
+}
+
+/// One change to a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        family: Vec<u8>,
+        qualifier: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// Every version ≤ ts of one column (HBase `Delete.addColumns`).
+    DeleteColumn {
+        family: Vec<u8>,
+        qualifier: Vec<u8>,
+    },
+    /// Every cell ≤ ts of one family (HBase `Delete.addFamily`).
+    DeleteFamily {
+        family: Vec<u8>,
+    },
+    /// Every cell ≤ ts of the row: a family marker for every family (HBase `new Delete(row)`).
+    DeleteRow,
+}
+
+/// The changes to one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowMutation {
+    pub row: Vec<u8>,
+    pub ops: Vec<Op>,
+}
+
+/// One version of one cell, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    pub family: Vec<u8>,
+    pub qualifier: Vec<u8>,
+    pub ts: i64,
+    pub value: Vec<u8>,
+}
+
+/// A row and its cells (family, qualifier ascending; versions newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowCells {
+    pub row: Vec<u8>,
+    pub cells: Vec<Cell>,
+}
+
+/// A column selector as HBase's `Get.addFamily` / `addColumn` build it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnSel {
+    Family(Vec<u8>),
+    Column(Vec<u8>, Vec<u8>),
+}
+
+/// What a read returns of each row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadSpec {
+    /// Empty: every family.
+    pub columns: Vec<ColumnSel>,
+    /// Only versions with a timestamp strictly below (HBase `setTimeRange(0, ts)`).
+    pub max_ts_exclusive: Option<i64>,
+    /// Versions per column, capped by the family's `maxVersions`.
+    pub versions: u32,
+}
+
+impl Default for ReadSpec {
+    fn default() -> Self {
+        ReadSpec { columns: Vec::new(), max_ts_exclusive: None, versions: 1 }
+    }
+}
+
+/// `columns` resolved as HBase resolves a Get's family map: `None` = the whole family.
+type Selection = BTreeMap<Vec<u8>, Option<BTreeSet<Vec<u8>>>>;
+
+fn resolve_selection(meta: &TableMeta, columns: &[ColumnSel]) -> Result<Selection, StoreError> {
+    let mut sel = Selection::new();
+    for c in columns {
+        match c {
+            ColumnSel::Family(f) => {
+                meta.require_family(f)?;
+                sel.insert(f.clone(), None);
+            }
+            ColumnSel::Column(f, q) => {
+                meta.require_family(f)?;
+                match sel.get_mut(f) {
+                    Some(Some(set)) => {
+                        set.insert(q.clone());
+                    }
+                    _ => {
+                        sel.insert(f.clone(), Some(BTreeSet::from([q.clone()])));
+                    }
+                }
+            }
+        }
+    }
+    Ok(sel)
+}
+
+/// A position in a scan: the key range still to read.
+#[derive(Debug, Clone)]
+pub struct ScanCursor {
+    table_id: u32,
+    table: Vec<u8>,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    reversed: bool,
+    exhausted: bool,
+    rows_returned: u64,
+}
+
+impl ScanCursor {
+    /// Whether the scan has returned its last row.
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted
+    }
+}
+
+/// Parameters of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanSpec {
+    /// Forward: first row (inclusive). Reversed: the highest row (inclusive). Empty: the end.
+    pub start_row: Vec<u8>,
+    /// Forward: end (exclusive). Reversed: the lowest row (exclusive). Empty: the end.
+    pub stop_row: Vec<u8>,
+    pub reversed: bool,
+    pub read: ReadSpec,
+    pub filter: Filter,
+}
+
+/// What [`Store::scan_next`] needs besides the cursor: the validated spec.
+#[derive(Debug, Clone)]
+pub struct PreparedScan {
+    selection: Selection,
+    read: ReadSpec,
+    filter: Filter,
+}
+
+/// The embedded store.
+pub struct Store {
+    db: Database,
+    tables: RwLock<BTreeMap<Vec<u8>, Arc<TableMeta>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("tables", &self.tables.read().len()).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::init(Database::create(path)?)
+    }
+
+    /// A store that lives in memory only (tests).
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Store::init(db)
+    }
+
+    fn init(db: Database) -> Result<Store, StoreError> {
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(CELLS)?;
+            txn.open_table(COUNTERS)?;
+            txn.open_table(TABLES)?;
+        }
+        txn.commit()?;
+        let mut tables = BTreeMap::new();
+        let read = db.begin_read()?;
+        let t = read.open_table(TABLES)?;
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            let meta = TableMeta::decode(v.value())
+                .ok_or_else(|| StoreError::Storage(format!("corrupt descriptor of table {}", show(k.value()))))?;
+            tables.insert(meta.name.clone(), Arc::new(meta));
+        }
+        Ok(Store { db, tables: RwLock::new(tables) })
+    }
+
+    // ---- tables -------------------------------------------------------------------------
+
+    /// The descriptor of a table, enabled or not.
+    pub fn table(&self, name: &[u8]) -> Result<Arc<TableMeta>, StoreError> {
+        self.tables.read().get(name).cloned().ok_or_else(|| StoreError::TableNotFound(show(name)))
+    }
+
+    /// Every table with its enabled flag, sorted by name.
+    pub fn tables(&self) -> Vec<(Vec<u8>, bool)> {
+        self.tables.read().values().map(|m| (m.name.clone(), m.enabled)).collect()
+    }
+
+    /// Creates a table (enabled).
+    pub fn create_table(
+        &self,
+        name: &[u8],
+        families: Vec<FamilyDescriptor>,
+        split_points: Vec<Vec<u8>>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        validate_table_name(name)?;
+        let mut tables = self.tables.write();
+        if tables.contains_key(name) {
+            return Err(StoreError::TableExists(show(name)));
+        }
+        if families.is_empty() {
+            return Err(StoreError::Refused(format!("Table should have at least one column family: {}", show(name))));
+        }
+        let mut by_name: BTreeMap<Vec<u8>, FamilyDescriptor> = BTreeMap::new();
+        for f in families {
+            let f = f.validate()?;
+            if by_name.contains_key(&f.name) {
+                return Err(StoreError::IllegalArgument(format!(
+                    "Family '{}' already exists so cannot be added",
+                    show(&f.name)
+                )));
+            }
+            by_name.insert(f.name.clone(), f);
+        }
+        let txn = self.db.begin_write()?;
+        let meta = {
+            let mut counters = txn.open_table(COUNTERS)?;
+            let id = counters.get(NEXT_TABLE_ID)?.map_or(1, |v| v.value());
+            let id32 = u32::try_from(id).map_err(|_| StoreError::Refused("table ids exhausted".into()))?;
+            counters.insert(NEXT_TABLE_ID, id + 1)?;
+            let meta = TableMeta {
+                id: id32,
+                name: name.to_vec(),
+                families: by_name.into_values().collect(),
+                enabled: true,
+                split_points,
+                created_ms: now,
+            };
+            txn.open_table(TABLES)?.insert(name, meta.encode().as_slice())?;
+            meta
+        };
+        txn.commit()?;
+        tables.insert(name.to_vec(), Arc::new(meta));
+        Ok(())
+    }
+
+    /// Enables or disables a table; HBase refuses to enable an enabled table and vice versa.
+    pub fn set_enabled(&self, name: &[u8], enabled: bool) -> Result<(), StoreError> {
+        let mut tables = self.tables.write();
+        let meta = tables.get(name).ok_or_else(|| StoreError::TableNotFound(show(name)))?;
+        match (meta.enabled, enabled) {
+            (true, true) => return Err(StoreError::TableNotDisabled(show(name))),
+            (false, false) => return Err(StoreError::TableDisabled(show(name))),
+            _ => {}
+        }
+        let mut meta = TableMeta::clone(meta);
+        meta.enabled = enabled;
+        let txn = self.db.begin_write()?;
+        txn.open_table(TABLES)?.insert(name, meta.encode().as_slice())?;
+        txn.commit()?;
+        tables.insert(name.to_vec(), Arc::new(meta));
+        Ok(())
+    }
+
+    /// Deletes a disabled table and all its cells.
+    pub fn delete_table(&self, name: &[u8]) -> Result<(), StoreError> {
+        let mut tables = self.tables.write();
+        let meta = tables.get(name).ok_or_else(|| StoreError::TableNotFound(show(name)))?;
+        if meta.enabled {
+            return Err(StoreError::TableNotDisabled(show(name)));
+        }
+        let start = keys::table_prefix(meta.id);
+        let end = keys::table_end(meta.id);
+        let txn = self.db.begin_write()?;
+        {
+            let mut cells = txn.open_table(CELLS)?;
+            let range: (Bound<&[u8]>, Bound<&[u8]>) =
+                (Bound::Included(start.as_slice()), end.as_ref().map(Vec::as_slice));
+            cells.retain_in::<&[u8], _>(range, |_, _| false)?;
+            txn.open_table(TABLES)?.remove(name)?;
+        }
+        txn.commit()?;
+        tables.remove(name);
+        Ok(())
+    }
+
+    // ---- writes -------------------------------------------------------------------------
+
+    /// Applies mutations to rows of an enabled table in one durable transaction. `ts` is the
+    /// timestamp of every put and the upper bound of every delete; `None` (or
+    /// [`LATEST_TIMESTAMP`]) means `now`. Every family is checked before anything is written:
+    /// a batch naming an unknown family writes nothing.
+    pub fn mutate(&self, table: &[u8], rows: &[RowMutation], ts: Option<i64>, now: i64) -> Result<(), StoreError> {
+        let ts = match ts {
+            None | Some(LATEST_TIMESTAMP) => now,
+            Some(ts) if ts < 0 => {
+                return Err(StoreError::IllegalArgument(format!("Timestamp cannot be negative. ts={ts}")))
+            }
+            Some(ts) => ts,
+        };
+        let tables = self.tables.read();
+        let meta = tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?;
+        meta.require_enabled()?;
+        for rm in rows {
+            for op in &rm.ops {
+                match op {
+                    Op::Put { family, .. } | Op::DeleteColumn { family, .. } | Op::DeleteFamily { family } => {
+                        meta.require_family(family)?;
+                    }
+                    Op::DeleteRow => {}
+                }
+            }
+        }
+        if rows.iter().all(|r| r.ops.is_empty()) {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut cells = txn.open_table(CELLS)?;
+            let mut w = Writer { cells: &mut cells, meta };
+            for rm in rows {
+                for op in &rm.ops {
+                    w.apply(&rm.row, op, ts)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Adds `amount` to the 8-byte big-endian counter of each cell, in one transaction, and
+    /// returns the new values. A missing cell counts as 0; any other width is refused.
+    pub fn increment(
+        &self,
+        table: &[u8],
+        increments: &[(Vec<u8>, Vec<u8>, Vec<u8>, i64)],
+        now: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        self.read_modify_write(table, increments.len(), now, |w, i| {
+            let (row, family, qualifier, amount) = &increments[i];
+            let current = w.latest(row, family, qualifier, now)?;
+            let (old, old_ts) = match current {
+                None => (0, None),
+                Some((ts, value)) => {
+                    let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
+                        StoreError::Refused(format!("Field is not a long, it's {} bytes wide", value.len()))
+                    })?;
+                    (i64::from_be_bytes(bytes), Some(ts))
+                }
+            };
+            let new = old.wrapping_add(*amount);
+            if *amount != 0 || old_ts.is_none() {
+                // Newer than the current version, so the new value is the visible one.
+                let ts = old_ts.map_or(now, |t| now.max(t.saturating_add(1)));
+                w.put(row, family, qualifier, &new.to_be_bytes(), ts)?;
+            }
+            Ok(new)
+        })
+    }
+
+    /// Appends bytes to cells (a missing cell is empty) and returns the new cells.
+    pub fn append(
+        &self,
+        table: &[u8],
+        row: &[u8],
+        columns: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
+        now: i64,
+    ) -> Result<Vec<Cell>, StoreError> {
+        self.read_modify_write(table, columns.len(), now, |w, i| {
+            let (family, qualifier, suffix) = &columns[i];
+            let (value, ts) = match w.latest(row, family, qualifier, now)? {
+                None => (suffix.clone(), now),
+                Some((t, mut v)) => {
+                    v.extend_from_slice(suffix);
+                    (v, now.max(t.saturating_add(1)))
+                }
+            };
+            w.put(row, family, qualifier, &value, ts)?;
+            Ok(Cell { family: family.clone(), qualifier: qualifier.clone(), ts, value })
+        })
+    }
+
+    /// Puts `put` if the newest visible value of the checked column equals `expected`
+    /// (`None`: if the column has no visible value). Returns whether it put.
+    pub fn check_and_put(
+        &self,
+        table: &[u8],
+        row: &[u8],
+        check: (&[u8], &[u8]),
+        expected: Option<&[u8]>,
+        put: (&[u8], &[u8], &[u8]),
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (family, qualifier) = check;
+        let results = self.read_modify_write(table, 1, now, |w, _| {
+            w.meta.require_family(family)?;
+            w.meta.require_family(put.0)?;
+            let current = w.latest(row, family, qualifier, now)?;
+            let matches = match (expected, current) {
+                (None, None) => true,
+                (Some(e), Some((_, v))) => e == v.as_slice(),
+                _ => false,
+            };
+            if matches {
+                w.put(row, put.0, put.1, put.2, now)?;
+            }
+            Ok(matches)
+        })?;
+        Ok(results.first().copied().unwrap_or(false))
+    }
+
+    /// Runs `n` read-modify-write steps in one durable write transaction.
+    fn read_modify_write<T>(
+        &self,
+        table: &[u8],
+        n: usize,
+        now: i64,
+        mut step: impl FnMut(&mut Writer<'_, '_>, usize) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let _ = now;
+        let tables = self.tables.read();
+        let meta = tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?;
+        meta.require_enabled()?;
+        let txn = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(n);
+        {
+            let mut cells = txn.open_table(CELLS)?;
+            let mut w = Writer { cells: &mut cells, meta };
+            for i in 0..n {
+                out.push(step(&mut w, i)?);
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    // ---- reads --------------------------------------------------------------------------
+
+    fn readable(&self, table: &[u8]) -> Result<Arc<TableMeta>, StoreError> {
+        let meta = self.table(table)?;
+        meta.require_enabled()?;
+        Ok(meta)
+    }
+
+    /// The cells of one row; empty if the row has none that qualify.
+    pub fn get(&self, table: &[u8], row: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<Cell>, StoreError> {
+        let meta = self.readable(table)?;
+        let selection = resolve_selection(&meta, &spec.columns)?;
+        let txn = self.db.begin_read()?;
+        let cells = txn.open_table(CELLS)?;
+        let start = keys::row_prefix(meta.id, row);
+        let end = keys::after_row(meta.id, row);
+        let mut assembler = RowAssembler::new(&meta, &selection, spec, &NO_FILTER, now);
+        for entry in cells.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            let (k, v) = entry?;
+            assembler.push(k.value(), v.value());
+        }
+        Ok(assembler.finish())
+    }
+
+    /// Validates a scan and returns its cursor.
+    pub fn open_scan(&self, table: &[u8], spec: ScanSpec) -> Result<(ScanCursor, PreparedScan), StoreError> {
+        let meta = self.readable(table)?;
+        let selection = resolve_selection(&meta, &spec.read.columns)?;
+        let id = meta.id;
+        let (start, stop) = (&spec.start_row, &spec.stop_row);
+        let (mut lo, mut hi) = if !spec.reversed {
+            let lo = keys::row_prefix(id, start);
+            let hi = if stop.is_empty() { keys::table_end(id) } else { Bound::Excluded(keys::row_prefix(id, stop)) };
+            (lo, hi)
+        } else {
+            let hi = if start.is_empty() { keys::table_end(id) } else { Bound::Excluded(keys::after_row(id, start)) };
+            let lo = if stop.is_empty() { keys::table_prefix(id) } else { keys::after_row(id, stop) };
+            (lo, hi)
+        };
+        // Narrow the range to the filter's row prefixes: a prefix scan is a range read.
+        for prefix in &spec.filter.row_prefixes {
+            let prefix_lo = keys::row_prefix(id, prefix);
+            if prefix_lo > lo {
+                lo = prefix_lo;
+            }
+            if let Some(prefix_stop) = keys::prefix_end(prefix) {
+                let prefix_hi = keys::row_prefix(id, &prefix_stop);
+                if matches!(&hi, Bound::Excluded(h) if *h <= prefix_hi) {
+                    continue;
+                }
+                hi = Bound::Excluded(prefix_hi);
+            }
+        }
+        let empty = matches!(&hi, Bound::Excluded(h) if *h <= lo);
+        let lo = Bound::Included(lo);
+        let cursor = ScanCursor {
+            table_id: id,
+            table: table.to_vec(),
+            lo,
+            hi,
+            reversed: spec.reversed,
+            exhausted: empty,
+            rows_returned: 0,
+        };
+        Ok((cursor, PreparedScan { selection, read: spec.read, filter: spec.filter }))
+    }
+
+    /// Reads up to `max_rows` further non-empty rows of a scan.
+    pub fn scan_next(
+        &self,
+        cursor: &mut ScanCursor,
+        scan: &PreparedScan,
+        max_rows: usize,
+        now: i64,
+    ) -> Result<Vec<RowCells>, StoreError> {
+        let mut out = Vec::new();
+        if cursor.exhausted || max_rows == 0 {
+            return Ok(out);
+        }
+        let meta = self.readable(&cursor.table)?;
+        if meta.id != cursor.table_id {
+            return Err(StoreError::TableNotFound(show(&cursor.table)));
+        }
+        let max_rows = match scan.filter.page_size {
+            Some(page) => {
+                let left = page.saturating_sub(cursor.rows_returned);
+                if left == 0 {
+                    cursor.exhausted = true;
+                    return Ok(out);
+                }
+                max_rows.min(usize::try_from(left).unwrap_or(usize::MAX))
+            }
+            None => max_rows,
+        };
+        if let (Bound::Included(lo), Bound::Excluded(hi)) = (&cursor.lo, &cursor.hi) {
+            if hi <= lo {
+                cursor.exhausted = true;
+                return Ok(out);
+            }
+        }
+        let txn = self.db.begin_read()?;
+        let cells = txn.open_table(CELLS)?;
+        let range: (Bound<&[u8]>, Bound<&[u8]>) =
+            (cursor.lo.as_ref().map(Vec::as_slice), cursor.hi.as_ref().map(Vec::as_slice));
+        let mut iter = cells.range::<&[u8]>(range)?;
+        let mut current: Option<Vec<u8>> = None;
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut finished_all = true;
+        loop {
+            let next = if cursor.reversed { iter.next_back() } else { iter.next() };
+            let Some(entry) = next else { break };
+            let (k, v) = entry?;
+            let key = k.value();
+            let row =
+                keys::decode_row(key).ok_or_else(|| StoreError::Storage("malformed key in the cell store".into()))?;
+            if current.as_deref() != Some(row.as_slice()) {
+                if let Some(done) = current.take() {
+                    self.finish_row(&meta, scan, cursor, done, &mut entries, now, &mut out);
+                    if out.len() >= max_rows {
+                        finished_all = false;
+                        break;
+                    }
+                }
+                current = Some(row);
+            }
+            entries.push((key.to_vec(), v.value().to_vec()));
+        }
+        if finished_all {
+            if let Some(done) = current.take() {
+                self.finish_row(&meta, scan, cursor, done, &mut entries, now, &mut out);
+            }
+            cursor.exhausted = true;
+        }
+        cursor.rows_returned += out.len() as u64;
+        Ok(out)
+    }
+
+    /// Assembles a row read by a scan and moves the cursor past it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_row(
+        &self,
+        meta: &TableMeta,
+        scan: &PreparedScan,
+        cursor: &mut ScanCursor,
+        row: Vec<u8>,
+        entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        now: i64,
+        out: &mut Vec<RowCells>,
+    ) {
+        if cursor.reversed {
+            entries.reverse();
+            cursor.hi = Bound::Excluded(keys::row_prefix(cursor.table_id, &row));
+        } else {
+            cursor.lo = Bound::Included(keys::after_row(cursor.table_id, &row));
+        }
+        if scan.filter.row_matches(&row) {
+            let mut assembler = RowAssembler::new(meta, &scan.selection, &scan.read, &scan.filter, now);
+            for (k, v) in entries.iter() {
+                assembler.push(k, v);
+            }
+            let cells = assembler.finish();
+            if !cells.is_empty() {
+                out.push(RowCells { row, cells });
+            }
+        }
+        entries.clear();
+    }
+}
+
+static NO_FILTER: Filter = Filter {
+    row_prefixes: Vec::new(),
+    column_prefixes: Vec::new(),
+    key_only: false,
+    first_key_only: false,
+    page_size: None,
+};
+
+/// Applies writes inside one write transaction.
+struct Writer<'t, 'm> {
+    cells: &'t mut redb::Table<'m, &'static [u8], &'static [u8]>,
+    meta: &'t TableMeta,
+}
+
+impl Writer<'_, '_> {
+    fn family_marker(&self, row: &[u8], family: &[u8]) -> Result<i64, StoreError> {
+        let key = keys::family_marker_key(self.meta.id, row, family);
+        Ok(self
+            .cells
+            .get(key.as_slice())?
+            .and_then(|v| v.value().try_into().ok().map(i64::from_be_bytes))
+            .unwrap_or(i64::MIN))
+    }
+
+    fn apply(&mut self, row: &[u8], op: &Op, ts: i64) -> Result<(), StoreError> {
+        match op {
+            Op::Put { family, qualifier, value } => self.put(row, family, qualifier, value, ts),
+            Op::DeleteColumn { family, qualifier } => {
+                let marker = keys::column_marker_key(self.meta.id, row, family, qualifier);
+                self.raise_marker(&marker, ts)?;
+                let prefix = keys::column_prefix(self.meta.id, row, family, qualifier);
+                self.remove_puts_upto(&prefix, ts)
+            }
+            Op::DeleteFamily { family } => self.delete_family(row, family, ts),
+            Op::DeleteRow => {
+                let families: Vec<Vec<u8>> = self.meta.families.iter().map(|f| f.name.clone()).collect();
+                for family in families {
+                    self.delete_family(row, &family, ts)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn delete_family(&mut self, row: &[u8], family: &[u8], ts: i64) -> Result<(), StoreError> {
+        let marker = keys::family_marker_key(self.meta.id, row, family);
+        self.raise_marker(&marker, ts)?;
+        let prefix = keys::family_prefix(self.meta.id, row, family);
+        self.remove_puts_upto(&prefix, ts)
+    }
+
+    /// Sets a marker to delete up to `ts`, keeping the highest bound.
+    fn raise_marker(&mut self, key: &[u8], ts: i64) -> Result<(), StoreError> {
+        let old = self.cells.get(key)?.and_then(|v| v.value().try_into().ok().map(i64::from_be_bytes));
+        if old.is_none_or(|old| old < ts) {
+            self.cells.insert(key, ts.to_be_bytes().as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Removes the puts under `prefix` with a timestamp ≤ `ts` (they are masked for good).
+    fn remove_puts_upto(&mut self, prefix: &[u8], ts: i64) -> Result<(), StoreError> {
+        let end = keys::prefix_end(prefix);
+        let range: (Bound<&[u8]>, Bound<&[u8]>) =
+            (Bound::Included(prefix), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
+        self.cells.retain_in::<&[u8], _>(range, |k, _| match keys::decode(k) {
+            Some(d) => match d.kind {
+                EntryKind::Put { ts: t, .. } => t > ts,
+                _ => true,
+            },
+            None => true,
+        })?;
+        Ok(())
+    }
+
+    /// Writes one version unless a marker masks it, then drops versions beyond maxVersions.
+    fn put(&mut self, row: &[u8], family: &[u8], qualifier: &[u8], value: &[u8], ts: i64) -> Result<(), StoreError> {
+        let max_versions = self.meta.require_family(family)?.max_versions.max(1) as usize;
+        if ts <= self.family_marker(row, family)? {
+            return Ok(());
+        }
+        let prefix = keys::column_prefix(self.meta.id, row, family, qualifier);
+        let end = keys::prefix_end(&prefix);
+        let range: (Bound<&[u8]>, Bound<&[u8]>) =
+            (Bound::Included(prefix.as_slice()), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
+        let mut versions: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut column_marker = i64::MIN;
+        for entry in self.cells.range::<&[u8]>(range)? {
+            let (k, v) = entry?;
+            match keys::decode(k.value()).map(|d| d.kind) {
+                Some(EntryKind::ColumnMarker { .. }) => {
+                    if let Ok(b) = v.value().try_into() {
+                        column_marker = i64::from_be_bytes(b);
+                    }
+                }
+                Some(EntryKind::Put { ts, .. }) => versions.push((ts, k.value().to_vec())),
+                _ => {}
+            }
+        }
+        if ts <= column_marker {
+            return Ok(());
+        }
+        let key = keys::put_key(self.meta.id, row, family, qualifier, ts);
+        self.cells.insert(key.as_slice(), value)?;
+        if !versions.iter().any(|(t, _)| *t == ts) {
+            versions.push((ts, key));
+            versions.sort_by(|a, b| b.0.cmp(&a.0));
+        }
+        for (_, old) in versions.iter().skip(max_versions) {
+            self.cells.remove(old.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// The newest visible (unmasked, unexpired) version of a column.
+    fn latest(
+        &self,
+        row: &[u8],
+        family: &[u8],
+        qualifier: &[u8],
+        now: i64,
+    ) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let fam = self.meta.require_family(family)?;
+        let floor = self.family_marker(row, family)?;
+        let prefix = keys::column_prefix(self.meta.id, row, family, qualifier);
+        let end = keys::prefix_end(&prefix);
+        let range: (Bound<&[u8]>, Bound<&[u8]>) =
+            (Bound::Included(prefix.as_slice()), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
+        let mut column_marker = i64::MIN;
+        for entry in self.cells.range::<&[u8]>(range)? {
+            let (k, v) = entry?;
+            match keys::decode(k.value()).map(|d| d.kind) {
+                Some(EntryKind::ColumnMarker { .. }) => {
+                    if let Ok(b) = v.value().try_into() {
+                        column_marker = i64::from_be_bytes(b);
+                    }
+                }
+                Some(EntryKind::Put { ts, .. }) => {
+                    if ts > floor.max(column_marker) && !expired(fam, ts, now) {
+                        return Ok(Some((ts, v.value().to_vec())));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Whether a cell is past its family's TTL.
+fn expired(family: &FamilyDescriptor, ts: i64, now: i64) -> bool {
+    family.time_to_live != TTL_FOREVER && ts < now.saturating_sub(i64::from(family.time_to_live).saturating_mul(1000))
+}
+
+/// Turns a row's store entries (in key order) into the cells a read returns.
+struct RowAssembler<'a> {
+    meta: &'a TableMeta,
+    selection: &'a Selection,
+    spec: &'a ReadSpec,
+    filter: &'a Filter,
+    now: i64,
+    family: Option<Vec<u8>>,
+    family_desc: Option<&'a FamilyDescriptor>,
+    family_selected: Option<&'a Option<BTreeSet<Vec<u8>>>>,
+    family_marker: i64,
+    column: Option<Vec<u8>>,
+    column_marker: i64,
+    taken: u32,
+    cells: Vec<Cell>,
+}
+
+impl<'a> RowAssembler<'a> {
+    fn new(meta: &'a TableMeta, selection: &'a Selection, spec: &'a ReadSpec, filter: &'a Filter, now: i64) -> Self {
+        RowAssembler {
+            meta,
+            selection,
+            spec,
+            filter,
+            now,
+            family: None,
+            family_desc: None,
+            family_selected: None,
+            family_marker: i64::MIN,
+            column: None,
+            column_marker: i64::MIN,
+            taken: 0,
+            cells: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8]) {
+        if self.filter.first_key_only && !self.cells.is_empty() {
+            return;
+        }
+        let Some(d) = keys::decode(key) else { return };
+        if self.family.as_deref() != Some(d.family.as_slice()) {
+            self.family_desc = self.meta.family(&d.family);
+            self.family_selected = if self.selection.is_empty() { Some(&None) } else { self.selection.get(&d.family) };
+            self.family = Some(d.family);
+            self.family_marker = i64::MIN;
+            self.column = None;
+        }
+        let marker_ts = || value.try_into().map(i64::from_be_bytes).unwrap_or(i64::MIN);
+        let (qualifier, ts) = match d.kind {
+            EntryKind::FamilyMarker => {
+                self.family_marker = marker_ts();
+                return;
+            }
+            EntryKind::ColumnMarker { qualifier } => {
+                self.column = Some(qualifier);
+                self.column_marker = marker_ts();
+                self.taken = 0;
+                return;
+            }
+            EntryKind::Put { qualifier, ts } => (qualifier, ts),
+        };
+        if self.column.as_deref() != Some(qualifier.as_slice()) {
+            self.column = Some(qualifier.clone());
+            self.column_marker = i64::MIN;
+            self.taken = 0;
+        }
+        let (Some(family), Some(selected)) = (self.family_desc, self.family_selected) else {
+            return;
+        };
+        if let Some(set) = selected {
+            if !set.contains(&qualifier) {
+                return;
+            }
+        }
+        if !self.filter.qualifier_matches(&qualifier)
+            || ts <= self.family_marker.max(self.column_marker)
+            || expired(family, ts, self.now)
+            || self.spec.max_ts_exclusive.is_some_and(|max| ts >= max)
+        {
+            return;
+        }
+        let limit = self.spec.versions.min(family.max_versions.max(1) as u32);
+        if self.taken >= limit {
+            return;
+        }
+        self.taken += 1;
+        self.cells.push(Cell {
+            family: family.name.clone(),
+            qualifier,
+            ts,
+            value: if self.filter.key_only { Vec::new() } else { value.to_vec() },
+        });
+    }
+
+    fn finish(self) -> Vec<Cell> {
+        self.cells
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn store_with(families: &[(&str, i32, i32)]) -> Store {
+        let store = Store::in_memory().unwrap();
+        let fams = families
+            .iter()
+            .map(|(n, v, ttl)| FamilyDescriptor {
+                max_versions: *v,
+                time_to_live: *ttl,
+                ..FamilyDescriptor::new(n.as_bytes())
+            })
+            .collect();
+        store.create_table(b"t", fams, Vec::new(), NOW).unwrap();
+        store
+    }
+
+    fn put(row: &str, fam: &str, q: &str, v: &str) -> RowMutation {
+        RowMutation { row: row.into(), ops: vec![Op::Put { family: fam.into(), qualifier: q.into(), value: v.into() }] }
+    }
+
+    fn values(cells: &[Cell]) -> Vec<(String, i64, String)> {
+        cells.iter().map(|c| (format!("{}:{}", show(&c.family), show(&c.qualifier)), c.ts, show(&c.value))).collect()
+    }
+
+    fn versions(n: u32) -> ReadSpec {
+        ReadSpec { versions: n, ..ReadSpec::default() }
+    }
+
+    #[test]
+    fn versions_are_newest_first_and_capped_by_max_versions() {
+        let s = store_with(&[("f", 2, TTL_FOREVER)]);
+        for (ts, v) in [(10, "a"), (30, "c"), (20, "b")] {
+            s.mutate(b"t", &[put("r", "f", "q", v)], Some(ts), NOW).unwrap();
+        }
+        let got = s.get(b"t", b"r", &versions(10), NOW).unwrap();
+        assert_eq!(values(&got), vec![("f:q".into(), 30, "c".into()), ("f:q".into(), 20, "b".into())]);
+        let latest = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap();
+        assert_eq!(values(&latest), vec![("f:q".into(), 30, "c".into())]);
+        let before = ReadSpec { max_ts_exclusive: Some(30), versions: 5, ..ReadSpec::default() };
+        assert_eq!(values(&s.get(b"t", b"r", &before, NOW).unwrap())[0].1, 20);
+    }
+
+    #[test]
+    fn column_delete_masks_older_puts_even_ones_written_later() {
+        let s = store_with(&[("f", 3, TTL_FOREVER)]);
+        s.mutate(b"t", &[put("r", "f", "q", "old")], Some(100), NOW).unwrap();
+        s.mutate(b"t", &[put("r", "f", "keep", "k")], Some(100), NOW).unwrap();
+        let del = RowMutation {
+            row: b"r".to_vec(),
+            ops: vec![Op::DeleteColumn { family: b"f".to_vec(), qualifier: b"q".to_vec() }],
+        };
+        s.mutate(b"t", &[del], Some(200), NOW).unwrap();
+        s.mutate(b"t", &[put("r", "f", "q", "late-but-old")], Some(150), NOW).unwrap();
+        assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("f:keep".into(), 100, "k".into())]);
+        s.mutate(b"t", &[put("r", "f", "q", "new")], Some(201), NOW).unwrap();
+        assert_eq!(
+            values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()),
+            vec![("f:keep".into(), 100, "k".into()), ("f:q".into(), 201, "new".into())]
+        );
+    }
+
+    #[test]
+    fn family_and_row_deletes_mask_at_or_below_their_timestamp() {
+        let s = store_with(&[("a", 3, TTL_FOREVER), ("b", 3, TTL_FOREVER)]);
+        s.mutate(b"t", &[put("r", "a", "x", "1"), put("r", "b", "y", "2")], Some(50), NOW).unwrap();
+        let del = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteFamily { family: b"a".to_vec() }] };
+        s.mutate(b"t", &[del], Some(50), NOW).unwrap();
+        assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("b:y".into(), 50, "2".into())]);
+        let del_row = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteRow] };
+        s.mutate(b"t", &[del_row], None, NOW).unwrap();
+        assert!(s.get(b"t", b"r", &versions(3), NOW).unwrap().is_empty());
+        // A put after the delete, at a later server time, is visible again.
+        s.mutate(b"t", &[put("r", "a", "x", "3")], None, NOW + 1).unwrap();
+        assert_eq!(s.get(b"t", b"r", &versions(3), NOW + 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn ttl_hides_expired_cells() {
+        let s = store_with(&[("f", 3, 10)]);
+        s.mutate(b"t", &[put("r", "f", "old", "x")], Some(NOW - 11_000), NOW).unwrap();
+        s.mutate(b"t", &[put("r", "f", "new", "y")], Some(NOW - 9_000), NOW).unwrap();
+        assert_eq!(
+            values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()),
+            vec![("f:new".into(), NOW - 9_000, "y".into())]
+        );
+        assert!(s.get(b"t", b"r", &versions(3), NOW + 2_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn increments_are_big_endian_longs() {
+        let s = store_with(&[("c", 3, TTL_FOREVER)]);
+        let inc = |n: i64| (b"r".to_vec(), b"c".to_vec(), b"n".to_vec(), n);
+        assert_eq!(s.increment(b"t", &[inc(5)], NOW).unwrap(), vec![5]);
+        assert_eq!(s.increment(b"t", &[inc(-2), inc(10)], NOW).unwrap(), vec![3, 13]);
+        let got = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap();
+        assert_eq!(got[0].value, 13i64.to_be_bytes().to_vec());
+        s.mutate(b"t", &[put("r", "c", "s", "abc")], None, NOW).unwrap();
+        let err = s.increment(b"t", &[(b"r".to_vec(), b"c".to_vec(), b"s".to_vec(), 1)], NOW).unwrap_err();
+        assert!(err.to_string().contains("3 bytes wide"), "{err}");
+    }
+
+    #[test]
+    fn scans_are_bytewise_ordered_bounded_and_resumable() {
+        let s = store_with(&[("f", 1, TTL_FOREVER)]);
+        let rows = ["b", "a", "a\u{0}", "ab", "c", "aa"];
+        let muts: Vec<_> = rows.iter().map(|r| put(r, "f", "q", r)).collect();
+        s.mutate(b"t", &muts, None, NOW).unwrap();
+        let scan_all = |spec: ScanSpec, page: usize| {
+            let (mut cur, prep) = s.open_scan(b"t", spec).unwrap();
+            let mut seen = Vec::new();
+            while !cur.is_exhausted() {
+                for r in s.scan_next(&mut cur, &prep, page, NOW).unwrap() {
+                    seen.push(show(&r.row));
+                }
+            }
+            seen
+        };
+        assert_eq!(scan_all(ScanSpec::default(), 2), vec!["a", "a\u{0}", "aa", "ab", "b", "c"]);
+        let prefix = ScanSpec { filter: crate::filter::parse(b"PrefixFilter('a')").unwrap(), ..ScanSpec::default() };
+        assert_eq!(scan_all(prefix, 1), vec!["a", "a\u{0}", "aa", "ab"]);
+        let bounded = ScanSpec { start_row: b"aa".to_vec(), stop_row: b"c".to_vec(), ..ScanSpec::default() };
+        assert_eq!(scan_all(bounded, 10), vec!["aa", "ab", "b"]);
+        let reversed =
+            ScanSpec { start_row: b"b".to_vec(), stop_row: b"a".to_vec(), reversed: true, ..ScanSpec::default() };
+        assert_eq!(scan_all(reversed, 2), vec!["b", "ab", "aa", "a\u{0}"]);
+        let reversed_prefix = ScanSpec {
+            reversed: true,
+            filter: crate::filter::parse(b"PrefixFilter('a')").unwrap(),
+            ..ScanSpec::default()
+        };
+        assert_eq!(scan_all(reversed_prefix, 3), vec!["ab", "aa", "a\u{0}", "a"]);
+    }
+
+    #[test]
+    fn unknown_family_and_table_and_disabled_table_are_refused() {
+        let s = store_with(&[("f", 1, TTL_FOREVER)]);
+        let err = s.mutate(b"t", &[put("r", "nope", "q", "v")], None, NOW).unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchFamily { .. }), "{err}");
+        let err = s.mutate(b"missing", &[put("r", "f", "q", "v")], None, NOW).unwrap_err();
+        assert!(matches!(err, StoreError::TableNotFound(_)), "{err}");
+        let err = s.delete_table(b"t").unwrap_err();
+        assert!(matches!(err, StoreError::TableNotDisabled(_)), "{err}");
+        s.set_enabled(b"t", false).unwrap();
+        let err = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap_err();
+        assert!(matches!(err, StoreError::TableDisabled(_)), "{err}");
+        s.delete_table(b"t").unwrap();
+        assert!(s.tables().is_empty());
+    }
+
+    #[test]
+    fn recreated_table_does_not_see_old_cells() {
+        let s = store_with(&[("f", 1, TTL_FOREVER)]);
+        s.mutate(b"t", &[put("r", "f", "q", "v")], None, NOW).unwrap();
+        s.set_enabled(b"t", false).unwrap();
+        s.delete_table(b"t").unwrap();
+        s.create_table(b"t", vec![FamilyDescriptor::new("f")], Vec::new(), NOW).unwrap();
+        assert!(s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap().is_empty());
+    }
+
+    #[test]
+    fn descriptors_are_validated_like_hbase() {
+        let s = Store::in_memory().unwrap();
+        let bad = |f: FamilyDescriptor| {
+            matches!(s.create_table(b"x", vec![f], Vec::new(), NOW), Err(StoreError::IllegalArgument(_)))
+        };
+        assert!(bad(FamilyDescriptor::new("")));
+        assert!(bad(FamilyDescriptor { max_versions: 0, ..FamilyDescriptor::new("f") }));
+        assert!(bad(FamilyDescriptor { compression: "zip".into(), ..FamilyDescriptor::new("f") }));
+        assert!(bad(FamilyDescriptor { bloom_filter_type: "BLOOM".into(), ..FamilyDescriptor::new("f") }));
+        assert!(matches!(
+            s.create_table(b"-x", vec![FamilyDescriptor::new("f")], Vec::new(), NOW),
+            Err(StoreError::IllegalArgument(_))
+        ));
+        s.create_table(b"ns:x", vec![FamilyDescriptor::new("f")], Vec::new(), NOW).unwrap();
+        assert!(matches!(
+            s.create_table(b"ns:x", vec![FamilyDescriptor::new("f")], Vec::new(), NOW),
+            Err(StoreError::TableExists(_))
+        ));
+    }
+}
