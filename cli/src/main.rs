@@ -24,7 +24,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    chatpipe_common::telemetry::init(&cli.log)?;
+    chatpipe_common::telemetry::init(&cli.log, chatpipe_common::telemetry::LogFormat::Json)?;
     let shutdown = chatpipe_common::shutdown::signal();
     match cli.command {
         Command::HbaseEmulator(cfg) => chatpipe_hbase_emulator::run(cfg, shutdown).await?,
