@@ -264,3 +264,37 @@ mod tests {
         assert_eq!(cfg.get("acks"), Some("all"));
     }
 }
+
+/// Sets `gauge{topic, partition}` to each assigned partition's consumer lag from a
+/// librdkafka statistics report (enable with `statistics.interval.ms`). Partitions that
+/// are not assigned (lag -1) are removed from the gauge.
+pub fn record_consumer_lag(stats: &rdkafka::Statistics, gauge: &prometheus::IntGaugeVec) {
+    for (topic, t) in &stats.topics {
+        for (partition, p) in &t.partitions {
+            if *partition < 0 {
+                continue; // the internal "unassigned" partition
+            }
+            let part = partition.to_string();
+            if p.consumer_lag >= 0 {
+                gauge.with_label_values(&[topic.as_str(), part.as_str()]).set(p.consumer_lag);
+            } else {
+                let _ = gauge.remove_label_values(&[topic.as_str(), part.as_str()]);
+            }
+        }
+    }
+}
+
+/// A consumer context that only records consumer lag per partition.
+#[derive(Clone)]
+pub struct LagContext {
+    /// `chatpipe_<stage>_consumer_lag_messages{topic, partition}`.
+    pub lag: prometheus::IntGaugeVec,
+}
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        record_consumer_lag(&statistics, &self.lag);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
