@@ -20,7 +20,7 @@ use crate::filter::{self, Filter};
 use crate::regions;
 use crate::scanner::{Scanner, Scanners};
 use crate::store::{
-    Cell, ColumnSel, FamilyDescriptor, Op, ReadSpec, RowCells, RowMutation, ScanSpec, Store, StoreError,
+    Cell, ColumnSel, FamilyDescriptor, Increment, Op, ReadSpec, RowCells, RowMutation, ScanSpec, Store, StoreError,
     LATEST_TIMESTAMP,
 };
 
@@ -589,7 +589,7 @@ impl HbaseSyncHandler for Handler {
             let (family, qualifier) = parse_column(&column);
             let values = self.store.increment(
                 &table_name,
-                &[(row, family, qualifier.unwrap_or_default(), value)],
+                &[Increment { row, family, qualifier: qualifier.unwrap_or_default(), amount: value }],
                 Self::now(),
             )?;
             values.first().copied().ok_or_else(|| StoreError::Storage("increment returned nothing".into()))
@@ -641,7 +641,11 @@ impl HbaseSyncHandler for Handler {
                 }
                 let (family, qualifier) = parse_column(&inc.column.unwrap_or_default());
                 let qualifier = qualifier.ok_or_else(|| illegal("increment needs a family:qualifier column"))?;
-                self.store.increment(&table, &[(row, family, qualifier, inc.ammount.unwrap_or(0))], now)?;
+                self.store.increment(
+                    &table,
+                    &[Increment { row, family, qualifier, amount: inc.ammount.unwrap_or(0) }],
+                    now,
+                )?;
             }
             Ok(())
         };

@@ -157,7 +157,8 @@ fn accept_loop(
         conns.reap_finished();
         if conns.active() >= max_connections {
             refused += 1;
-            if refused == 1 || refused % 1000 == 0 {
+            // Logged at 1, 2, 4, 8, … refusals: visible without flooding the log.
+            if refused.is_power_of_two() {
                 tracing::warn!(max_connections, refused, "connection limit reached; closing new connections");
             }
             continue;

@@ -327,6 +327,15 @@ pub enum Op {
     DeleteRow,
 }
 
+/// Adds `amount` to the counter in `family:qualifier` of `row`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Increment {
+    pub row: Vec<u8>,
+    pub family: Vec<u8>,
+    pub qualifier: Vec<u8>,
+    pub amount: i64,
+}
+
 /// The changes to one row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowMutation {
@@ -631,14 +640,9 @@ impl Store {
 
     /// Adds `amount` to the 8-byte big-endian counter of each cell, in one transaction, and
     /// returns the new values. A missing cell counts as 0; any other width is refused.
-    pub fn increment(
-        &self,
-        table: &[u8],
-        increments: &[(Vec<u8>, Vec<u8>, Vec<u8>, i64)],
-        now: i64,
-    ) -> Result<Vec<i64>, StoreError> {
+    pub fn increment(&self, table: &[u8], increments: &[Increment], now: i64) -> Result<Vec<i64>, StoreError> {
         self.read_modify_write(table, increments.len(), now, |w, i| {
-            let (row, family, qualifier, amount) = &increments[i];
+            let Increment { row, family, qualifier, amount } = &increments[i];
             let current = w.latest(row, family, qualifier, now)?;
             let (old, old_ts) = match current {
                 None => (0, None),
@@ -1010,7 +1014,7 @@ impl Writer<'_, '_> {
         self.cells.insert(key.as_slice(), value)?;
         if !versions.iter().any(|(t, _)| *t == ts) {
             versions.push((ts, key));
-            versions.sort_by(|a, b| b.0.cmp(&a.0));
+            versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         }
         for (_, old) in versions.iter().skip(max_versions) {
             self.cells.remove(old.as_slice())?;
@@ -1041,10 +1045,8 @@ impl Writer<'_, '_> {
                         column_marker = i64::from_be_bytes(b);
                     }
                 }
-                Some(EntryKind::Put { ts, .. }) => {
-                    if ts > floor.max(column_marker) && !expired(fam, ts, now) {
-                        return Ok(Some((ts, v.value().to_vec())));
-                    }
+                Some(EntryKind::Put { ts, .. }) if ts > floor.max(column_marker) && !expired(fam, ts, now) => {
+                    return Ok(Some((ts, v.value().to_vec())));
                 }
                 _ => {}
             }
@@ -1253,13 +1255,13 @@ mod tests {
     #[test]
     fn increments_are_big_endian_longs() {
         let s = store_with(&[("c", 3, TTL_FOREVER)]);
-        let inc = |n: i64| (b"r".to_vec(), b"c".to_vec(), b"n".to_vec(), n);
+        let inc = |n: i64| Increment { row: b"r".to_vec(), family: b"c".to_vec(), qualifier: b"n".to_vec(), amount: n };
         assert_eq!(s.increment(b"t", &[inc(5)], NOW).unwrap(), vec![5]);
         assert_eq!(s.increment(b"t", &[inc(-2), inc(10)], NOW).unwrap(), vec![3, 13]);
         let got = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap();
         assert_eq!(got[0].value, 13i64.to_be_bytes().to_vec());
         s.mutate(b"t", &[put("r", "c", "s", "abc")], None, NOW).unwrap();
-        let err = s.increment(b"t", &[(b"r".to_vec(), b"c".to_vec(), b"s".to_vec(), 1)], NOW).unwrap_err();
+        let err = s.increment(b"t", &[Increment { qualifier: b"s".to_vec(), ..inc(1) }], NOW).unwrap_err();
         assert!(err.to_string().contains("3 bytes wide"), "{err}");
     }
 

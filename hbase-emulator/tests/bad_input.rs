@@ -1,0 +1,237 @@
+//! Bad input: garbage bytes, a frame cut in half, absurd lengths, unknown methods, tables
+//! and families. The offending client gets an error or its connection is closed; the
+//! server keeps serving every other connection.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use chatpipe_hbase_emulator::{start, Config};
+use common::*;
+use hbase_thrift::hbase::THbaseSyncClient;
+
+/// Sends `bytes`, then reads until the server closes the connection or 5 s pass; returns
+/// whether it closed and what it sent back.
+fn send_raw(addr: SocketAddr, bytes: &[u8], half_close: bool) -> (bool, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may close before reading everything; a failed write is fine.
+    let _ = s.write_all(bytes);
+    if half_close {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (true, out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (true, out),
+            Err(_) => return (false, out),
+        }
+    }
+}
+
+/// A binary-protocol call header: strict version, CALL, method name, seq id.
+fn call_header(method: &str) -> Vec<u8> {
+    let mut b = vec![0x80, 0x01, 0x00, 0x01];
+    b.extend_from_slice(&(method.len() as u32).to_be_bytes());
+    b.extend_from_slice(method.as_bytes());
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b
+}
+
+fn garbage_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let mut mutate_rows_huge_list = call_header("mutateRows");
+    // field 1 tableName: string "t"
+    mutate_rows_huge_list.extend_from_slice(&[11, 0, 1, 0, 0, 0, 1, b't']);
+    // field 2 rowBatches: list<struct> claiming 2^31-1 elements
+    mutate_rows_huge_list.extend_from_slice(&[15, 0, 2, 12, 0x7F, 0xFF, 0xFF, 0xFF]);
+    let mut get_huge_string = call_header("get");
+    get_huge_string.extend_from_slice(&[11, 0, 1, 0x7F, 0xFF, 0xFF, 0xF0, b'x']);
+    let mut negative_list = call_header("getRows");
+    negative_list.extend_from_slice(&[11, 0, 1, 0, 0, 0, 1, b't', 15, 0, 2, 11, 0xFF, 0xFF, 0xFF, 0xFE]);
+    let mut pseudo_random = Vec::with_capacity(4096);
+    let mut x: u32 = 0x1234_5678;
+    for _ in 0..4096 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        pseudo_random.push(x as u8);
+    }
+    vec![
+        ("http request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("bad version", vec![0x80, 0x02, 0x00, 0x01, 0, 0, 0, 0]),
+        ("name of 2 GiB (non-strict)", vec![0x7F, 0xFF, 0xFF, 0xFF, b'a']),
+        ("list of 2^31 structs", mutate_rows_huge_list),
+        ("string of 2 GiB", get_huge_string),
+        ("negative list size", negative_list),
+        ("pseudo-random bytes", pseudo_random),
+        ("call cut in half", call_header("getTableNames")[..7].to_vec()),
+        ("unknown field types", {
+            let mut b = call_header("getTableNames");
+            b.extend_from_slice(&[0x42, 0, 1, 0xFF, 0xFF]);
+            b
+        }),
+    ]
+}
+
+#[test]
+fn garbage_closes_only_the_offending_connection() {
+    let emu = emulator();
+    let addr = emu.local_addr();
+    // A well-behaved client, connected before and used throughout.
+    let mut good = connect(addr);
+    create_table(&mut good, "t", &["f"]);
+    good.mutate_row("t".into(), "r".into(), vec![put("f:q", "v")], no_attrs()).unwrap();
+
+    for (what, bytes) in garbage_inputs() {
+        let (closed, reply) = send_raw(addr, &bytes, true);
+        assert!(closed, "{what}: connection neither answered nor closed");
+        // Either nothing, or a well-formed exception reply (strict binary header).
+        if !reply.is_empty() {
+            assert_eq!(&reply[..2], &[0x80, 0x01], "{what}: unexpected reply {reply:?}");
+        }
+        let cells = good.get("t".into(), "r".into(), "f:q".into(), no_attrs()).unwrap();
+        assert_eq!(cells[0].value.as_deref(), Some(&b"v"[..]), "after {what}");
+        // And new connections are still served.
+        let mut fresh = connect(addr);
+        assert_eq!(fresh.get_table_names().unwrap(), vec![b"t".to_vec()], "after {what}");
+    }
+}
+
+#[test]
+fn a_connection_that_stops_mid_frame_does_not_block_others() {
+    let config = Config { framed: true, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+    let emu = start(config).unwrap();
+    let addr = emu.local_addr();
+    // A frame announcing 1000 bytes, of which only 10 arrive; the client stays connected.
+    let mut stuck = TcpStream::connect(addr).unwrap();
+    stuck.write_all(&1000u32.to_be_bytes()).unwrap();
+    stuck.write_all(&[0u8; 10]).unwrap();
+    let mut c = connect_with(addr, true, false);
+    create_table(&mut c, "t", &["f"]);
+    assert_eq!(c.get_table_names().unwrap(), vec![b"t".to_vec()]);
+    // Frames over the limit, and negative ones, close the connection.
+    for size in [i32::MAX, -5, 65 * 1024 * 1024] {
+        let (closed, reply) = send_raw(addr, &size.to_be_bytes(), false);
+        assert!(closed, "frame size {size}");
+        assert!(reply.is_empty());
+    }
+    // The half frame is finished by its client: it gets an exception or a close, not a hang.
+    drop(stuck);
+    assert_eq!(c.get_table_names().unwrap(), vec![b"t".to_vec()]);
+    // Garbage inside a well-formed frame.
+    let mut frame = 8u32.to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]);
+    let (closed, _) = send_raw(addr, &frame, true);
+    assert!(closed);
+    assert_eq!(c.get_table_names().unwrap(), vec![b"t".to_vec()]);
+}
+
+#[test]
+fn an_unknown_method_gets_an_exception_and_the_connection_stays_usable() {
+    let emu = emulator();
+    let addr = emu.local_addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Call "noSuchMethod" with one string argument, then a real getTableNames.
+    let mut bytes = call_header("noSuchMethod");
+    bytes.extend_from_slice(&[11, 0, 1, 0, 0, 0, 2, b'h', b'i', 0]);
+    bytes.extend_from_slice(&call_header("getTableNames"));
+    bytes.push(0);
+    s.write_all(&bytes).unwrap();
+    // Two replies: an EXCEPTION (type 3) naming the method, then a REPLY (type 2).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let exception_header = [0x80u8, 0x01, 0x00, 0x03];
+    let reply_header = [0x80u8, 0x01, 0x00, 0x02];
+    while !(got.windows(4).any(|w| w == exception_header) && got.windows(4).any(|w| w == reply_header)) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed; got {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("noSuchMethod"), "{text}");
+    assert!(text.contains("getTableNames"), "{text}");
+}
+
+#[test]
+fn unknown_tables_and_families_are_errors_not_crashes() {
+    let emu = emulator();
+    let mut c = connect(emu.local_addr());
+    create_table(&mut c, "t", &["f"]);
+    assert_exception(
+        c.mutate_row("nope".into(), "r".into(), vec![put("f:q", "v")], no_attrs()),
+        "IOError",
+        "TableNotFoundException",
+    );
+    assert_exception(c.get_row("nope".into(), "r".into(), no_attrs()), "IOError", "nope");
+    assert_exception(
+        c.mutate_row("t".into(), "r".into(), vec![put("zz:q", "v")], no_attrs()),
+        "IOError",
+        "NoSuchColumnFamilyException",
+    );
+    assert_exception(c.get("t".into(), "r".into(), "zz:q".into(), no_attrs()), "IOError", "zz");
+    // A batch naming an unknown family writes nothing at all.
+    assert_exception(
+        c.mutate_rows(
+            "t".into(),
+            vec![batch("ok", vec![put("f:q", "v")]), batch("bad", vec![put("zz:q", "v")])],
+            no_attrs(),
+        ),
+        "IOError",
+        "zz",
+    );
+    assert!(c.get_row("t".into(), "ok".into(), no_attrs()).unwrap().is_empty());
+    // Put without a qualifier in a batch, a row of 0 bytes, a negative timestamp.
+    assert_exception(
+        c.mutate_rows("t".into(), vec![batch("r", vec![put("f", "v")])], no_attrs()),
+        "IllegalArgument",
+        "famAndQf",
+    );
+    assert_exception(
+        c.mutate_row("t".into(), Vec::new(), vec![put("f:q", "v")], no_attrs()),
+        "IllegalArgument",
+        "Row length is 0",
+    );
+    assert_exception(
+        c.mutate_row_ts("t".into(), "r".into(), vec![put("f:q", "v")], -1, no_attrs()),
+        "IllegalArgument",
+        "negative",
+    );
+    // The same connection still works.
+    c.mutate_row("t".into(), "r".into(), vec![put("f:q", "v")], no_attrs()).unwrap();
+    assert_eq!(c.get_row("t".into(), "r".into(), no_attrs()).unwrap().len(), 1);
+}
+
+#[test]
+fn connections_beyond_the_limit_are_closed_and_the_rest_served() {
+    let config = Config { max_connections: 2, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+    let emu = start(config).unwrap();
+    let addr = emu.local_addr();
+    let mut a = connect(addr);
+    let mut b = connect(addr);
+    assert!(a.get_table_names().unwrap().is_empty());
+    assert!(b.get_table_names().unwrap().is_empty());
+    let mut third = connect(addr);
+    assert!(third.get_table_names().is_err(), "third connection must be refused");
+    drop(a);
+    // Once a slot is free, a new connection is served (the server notices the close when
+    // the connection's thread ends; retry until it has).
+    let mut served = false;
+    for _ in 0..100 {
+        let mut c = connect(addr);
+        if c.get_table_names().is_ok() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served);
+    assert!(b.get_table_names().is_ok());
+}

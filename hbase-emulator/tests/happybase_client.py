@@ -1,0 +1,131 @@
+"""A standard third-party HBase client, happybase (buffered transport, binary protocol by
+default, as against `hbase thrift start`), against the emulator.
+
+Usage: python happybase_client.py HOST PORT
+Exits non-zero with a traceback on the first check that fails; prints
+"happybase: all checks passed" at the end.
+"""
+
+import struct
+import sys
+
+import happybase
+
+
+def check(actual, expected, what):
+    if actual != expected:
+        raise AssertionError("%s: expected %r, got %r" % (what, expected, actual))
+
+
+def main():
+    host, port = sys.argv[1], int(sys.argv[2])
+    conn = happybase.Connection(host=host, port=port, timeout=60000)
+
+    # create_table / tables / families
+    conn.create_table("events", {"cf": dict(max_versions=2), "meta": dict(time_to_live=3600)})
+    check(conn.tables(), [b"events"], "tables()")
+    check(conn.is_table_enabled("events"), True, "is_table_enabled")
+    try:
+        conn.create_table("events", {"cf": dict()})
+        raise AssertionError("creating an existing table must fail")
+    except happybase.hbase.ttypes.AlreadyExists:
+        pass
+    table = conn.table("events")
+    families = table.families()
+    check(sorted(families), [b"cf", b"meta"], "families() names")
+    check(families[b"cf"]["max_versions"], 2, "cf max_versions")
+    check(families[b"meta"]["time_to_live"], 3600, "meta time_to_live")
+    check(families[b"cf"]["name"], b"cf:", "descriptor name")
+
+    # put / row / cells (versions)
+    table.put(b"row1", {b"cf:a": b"1", b"cf:b": b"2", b"meta:m": b"x"})
+    check(table.row(b"row1"), {b"cf:a": b"1", b"cf:b": b"2", b"meta:m": b"x"}, "row()")
+    check(table.row(b"row1", columns=[b"cf"]), {b"cf:a": b"1", b"cf:b": b"2"}, "row(columns=family)")
+    table.put(b"v", {b"cf:q": b"old"}, timestamp=1000)
+    table.put(b"v", {b"cf:q": b"mid"}, timestamp=2000)
+    table.put(b"v", {b"cf:q": b"new"}, timestamp=3000)
+    check(
+        table.cells(b"v", b"cf:q", versions=5, include_timestamp=True),
+        [(b"new", 3000), (b"mid", 2000)],
+        "cells(): newest first, capped at max_versions=2",
+    )
+    check(table.row(b"v", timestamp=3000), {b"cf:q": b"mid"}, "row(timestamp) is exclusive")
+
+    # batch: puts and deletes sent as mutateRows
+    with table.batch(batch_size=37) as b:
+        for i in range(100):
+            b.put(b"user|%03d" % i, {b"cf:n": str(i).encode(), b"meta:m": b"m"})
+        b.delete(b"row1", columns=[b"cf:b"])
+    check(table.row(b"user|042"), {b"cf:n": b"42", b"meta:m": b"m"}, "batch put")
+    check(table.row(b"row1"), {b"cf:a": b"1", b"meta:m": b"x"}, "batch delete of a column")
+    check(
+        [k for k, _ in table.rows([b"user|007", b"nope", b"user|003"])],
+        [b"user|007", b"user|003"],
+        "rows()",
+    )
+
+    # scans: bytewise order, prefixes, ranges, columns, filters, limits
+    keys = [k for k, _ in table.scan(row_prefix=b"user|01")]
+    check(keys, [b"user|%03d" % i for i in range(10, 20)], "scan(row_prefix)")
+    keys = [k for k, _ in table.scan(row_start=b"user|020", row_stop=b"user|025", batch_size=2)]
+    check(keys, [b"user|%03d" % i for i in range(20, 25)], "scan(row_start, row_stop)")
+    rows = list(table.scan(row_prefix=b"user|09", columns=[b"cf:n"]))
+    check(rows[0], (b"user|090", {b"cf:n": b"90"}), "scan(columns)")
+    keys = [k for k, _ in table.scan(filter=b"PrefixFilter('user|03')")]
+    check(keys, [b"user|%03d" % i for i in range(30, 40)], "scan(filter=PrefixFilter)")
+    keys = [k for k, _ in table.scan(row_start=b"user|050", limit=3)]
+    check(keys, [b"user|050", b"user|051", b"user|052"], "scan(limit)")
+    all_keys = [k for k, _ in table.scan()]
+    check(all_keys, sorted(all_keys), "full scan is sorted")
+    check(len(all_keys), 102, "full scan row count")
+    data = list(table.scan(row_prefix=b"user|001", include_timestamp=True))
+    check(len(data[0][1][b"cf:n"]), 2, "scan(include_timestamp) gives (value, ts)")
+
+    # counters: 8-byte big-endian longs
+    check(table.counter_inc(b"ctr", b"cf:hits"), 1, "counter_inc")
+    check(table.counter_inc(b"ctr", b"cf:hits", value=5), 6, "counter_inc(5)")
+    check(table.counter_dec(b"ctr", b"cf:hits"), 5, "counter_dec")
+    check(table.counter_get(b"ctr", b"cf:hits"), 5, "counter_get")
+    check(table.row(b"ctr")[b"cf:hits"], struct.pack(">q", 5), "counter cell bytes")
+    table.counter_set(b"ctr", b"cf:hits", 100)
+    check(table.counter_inc(b"ctr", b"cf:hits"), 101, "counter_inc after counter_set")
+
+    # delete: whole row, some columns
+    table.delete(b"user|000")
+    check(table.row(b"user|000"), {}, "delete(row)")
+    table.delete(b"user|001", columns=[b"cf:n"])
+    check(table.row(b"user|001"), {b"meta:m": b"m"}, "delete(row, columns)")
+    table.delete(b"user|002", columns=[b"meta"])
+    check(table.row(b"user|002"), {b"cf:n": b"2"}, "delete(row, columns=[family])")
+
+    # regions: one for a plain table, 128 salt regions for namespace chat
+    regions = table.regions()
+    check(len(regions), 1, "regions() of a plain table")
+    check((regions[0]["start_key"], regions[0]["end_key"]), (b"", b""), "single region bounds")
+    conn.create_table("chat:messages", {"m": dict()})
+    regions = conn.table("chat:messages").regions()
+    check(len(regions), 128, "regions() of a chat table")
+    check(regions[1]["start_key"], b"001", "second salt region start")
+    check(regions[127]["start_key"], b"127", "last salt region start")
+
+    # errors: unknown table, unknown family
+    try:
+        conn.table("nope").row(b"r")
+        raise AssertionError("reading an unknown table must fail")
+    except happybase.hbase.ttypes.IOError as e:
+        assert b"nope" in e.message or "nope" in str(e.message), e
+    try:
+        table.put(b"r", {b"zz:q": b"v"})
+        raise AssertionError("writing an unknown family must fail")
+    except happybase.hbase.ttypes.IOError:
+        pass
+
+    # disable / delete
+    conn.delete_table("events", disable=True)
+    check(conn.tables(), [b"chat:messages"], "tables() after delete_table")
+    conn.close()
+    print("happybase: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
