@@ -945,7 +945,7 @@ pub(crate) mod tests {
     #[test]
     fn too_many_events_and_garbage_are_rejected() {
         let one_ev = r#"{"type":"read","session_id":1,"session_kind":"group","sender_id":1,"target_id":1}"#;
-        let body = format!("[{}]", vec![one_ev; 3].join(","));
+        let body = format!("[{}]", [one_ev; 3].join(","));
         let e =
             parse_body(body.as_bytes(), BodyFormat::Json, ParseLimits { max_events: 2, max_errors: 10 }).unwrap_err();
         assert_eq!(e[0].code, "too_many");

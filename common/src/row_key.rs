@@ -39,11 +39,7 @@ pub fn salt(id: u64) -> u16 {
 /// `i64::MAX − message_id`; ids above `i64::MAX` (never produced by snowflake) map to 0.
 #[inline]
 pub const fn reverse(message_id: u64) -> u64 {
-    if message_id > i64::MAX as u64 {
-        0
-    } else {
-        i64::MAX as u64 - message_id
-    }
+    (i64::MAX as u64).saturating_sub(message_id)
 }
 
 /// The row key of a message (or inbox entry, or window start) under `id`.

@@ -1,0 +1,637 @@
+//! The Kafka I/O around [`crate::core::PartitionCore`]: a consumer-group poller thread,
+//! one task per assigned input partition, and the global merge task.
+//!
+//! Per batch of one partition (DESIGN §7, in this order): apply the records to the state;
+//! produce every output and await its delivery; write the state changes to the changelog
+//! (entries, then the `Meta` commit record) and await them; then commit the input offset.
+//! A failure at any step retries the step with backoff (outputs are deterministic, so a
+//! retry rewrites identical records); the partition does not read further meanwhile.
+//!
+//! The poller thread owns the consumer. Rebalance callbacks run on it: on revocation the
+//! affected partition tasks are closed and awaited (bounded by `--drain-timeout`, below
+//! the session timeout) and the producer is flushed before the partition can be assigned
+//! elsewhere; on assignment a task restores the partition from the changelog and skips
+//! input at or below the applied offset.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use chatpipe_common::envelope;
+use chatpipe_common::event::ChatEvent;
+use chatpipe_common::http::Telemetry;
+use chatpipe_common::kafka::{dlq, ensure_topics, record_consumer_lag, TopicSpec};
+
+use crate::config::Config;
+use crate::core::{Outcome, Outputs, PartitionCore, Progress};
+use crate::merge::Merger;
+use crate::metrics::ProcessorMetrics;
+use crate::state::{ChangeRecord, PartitionState, StateKey};
+use crate::Error;
+
+/// Records buffered per partition between the poller and its task.
+const PARTITION_QUEUE: usize = 4096;
+
+struct PartitionTask {
+    tx: mpsc::Sender<OwnedMessage>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    config: Config,
+    producer: FutureProducer,
+    metrics: ProcessorMetrics,
+    telemetry: Telemetry,
+    runtime: tokio::runtime::Handle,
+    tasks: Mutex<HashMap<i32, PartitionTask>>,
+    commits: mpsc::Sender<(i32, i64)>,
+}
+
+impl Shared {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<i32, PartitionTask>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_partition(self: &Arc<Self>, partition: i32) {
+        let (tx, rx) = mpsc::channel(PARTITION_QUEUE);
+        let shared = self.clone();
+        let task = self.runtime.spawn(async move { partition_task(partition, rx, shared).await });
+        if let Some(old) = self.tasks().insert(partition, PartitionTask { tx, task }) {
+            old.task.abort();
+        }
+        self.metrics.assigned.set(self.tasks().len() as i64);
+    }
+
+    /// Closes the partitions' queues, waits (bounded) for their tasks to finish the records
+    /// already queued, aborts stragglers, and flushes the producer.
+    fn stop_partitions(&self, partitions: &[i32]) {
+        let stopping: Vec<(i32, PartitionTask)> = {
+            let mut tasks = self.tasks();
+            partitions.iter().filter_map(|p| tasks.remove(p).map(|t| (*p, t))).collect()
+        };
+        self.metrics.assigned.set(self.tasks().len() as i64);
+        if stopping.is_empty() {
+            return;
+        }
+        let deadline = self.config.drain_timeout;
+        let handles: Vec<JoinHandle<()>> = stopping.into_iter().map(|(_, t)| t.task).collect();
+        let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
+        let finished = self.runtime.block_on(async { tokio::time::timeout(deadline, join_all(handles)).await.is_ok() });
+        if !finished {
+            tracing::warn!(timeout = ?deadline, "partition tasks did not drain in time; aborting them");
+            for a in aborts {
+                a.abort();
+            }
+        }
+        if let Err(e) = self.producer.flush(deadline) {
+            tracing::error!(error = %e, "producer flush on revocation failed");
+        }
+    }
+}
+
+/// The consumer context: rebalance handling and lag statistics.
+struct Ctx {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        record_consumer_lag(&statistics, &self.shared.metrics.lag);
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect()
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions_of(tpl, &self.shared.config.events_topic);
+            tracing::info!(partitions = ?parts, "partitions revoked");
+            self.shared.stop_partitions(&parts);
+        }
+    }
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts = partitions_of(tpl, &self.shared.config.events_topic);
+                tracing::info!(partitions = ?parts, "partitions assigned");
+                for p in parts {
+                    self.shared.start_partition(p);
+                }
+            }
+            Rebalance::Error(e) => {
+                self.shared.metrics.errors.with_label_values(&["rebalance"]).inc();
+                tracing::error!(error = %e, "rebalance failed");
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// A running processor.
+pub struct ProcessorHandle {
+    stop: Arc<AtomicBool>,
+    poller: Option<std::thread::JoinHandle<()>>,
+    merger: JoinHandle<()>,
+    merger_stop: tokio_util::sync::CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl ProcessorHandle {
+    /// Drains every partition, flushes the producer, commits and leaves the group.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.merger_stop.cancel();
+        if let Some(p) = self.poller.take() {
+            tokio::task::spawn_blocking(move || p.join()).await.map_err(|e| Error::Internal(e.to_string()))?.ok();
+        }
+        let _ = (&mut self.merger).await;
+        Ok(())
+    }
+
+    /// Simulates a crash: aborts every task without draining, purges the producer's
+    /// queue and drops the consumer without committing.
+    pub fn kill(mut self) {
+        self.merger.abort();
+        let tasks: Vec<PartitionTask> = self.shared.tasks().drain().map(|(_, t)| t).collect();
+        for t in tasks {
+            t.task.abort();
+        }
+        self.shared.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        // the poller exits without draining (tasks are gone) and drops the consumer
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(p) = self.poller.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+/// Creates the topics, starts the poller thread and the merge task.
+pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHandle, Error> {
+    let metrics = ProcessorMetrics::new(&telemetry.registry);
+    telemetry.health.set("processor", false);
+    let timeout = Duration::from_secs(30);
+    ensure_topics(&config.kafka, &[TopicSpec::new(&config.events_topic, config.events_partitions)], timeout).await?;
+    let partitions = topic_partitions(&config, &config.events_topic).await?;
+    let out = config.output_partitions;
+    ensure_topics(
+        &config.kafka,
+        &[
+            TopicSpec::compacted(&config.changelog_topic, partitions),
+            TopicSpec::new(&config.rows_topic, out),
+            TopicSpec::compacted(&config.agg_session_topic, out),
+            TopicSpec::compacted(&config.agg_global_topic, 1),
+            TopicSpec::compacted(&config.unread_topic, out),
+            TopicSpec::new(&config.partials_topic, 1),
+            TopicSpec::new(&config.dlq_topic, out),
+        ],
+        timeout,
+    )
+    .await?;
+    let changelog_partitions = topic_partitions(&config, &config.changelog_topic).await?;
+    if changelog_partitions != partitions {
+        return Err(Error::Config(format!(
+            "{} has {changelog_partitions} partitions but {} has {partitions}: the changelog must be co-partitioned",
+            config.changelog_topic, config.events_topic
+        )));
+    }
+    let producer: FutureProducer = config.kafka.producer_config("processor", config.producer_linger_ms).create()?;
+    let (commit_tx, commit_rx) = mpsc::channel(4096);
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        producer,
+        metrics,
+        telemetry: telemetry.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        tasks: Mutex::new(HashMap::new()),
+        commits: commit_tx,
+    });
+    let consumer: BaseConsumer<Ctx> = config
+        .kafka
+        .client_config("processor")
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "45000")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(Ctx { shared: shared.clone() })?;
+    consumer.subscribe(&[&config.events_topic])?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("processor-poller".into())
+            .spawn(move || poll_loop(consumer, shared, stop, commit_rx))
+            .map_err(|e| Error::Internal(e.to_string()))?
+    };
+    let merger_stop = tokio_util::sync::CancellationToken::new();
+    let merger = tokio::spawn(merge_task(shared.clone(), partitions, merger_stop.clone()));
+    telemetry.health.set("processor", true);
+    Ok(ProcessorHandle { stop, poller: Some(poller), merger, merger_stop, shared })
+}
+
+async fn topic_partitions(config: &Config, topic: &str) -> Result<i32, Error> {
+    let kafka = config.kafka.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<i32, Error> {
+        let c: BaseConsumer = kafka.client_config("processor-meta").create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        let n = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        if n == 0 {
+            return Err(Error::Config(format!("topic {topic} has no partitions")));
+        }
+        Ok(n as i32)
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+fn poll_loop(
+    consumer: BaseConsumer<Ctx>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    mut commits: mpsc::Receiver<(i32, i64)>,
+) {
+    let topic = shared.config.events_topic.clone();
+    let commit = |consumer: &BaseConsumer<Ctx>, commits: &mut mpsc::Receiver<(i32, i64)>| {
+        let mut latest: HashMap<i32, i64> = HashMap::new();
+        while let Ok((p, o)) = commits.try_recv() {
+            let e = latest.entry(p).or_insert(o);
+            *e = (*e).max(o);
+        }
+        if latest.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in latest {
+            let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(o));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // the changelog, not the committed offset, decides what is applied: a lost
+            // commit only means re-reading records that will be skipped
+            shared.metrics.errors.with_label_values(&["commit"]).inc();
+            tracing::debug!(error = %e, "offset commit failed");
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        commit(&consumer, &mut commits);
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                let tx = shared.tasks().get(&m.partition()).map(|t| t.tx.clone());
+                if let Some(tx) = tx {
+                    // blocks when the partition's queue is full: backpressure on polling
+                    let _ = tx.blocking_send(m.detach());
+                }
+            }
+            Some(Err(e)) => {
+                shared.metrics.errors.with_label_values(&["consume"]).inc();
+                tracing::warn!(error = %e, "consume error");
+            }
+        }
+    }
+    let all: Vec<i32> = shared.tasks().keys().copied().collect();
+    shared.stop_partitions(&all);
+    commit(&consumer, &mut commits);
+    consumer.unsubscribe();
+}
+
+/// A record to produce.
+struct Out {
+    topic: String,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Produces every record and awaits every delivery; retries the whole set with backoff
+/// until all are acknowledged (re-sending identical records is safe).
+async fn deliver(shared: &Shared, records: &[Out]) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match try_deliver(&shared.producer, records).await {
+            Ok(()) => {
+                shared.telemetry.health.set("kafka", true);
+                return;
+            }
+            Err(e) => {
+                shared.metrics.errors.with_label_values(&["produce"]).inc();
+                shared.telemetry.health.set("kafka", false);
+                tracing::warn!(error = %e, retry_in = ?backoff, "output delivery failed; retrying the batch");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn try_deliver(producer: &FutureProducer, records: &[Out]) -> Result<(), rdkafka::error::KafkaError> {
+    let mut futures = Vec::with_capacity(records.len());
+    for r in records {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).key(&r.key).headers(headers);
+        if let Some(v) = &r.value {
+            rec = rec.payload(v);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        // send() waits for queue space (bounded by librdkafka's queue), then for delivery
+        futures.push(producer.send(rec, Duration::from_secs(30)));
+    }
+    for r in join_all(futures).await {
+        r.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+async fn restore(config: &Config, partition: i32) -> Result<PartitionState, Error> {
+    let kafka = config.kafka.clone();
+    let topic = config.changelog_topic.clone();
+    tokio::task::spawn_blocking(move || -> Result<PartitionState, Error> {
+        let c: BaseConsumer = kafka
+            .client_config("processor-restore")
+            .set("group.id", "chatpipe-processor-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        let (low, high) = c.fetch_watermarks(&topic, partition, Duration::from_secs(30))?;
+        let mut latest: HashMap<StateKey, ChangeRecord> = HashMap::new();
+        if high > low {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
+            c.assign(&tpl)?;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                if Instant::now() > deadline {
+                    return Err(Error::Restore(format!("partition {partition}: changelog not read to {high} in time")));
+                }
+                match c.poll(Duration::from_millis(500)) {
+                    None => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(m)) => {
+                        if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                            let key: StateKey = envelope::decode(k).map_err(|e| Error::Restore(e.to_string()))?;
+                            let rec: ChangeRecord = envelope::decode(v).map_err(|e| Error::Restore(e.to_string()))?;
+                            latest.insert(key, rec);
+                        }
+                        if m.offset() >= high - 1 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(PartitionState::restore(latest))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, shared: Arc<Shared>) {
+    let cfg = &shared.config;
+    let t0 = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let state = loop {
+        match restore(cfg, partition).await {
+            Ok(s) => break s,
+            Err(e) => {
+                shared.metrics.errors.with_label_values(&["restore"]).inc();
+                tracing::error!(partition, error = %e, "state restore failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    shared.metrics.restore.observe(t0.elapsed().as_secs_f64());
+    tracing::info!(partition, entries = state.entries(), applied = state.meta.applied_offset, took = ?t0.elapsed(), "partition state restored");
+    let mut core = PartitionCore::new(partition, cfg.rules(), state);
+    let part_label = partition.to_string();
+    let mut last_input = Instant::now();
+    loop {
+        let mut batch: Vec<OwnedMessage> = Vec::new();
+        let idle_at = last_input + cfg.idle_timeout;
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => batch.push(m),
+                None => break,
+            },
+            _ = tokio::time::sleep_until(idle_at.into()) => {}
+        }
+        let started = Instant::now();
+        if batch.is_empty() {
+            core.advance_idle(now_ms());
+            last_input = Instant::now();
+        } else {
+            let linger_until = tokio::time::Instant::now() + cfg.batch_linger;
+            while batch.len() < cfg.batch_events {
+                match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                    Ok(Some(m)) => batch.push(m),
+                    _ => break,
+                }
+            }
+            last_input = Instant::now();
+            for m in &batch {
+                match m.payload().map(envelope::decode::<ChatEvent>) {
+                    Some(Ok(ev)) => core.apply(m.offset(), &ev),
+                    Some(Err(e)) => core.reject(m.offset(), "undecodable", e.to_string()),
+                    None => core.reject(m.offset(), "undecodable", "record without a value".into()),
+                }
+            }
+            shared.metrics.batch_events.observe(batch.len() as f64);
+        }
+        let (outputs, changes) = core.finish_batch();
+        if changes.is_empty() {
+            continue;
+        }
+        let records = output_records(cfg, &outputs, &batch, partition);
+        record_outcomes(&shared.metrics, &outputs);
+        deliver(&shared, &records).await;
+        // state: entries first, then the Meta record that commits the batch
+        let (meta, entries): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(k, _)| *k == StateKey::Meta);
+        let log = |set: Vec<(StateKey, ChangeRecord)>| -> Vec<Out> {
+            set.into_iter()
+                .filter_map(|(k, r)| {
+                    Some(Out {
+                        topic: cfg.changelog_topic.clone(),
+                        partition: Some(partition),
+                        key: envelope::encode(&k).ok()?,
+                        value: Some(envelope::encode(&r).ok()?),
+                        headers: Vec::new(),
+                    })
+                })
+                .collect()
+        };
+        let entries = log(entries);
+        let meta = log(meta);
+        let bytes: usize =
+            entries.iter().chain(meta.iter()).map(|o| o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
+        deliver(&shared, &entries).await;
+        deliver(&shared, &meta).await;
+        shared.metrics.changelog_bytes.inc_by(bytes as u64);
+        shared.metrics.state_entries.with_label_values(&[&part_label]).set(core.state.entries() as i64);
+        shared.metrics.batch.observe(started.elapsed().as_secs_f64());
+        let next = core.applied_offset() + 1;
+        if next > 0 {
+            let _ = shared.commits.try_send((partition, next));
+        }
+    }
+    tracing::info!(partition, "partition task stopped");
+}
+
+fn record_outcomes(m: &ProcessorMetrics, o: &Outputs) {
+    for (outcome, n) in &o.outcomes {
+        m.events.with_label_values(&[outcome.as_str()]).inc_by(*n);
+        if *outcome == Outcome::Late {
+            m.late.inc_by(*n);
+        }
+    }
+    for d in &o.dlq {
+        m.dlq.with_label_values(&[d.reason]).inc();
+    }
+    m.windows.with_label_values(&["session"]).inc_by(o.windows_emitted);
+    m.output.with_label_values(&["rows"]).inc_by(o.rows.len() as u64);
+    m.output.with_label_values(&["agg_session"]).inc_by(o.session_aggs.len() as u64);
+    m.output.with_label_values(&["unread"]).inc_by(o.unread.len() as u64);
+}
+
+fn output_records(cfg: &Config, o: &Outputs, batch: &[OwnedMessage], partition: i32) -> Vec<Out> {
+    let mut out = Vec::with_capacity(o.rows.len() + o.session_aggs.len() + o.unread.len() + 2);
+    for r in &o.rows {
+        if let Ok(v) = envelope::encode(r) {
+            out.push(Out {
+                topic: cfg.rows_topic.clone(),
+                partition: None,
+                key: r.row.clone(),
+                value: Some(v),
+                headers: Vec::new(),
+            });
+        }
+    }
+    for (k, v) in &o.session_aggs {
+        out.push(Out {
+            topic: cfg.agg_session_topic.clone(),
+            partition: None,
+            key: k.clone().into_bytes(),
+            value: Some(v.clone().into_bytes()),
+            headers: Vec::new(),
+        });
+    }
+    for (k, v) in &o.unread {
+        out.push(Out {
+            topic: cfg.unread_topic.clone(),
+            partition: None,
+            key: k.clone().into_bytes(),
+            value: v.clone().map(String::into_bytes),
+            headers: Vec::new(),
+        });
+    }
+    if let Some(p) = &o.progress {
+        if let Ok(v) = envelope::encode(p) {
+            out.push(Out {
+                topic: cfg.partials_topic.clone(),
+                partition: Some(0),
+                key: partition.to_string().into_bytes(),
+                value: Some(v),
+                headers: Vec::new(),
+            });
+        }
+    }
+    for d in &o.dlq {
+        let original = batch.iter().find(|m| m.offset() == d.offset);
+        out.push(Out {
+            topic: cfg.dlq_topic.clone(),
+            partition: None,
+            key: original.and_then(|m| m.key()).map(<[u8]>::to_vec).unwrap_or_default(),
+            value: original.and_then(|m| m.payload()).map(<[u8]>::to_vec),
+            headers: vec![
+                (dlq::REASON, d.reason.to_owned()),
+                (dlq::DETAIL, d.detail.clone()),
+                (dlq::STAGE, "processor".to_owned()),
+                (dlq::TOPIC, cfg.events_topic.clone()),
+                (dlq::PARTITION, partition.to_string()),
+                (dlq::OFFSET, d.offset.to_string()),
+            ],
+        });
+    }
+    out
+}
+
+async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync::CancellationToken) {
+    let cfg = &shared.config;
+    let consumer: StreamConsumer = match cfg
+        .kafka
+        .client_config("processor-merge")
+        .set("group.id", format!("{}-merge", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "global merge consumer could not be created");
+            return;
+        }
+    };
+    if let Err(e) = consumer.subscribe(&[&cfg.partials_topic]) {
+        tracing::error!(error = %e, "global merge could not subscribe");
+        return;
+    }
+    let rules = cfg.rules();
+    let mut merger = Merger::new(partitions, rules.window_ms, rules.correction_horizon_ms);
+    loop {
+        let m = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                shared.metrics.errors.with_label_values(&["consume"]).inc();
+                tracing::warn!(error = %e, "global merge consume error");
+                continue;
+            }
+        };
+        let Some(Ok(progress)) = m.payload().map(envelope::decode::<Progress>) else {
+            shared.metrics.errors.with_label_values(&["undecodable_partial"]).inc();
+            continue;
+        };
+        let emitted = merger.on_progress(progress);
+        if emitted.is_empty() {
+            continue;
+        }
+        let records: Vec<Out> = emitted
+            .into_iter()
+            .map(|(k, v)| Out {
+                topic: cfg.agg_global_topic.clone(),
+                partition: None,
+                key: k.into_bytes(),
+                value: Some(v.into_bytes()),
+                headers: Vec::new(),
+            })
+            .collect();
+        shared.metrics.windows.with_label_values(&["global"]).inc_by(records.len() as u64);
+        shared.metrics.output.with_label_values(&["agg_global"]).inc_by(records.len() as u64);
+        deliver(&shared, &records).await;
+    }
+}
