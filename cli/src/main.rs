@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Serve HBase's Thrift1 API from an embedded store (dev and tests).
     HbaseEmulator(chatpipe_hbase_emulator::Config),
+    /// Process chat.events into timelines, inboxes, membership, unread and window counts.
+    Process(chatpipe_processor::Config),
 }
 
 #[tokio::main]
@@ -28,6 +30,7 @@ async fn main() -> Result<()> {
     let shutdown = chatpipe_common::shutdown::signal();
     match cli.command {
         Command::HbaseEmulator(cfg) => chatpipe_hbase_emulator::run(cfg, shutdown).await?,
+        Command::Process(cfg) => chatpipe_processor::run(cfg, shutdown).await?,
     }
     Ok(())
 }
