@@ -9,6 +9,11 @@
 //! frames (read by our own [`FramedReader`]) up to `max_message_bytes`. It also reads the
 //! arguments of an unknown method off the wire (so the reply stays in sync) and records
 //! whether any read failed, so the server closes a connection whose stream is out of step.
+//!
+//! The generated argument readers refuse a call that leaves out an argument, where HBase's
+//! Java server takes it as `null` (happybase leaves out `columns=None`, for one): the guard
+//! supplies each missing top-level argument as an empty value (empty string, list, map,
+//! struct; zero), which HBase's handler treats as it treats `null`.
 
 use std::cell::RefCell;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -25,57 +30,97 @@ use thrift::{ProtocolError, ProtocolErrorKind};
 /// Most elements of one list, set or map in a request.
 pub const MAX_CONTAINER_ELEMENTS: i32 = 1_000_000;
 
-/// The methods of the Thrift1 `Hbase` service (those the generated processor dispatches).
-const KNOWN_METHODS: &[&str] = &[
-    "enableTable",
-    "disableTable",
-    "isTableEnabled",
-    "compact",
-    "majorCompact",
-    "getTableNames",
-    "getTableNamesWithIsTableEnabled",
-    "getColumnDescriptors",
-    "getTableRegions",
-    "createTable",
-    "deleteTable",
-    "get",
-    "getVer",
-    "getVerTs",
-    "getRow",
-    "getRowWithColumns",
-    "getRowTs",
-    "getRowWithColumnsTs",
-    "getRows",
-    "getRowsWithColumns",
-    "getRowsTs",
-    "getRowsWithColumnsTs",
-    "mutateRow",
-    "mutateRowTs",
-    "mutateRows",
-    "mutateRowsTs",
-    "atomicIncrement",
-    "deleteAll",
-    "deleteAllTs",
-    "deleteAllRow",
-    "increment",
-    "incrementRows",
-    "deleteAllRowTs",
-    "scannerOpenWithScan",
-    "scannerOpen",
-    "scannerOpenWithStop",
-    "scannerOpenWithPrefix",
-    "scannerOpenTs",
-    "scannerOpenWithStopTs",
-    "scannerGet",
-    "scannerGetList",
-    "scannerClose",
-    "getRegionInfo",
-    "append",
-    "checkAndPut",
-    "getThriftServerType",
-    "getClusterId",
-    "grant",
-    "revoke",
+/// The argument fields of every method of the Thrift1 `Hbase` service (from the generated
+/// `Hbase*Args` structs, which insist on all of them).
+const METHOD_ARGS: &[(&str, &[(i16, TType)])] = &[
+    ("enableTable", &[(1, TType::String)]),
+    ("disableTable", &[(1, TType::String)]),
+    ("isTableEnabled", &[(1, TType::String)]),
+    ("compact", &[(1, TType::String)]),
+    ("majorCompact", &[(1, TType::String)]),
+    ("getTableNames", &[]),
+    ("getTableNamesWithIsTableEnabled", &[]),
+    ("getColumnDescriptors", &[(1, TType::String)]),
+    ("getTableRegions", &[(1, TType::String)]),
+    ("createTable", &[(1, TType::String), (2, TType::List)]),
+    ("deleteTable", &[(1, TType::String)]),
+    ("get", &[(1, TType::String), (2, TType::String), (3, TType::String), (4, TType::Map)]),
+    ("getVer", &[(1, TType::String), (2, TType::String), (3, TType::String), (4, TType::I32), (5, TType::Map)]),
+    (
+        "getVerTs",
+        &[
+            (1, TType::String),
+            (2, TType::String),
+            (3, TType::String),
+            (4, TType::I64),
+            (5, TType::I32),
+            (6, TType::Map),
+        ],
+    ),
+    ("getRow", &[(1, TType::String), (2, TType::String), (3, TType::Map)]),
+    ("getRowWithColumns", &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::Map)]),
+    ("getRowTs", &[(1, TType::String), (2, TType::String), (3, TType::I64), (4, TType::Map)]),
+    (
+        "getRowWithColumnsTs",
+        &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::I64), (5, TType::Map)],
+    ),
+    ("getRows", &[(1, TType::String), (2, TType::List), (3, TType::Map)]),
+    ("getRowsWithColumns", &[(1, TType::String), (2, TType::List), (3, TType::List), (4, TType::Map)]),
+    ("getRowsTs", &[(1, TType::String), (2, TType::List), (3, TType::I64), (4, TType::Map)]),
+    (
+        "getRowsWithColumnsTs",
+        &[(1, TType::String), (2, TType::List), (3, TType::List), (4, TType::I64), (5, TType::Map)],
+    ),
+    ("mutateRow", &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::Map)]),
+    ("mutateRowTs", &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::I64), (5, TType::Map)]),
+    ("mutateRows", &[(1, TType::String), (2, TType::List), (3, TType::Map)]),
+    ("mutateRowsTs", &[(1, TType::String), (2, TType::List), (3, TType::I64), (4, TType::Map)]),
+    ("atomicIncrement", &[(1, TType::String), (2, TType::String), (3, TType::String), (4, TType::I64)]),
+    ("deleteAll", &[(1, TType::String), (2, TType::String), (3, TType::String), (4, TType::Map)]),
+    ("deleteAllTs", &[(1, TType::String), (2, TType::String), (3, TType::String), (4, TType::I64), (5, TType::Map)]),
+    ("deleteAllRow", &[(1, TType::String), (2, TType::String), (3, TType::Map)]),
+    ("increment", &[(1, TType::Struct)]),
+    ("incrementRows", &[(1, TType::List)]),
+    ("deleteAllRowTs", &[(1, TType::String), (2, TType::String), (3, TType::I64), (4, TType::Map)]),
+    ("scannerOpenWithScan", &[(1, TType::String), (2, TType::Struct), (3, TType::Map)]),
+    ("scannerOpen", &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::Map)]),
+    (
+        "scannerOpenWithStop",
+        &[(1, TType::String), (2, TType::String), (3, TType::String), (4, TType::List), (5, TType::Map)],
+    ),
+    ("scannerOpenWithPrefix", &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::Map)]),
+    ("scannerOpenTs", &[(1, TType::String), (2, TType::String), (3, TType::List), (4, TType::I64), (5, TType::Map)]),
+    (
+        "scannerOpenWithStopTs",
+        &[
+            (1, TType::String),
+            (2, TType::String),
+            (3, TType::String),
+            (4, TType::List),
+            (5, TType::I64),
+            (6, TType::Map),
+        ],
+    ),
+    ("scannerGet", &[(1, TType::I32)]),
+    ("scannerGetList", &[(1, TType::I32), (2, TType::I32)]),
+    ("scannerClose", &[(1, TType::I32)]),
+    ("getRegionInfo", &[(1, TType::String)]),
+    ("append", &[(1, TType::Struct)]),
+    (
+        "checkAndPut",
+        &[
+            (1, TType::String),
+            (2, TType::String),
+            (3, TType::String),
+            (5, TType::String),
+            (6, TType::Struct),
+            (7, TType::Map),
+        ],
+    ),
+    ("getThriftServerType", &[]),
+    ("getClusterId", &[]),
+    ("grant", &[(1, TType::Struct)]),
+    ("revoke", &[(1, TType::Struct)]),
 ];
 
 /// Reads whole frames of the framed transport, refusing sizes outside `1..=max`.
@@ -171,6 +216,34 @@ pub struct GuardedInput {
     compact: bool,
     max_bytes: usize,
     failed: bool,
+    args: ArgsState,
+}
+
+/// Bookkeeping to supply missing top-level arguments (see the module doc).
+#[derive(Default)]
+struct ArgsState {
+    /// The argument fields of the method being read.
+    schema: &'static [(i16, TType)],
+    /// Nesting of real structs (1 = the arguments struct).
+    depth: u32,
+    /// Argument field ids present on the wire.
+    seen: u64,
+    /// Missing fields still to supply, last first.
+    pending: Vec<(i16, TType)>,
+    /// The real end of the arguments was read; a `Stop` is owed after the supplied fields.
+    stop_owed: bool,
+    /// The type of the supplied value about to be read.
+    value: Option<TType>,
+    /// Inside a supplied (empty) struct.
+    synthetic_structs: u32,
+    /// Supplied (empty) containers whose end is still to be read.
+    synthetic_containers: u32,
+    /// The current field is a supplied one.
+    synthetic_field: bool,
+}
+
+fn stop_field() -> TFieldIdentifier {
+    TFieldIdentifier::new::<Option<String>, String, Option<i16>>(None, TType::Stop, None)
 }
 
 impl GuardedInput {
@@ -266,13 +339,64 @@ impl GuardedInput {
                 TMessageIdentifier::new(name, message_type, sequence)
             }
         };
-        if !KNOWN_METHODS.contains(&ident.name.as_str()) {
-            // The processor answers "unknown method" without reading the arguments; read them
-            // here so that the next request starts where it should.
-            self.skip(TType::Struct)?;
-            self.inner.read_message_end()?;
+        self.args = ArgsState::default();
+        match METHOD_ARGS.iter().find(|(name, _)| *name == ident.name) {
+            Some((_, schema)) => self.args.schema = schema,
+            None => {
+                // The processor answers "unknown method" without reading the arguments; read
+                // them here so that the next request starts where it should.
+                self.skip(TType::Struct)?;
+                self.inner.read_message_end()?;
+            }
         }
         Ok(ident)
+    }
+
+    /// Takes the supplied value about to be read, if any.
+    fn synthetic(&mut self) -> Option<TType> {
+        self.args.value.take()
+    }
+
+    fn field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
+        let a = &mut self.args;
+        if a.synthetic_structs > 0 {
+            return Ok(stop_field());
+        }
+        if a.depth == 1 && a.stop_owed {
+            return Ok(match a.pending.pop() {
+                Some((id, ty)) => {
+                    a.value = Some(ty);
+                    a.synthetic_field = true;
+                    TFieldIdentifier::new::<Option<String>, String, i16>(None, ty, id)
+                }
+                None => {
+                    a.stop_owed = false;
+                    stop_field()
+                }
+            });
+        }
+        let field = self.inner.read_field_begin()?;
+        let a = &mut self.args;
+        if a.depth == 1 {
+            match field.id {
+                _ if field.field_type == TType::Stop => {
+                    a.pending = a
+                        .schema
+                        .iter()
+                        .rev()
+                        .filter(|(id, _)| (0..64).contains(id) && a.seen & (1u64 << id) == 0)
+                        .copied()
+                        .collect();
+                    if !a.pending.is_empty() {
+                        a.stop_owed = true;
+                        return self.field_begin();
+                    }
+                }
+                Some(id) if (0..64).contains(&id) => a.seen |= 1u64 << id,
+                _ => {}
+            }
+        }
+        Ok(field)
     }
 
     fn check_size(&mut self, size: i32, what: &str) -> thrift::Result<()> {
@@ -298,84 +422,151 @@ impl TInputProtocol for GuardedInput {
         self.track(r)
     }
     fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
+        if self.synthetic().is_some() || self.args.synthetic_structs > 0 {
+            self.args.synthetic_structs += 1;
+            return Ok(None);
+        }
         let r = self.inner.read_struct_begin();
+        self.args.depth += 1;
         self.track(r)
     }
     fn read_struct_end(&mut self) -> thrift::Result<()> {
+        if self.args.synthetic_structs > 0 {
+            self.args.synthetic_structs -= 1;
+            return Ok(());
+        }
+        self.args.depth = self.args.depth.saturating_sub(1);
         let r = self.inner.read_struct_end();
         self.track(r)
     }
     fn read_field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
-        let r = self.inner.read_field_begin();
+        let r = self.field_begin();
         self.track(r)
     }
     fn read_field_end(&mut self) -> thrift::Result<()> {
+        if self.args.synthetic_structs == 0 && std::mem::take(&mut self.args.synthetic_field) {
+            return Ok(());
+        }
+        if self.args.synthetic_structs > 0 {
+            return Ok(());
+        }
         let r = self.inner.read_field_end();
         self.track(r)
     }
     fn read_bool(&mut self) -> thrift::Result<bool> {
+        if self.synthetic().is_some() {
+            return Ok(false);
+        }
         let r = self.inner.read_bool();
         self.track(r)
     }
     fn read_bytes(&mut self) -> thrift::Result<Vec<u8>> {
+        if self.synthetic().is_some() {
+            return Ok(Vec::new());
+        }
         let r = self.read_bytes_unchecked_track();
         self.track(r)
     }
     fn read_i8(&mut self) -> thrift::Result<i8> {
+        if self.synthetic().is_some() {
+            return Ok(0);
+        }
         let r = self.inner.read_i8();
         self.track(r)
     }
     fn read_i16(&mut self) -> thrift::Result<i16> {
+        if self.synthetic().is_some() {
+            return Ok(0);
+        }
         let r = self.inner.read_i16();
         self.track(r)
     }
     fn read_i32(&mut self) -> thrift::Result<i32> {
+        if self.synthetic().is_some() {
+            return Ok(0);
+        }
         let r = self.inner.read_i32();
         self.track(r)
     }
     fn read_i64(&mut self) -> thrift::Result<i64> {
+        if self.synthetic().is_some() {
+            return Ok(0);
+        }
         let r = self.inner.read_i64();
         self.track(r)
     }
     fn read_double(&mut self) -> thrift::Result<f64> {
+        if self.synthetic().is_some() {
+            return Ok(0.0);
+        }
         let r = self.inner.read_double();
         self.track(r)
     }
     fn read_string(&mut self) -> thrift::Result<String> {
+        if self.synthetic().is_some() {
+            return Ok(String::new());
+        }
         let r = self.read_bytes_unchecked_track().and_then(|b| String::from_utf8(b).map_err(thrift::Error::from));
         self.track(r)
     }
     fn read_list_begin(&mut self) -> thrift::Result<TListIdentifier> {
+        if self.synthetic().is_some() {
+            self.args.synthetic_containers += 1;
+            return Ok(TListIdentifier::new(TType::String, 0));
+        }
         let r = self.inner.read_list_begin();
         let ident = self.track(r)?;
         self.check_size(ident.size, "list")?;
         Ok(ident)
     }
     fn read_list_end(&mut self) -> thrift::Result<()> {
+        if self.args.synthetic_containers > 0 {
+            self.args.synthetic_containers -= 1;
+            return Ok(());
+        }
         let r = self.inner.read_list_end();
         self.track(r)
     }
     fn read_set_begin(&mut self) -> thrift::Result<TSetIdentifier> {
+        if self.synthetic().is_some() {
+            self.args.synthetic_containers += 1;
+            return Ok(TSetIdentifier::new(TType::String, 0));
+        }
         let r = self.inner.read_set_begin();
         let ident = self.track(r)?;
         self.check_size(ident.size, "set")?;
         Ok(ident)
     }
     fn read_set_end(&mut self) -> thrift::Result<()> {
+        if self.args.synthetic_containers > 0 {
+            self.args.synthetic_containers -= 1;
+            return Ok(());
+        }
         let r = self.inner.read_set_end();
         self.track(r)
     }
     fn read_map_begin(&mut self) -> thrift::Result<TMapIdentifier> {
+        if self.synthetic().is_some() {
+            self.args.synthetic_containers += 1;
+            return Ok(TMapIdentifier::new(TType::String, TType::String, 0));
+        }
         let r = self.inner.read_map_begin();
         let ident = self.track(r)?;
         self.check_size(ident.size, "map")?;
         Ok(ident)
     }
     fn read_map_end(&mut self) -> thrift::Result<()> {
+        if self.args.synthetic_containers > 0 {
+            self.args.synthetic_containers -= 1;
+            return Ok(());
+        }
         let r = self.inner.read_map_end();
         self.track(r)
     }
     fn read_byte(&mut self) -> thrift::Result<u8> {
+        if self.synthetic().is_some() {
+            return Ok(0);
+        }
         let r = self.inner.read_byte();
         self.track(r)
     }
@@ -403,7 +594,14 @@ pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInpu
     } else {
         Box::new(TBinaryInputProtocol::new(raw.clone(), true))
     };
-    let input = GuardedInput { inner, raw, compact: wire.compact, max_bytes: wire.max_message_bytes, failed: false };
+    let input = GuardedInput {
+        inner,
+        raw,
+        compact: wire.compact,
+        max_bytes: wire.max_message_bytes,
+        failed: false,
+        args: ArgsState::default(),
+    };
     let writer: Box<dyn Write> = if wire.framed {
         Box::new(FramedWriter::new(BufWriter::with_capacity(64 * 1024, write_half)))
     } else {
@@ -428,7 +626,7 @@ mod tests {
         } else {
             Box::new(TBinaryInputProtocol::new(raw.clone(), true))
         };
-        GuardedInput { inner, raw, compact, max_bytes: 1024, failed: false }
+        GuardedInput { inner, raw, compact, max_bytes: 1024, failed: false, args: ArgsState::default() }
     }
 
     #[test]

@@ -685,8 +685,9 @@ impl Store {
         })
     }
 
-    /// Puts `put` if the newest visible value of the checked column equals `expected`
-    /// (`None`: if the column has no visible value). Returns whether it put.
+    /// Puts `put` if the newest visible value of the checked column equals `expected`;
+    /// `None` or an empty value: if the column has no visible value (or an empty one), as
+    /// HBase's `checkAndMutate` does. Returns whether it put.
     pub fn check_and_put(
         &self,
         table: &[u8],
@@ -701,10 +702,11 @@ impl Store {
             w.meta.require_family(family)?;
             w.meta.require_family(put.0)?;
             let current = w.latest(row, family, qualifier, now)?;
-            let matches = match (expected, current) {
-                (None, None) => true,
-                (Some(e), Some((_, v))) => e == v.as_slice(),
-                _ => false,
+            // As HBase's checkAndMutate: an empty expected value also matches a missing cell.
+            let expected = expected.unwrap_or_default();
+            let matches = match current {
+                None => expected.is_empty(),
+                Some((_, v)) => expected == v.as_slice(),
             };
             if matches {
                 w.put(row, put.0, put.1, put.2, now)?;

@@ -395,3 +395,116 @@ fn framed_and_compact_wire_formats_are_served() {
         assert_exception(c.get_row("nope".into(), "r".into(), no_attrs()), "IOError", "nope");
     }
 }
+
+/// Sends a call whose arguments leave some fields out, as Java and Python clients do for
+/// `null`, and returns the reply's message type and its success field (id 0) reader.
+mod raw {
+    use std::net::{SocketAddr, TcpStream};
+
+    use thrift::protocol::{
+        TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
+        TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
+    };
+
+    pub enum Arg<'a> {
+        Bytes(i16, &'a [u8]),
+        Columns(i16, &'a [&'a str]),
+        Mutation(i16, &'a hbase_thrift::hbase::Mutation),
+    }
+
+    pub fn call(addr: SocketAddr, method: &str, args: &[Arg<'_>]) -> (TMessageType, TBinaryInputProtocol<TcpStream>) {
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut o = TBinaryOutputProtocol::new(stream.try_clone().unwrap(), true);
+        o.write_message_begin(&TMessageIdentifier::new(method, TMessageType::Call, 7)).unwrap();
+        o.write_struct_begin(&TStructIdentifier::new("args")).unwrap();
+        for a in args {
+            match a {
+                Arg::Bytes(id, b) => {
+                    o.write_field_begin(&TFieldIdentifier::new("f", TType::String, *id)).unwrap();
+                    o.write_bytes(b).unwrap();
+                }
+                Arg::Columns(id, cols) => {
+                    o.write_field_begin(&TFieldIdentifier::new("f", TType::List, *id)).unwrap();
+                    o.write_list_begin(&TListIdentifier::new(TType::String, cols.len() as i32)).unwrap();
+                    for c in *cols {
+                        o.write_bytes(c.as_bytes()).unwrap();
+                    }
+                    o.write_list_end().unwrap();
+                }
+                Arg::Mutation(id, m) => {
+                    o.write_field_begin(&TFieldIdentifier::new("f", TType::Struct, *id)).unwrap();
+                    m.write_to_out_protocol(&mut o).unwrap();
+                }
+            }
+            o.write_field_end().unwrap();
+        }
+        o.write_field_stop().unwrap();
+        o.write_struct_end().unwrap();
+        o.write_message_end().unwrap();
+        o.flush().unwrap();
+        let mut i = TBinaryInputProtocol::new(stream, true);
+        let ident = i.read_message_begin().unwrap();
+        assert_eq!(ident.sequence_number, 7);
+        (ident.message_type, i)
+    }
+
+    /// Reads the reply struct up to its field 0 (the result); panics on an exception field.
+    pub fn success_field(i: &mut TBinaryInputProtocol<TcpStream>) -> TType {
+        i.read_struct_begin().unwrap();
+        let f = i.read_field_begin().unwrap();
+        assert_eq!(f.id, Some(0), "expected a result, got field {:?}", f.id);
+        f.field_type
+    }
+}
+
+#[test]
+fn omitted_arguments_are_taken_as_null_like_hbase_does() {
+    use raw::Arg;
+    use thrift::protocol::{TInputProtocol, TMessageType, TType};
+
+    let emu = emulator();
+    let addr = emu.local_addr();
+    let mut c = connect(addr);
+    create_table(&mut c, "t", &["f"]);
+    c.mutate_row("t".into(), "r".into(), vec![put("f:a", "1"), put("f:b", "2")], no_attrs()).unwrap();
+
+    // getRowWithColumns without columns (nor attributes): the whole row.
+    let (kind, mut i) = raw::call(addr, "getRowWithColumns", &[Arg::Bytes(1, b"t"), Arg::Bytes(2, b"r")]);
+    assert_eq!(kind, TMessageType::Reply);
+    assert_eq!(raw::success_field(&mut i), TType::List);
+    let list = i.read_list_begin().unwrap();
+    assert_eq!(list.size, 1);
+    let row = hbase_thrift::hbase::TRowResult::read_from_in_protocol(&mut i).unwrap();
+    assert_eq!(row.columns.unwrap().len(), 2);
+
+    // scannerOpen without columns: every column.
+    let (kind, mut i) = raw::call(addr, "scannerOpen", &[Arg::Bytes(1, b"t"), Arg::Bytes(2, b"")]);
+    assert_eq!(kind, TMessageType::Reply);
+    assert_eq!(raw::success_field(&mut i), TType::I32);
+    let id = i.read_i32().unwrap();
+    assert_eq!(value(&c.scanner_get(id).unwrap()[0], "f:b").as_deref(), Some("2"));
+
+    // getRowWithColumns with columns but without attributes.
+    let (kind, mut i) =
+        raw::call(addr, "getRowWithColumns", &[Arg::Bytes(1, b"t"), Arg::Bytes(2, b"r"), Arg::Columns(3, &["f:a"])]);
+    assert_eq!(kind, TMessageType::Reply);
+    assert_eq!(raw::success_field(&mut i), TType::List);
+    assert_eq!(i.read_list_begin().unwrap().size, 1);
+    let row = hbase_thrift::hbase::TRowResult::read_from_in_protocol(&mut i).unwrap();
+    assert_eq!(row.columns.unwrap().keys().cloned().collect::<Vec<_>>(), vec![b"f:a".to_vec()]);
+
+    // checkAndPut without a value: put only if the checked cell does not exist.
+    let m = put("f:new", "x");
+    let check_and_put = || {
+        let args = [Arg::Bytes(1, b"t"), Arg::Bytes(2, b"r"), Arg::Bytes(3, b"f:new"), Arg::Mutation(6, &m)];
+        let (kind, mut i) = raw::call(addr, "checkAndPut", &args);
+        assert_eq!(kind, TMessageType::Reply);
+        assert_eq!(raw::success_field(&mut i), TType::Bool);
+        i.read_bool().unwrap()
+    };
+    assert!(check_and_put(), "the cell did not exist: put");
+    assert!(!check_and_put(), "the cell exists now: no put");
+    assert_eq!(c.get("t".into(), "r".into(), "f:new".into(), no_attrs()).unwrap().len(), 1);
+    // An empty value, as HBase's checkAndMutate, also matches a missing cell.
+    assert!(c.check_and_put("t".into(), "r".into(), "f:zz".into(), Vec::new(), put("f:c", "3"), no_attrs()).unwrap());
+}
