@@ -21,6 +21,12 @@ enum Command {
     HbaseEmulator(chatpipe_hbase_emulator::Config),
     /// Process chat.events into timelines, inboxes, membership, unread and window counts.
     Process(chatpipe_processor::Config),
+    /// Write chat.rows into HBase through its Thrift1 API (batched, replay-safe).
+    Sink(chatpipe_sink::Config),
+    /// Create the HBase tables (`create`) or print HBase shell DDL (`--hbase-shell`).
+    Tables(chatpipe_sink::TablesArgs),
+    /// Read a conversation timeline or a user's inbox from HBase, newest first.
+    Query(chatpipe_sink::QueryArgs),
 }
 
 #[tokio::main]
@@ -31,6 +37,9 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::HbaseEmulator(cfg) => chatpipe_hbase_emulator::run(cfg, shutdown).await?,
         Command::Process(cfg) => chatpipe_processor::run(cfg, shutdown).await?,
+        Command::Sink(cfg) => chatpipe_sink::run(cfg, shutdown).await?,
+        Command::Tables(args) => chatpipe_sink::tables::run(args, &mut std::io::stdout()).await?,
+        Command::Query(args) => chatpipe_sink::query::run(args, &mut std::io::stdout(), &mut std::io::stderr()).await?,
     }
     Ok(())
 }
