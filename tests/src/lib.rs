@@ -23,6 +23,20 @@ use rdkafka::ClientConfig;
 /// The command that installs what the tests need.
 pub const SETUP_COMMAND: &str = "scripts/setup";
 
+/// The `chatpipe` binary of this workspace (built by `cargo build -p chatpipe`, which the
+/// test command runs before the tests), for tests that kill a role's process.
+pub fn chatpipe_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/chatpipe
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent directory")?;
+    let bin = dir.join("chatpipe");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        bail!("{} is missing: run `cargo build -p chatpipe` first (scripts/test does)", bin.display())
+    }
+}
+
 /// Where the storage of a test broker lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
@@ -154,6 +168,76 @@ impl TestBroker {
 }
 
 impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub mod chat;
+
+/// An HBase emulator (chatpipe's Thrift1 server, in process) owned by one test, persisting
+/// to a temporary directory, so that it can be stopped and started again on the same port
+/// with the same data — an HBase outage, as the sink sees it.
+pub struct TestHbase {
+    addr: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+    handle: Option<chatpipe_hbase_emulator::EmulatorHandle>,
+}
+
+impl TestHbase {
+    /// Starts an emulator on a free port.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = chatpipe_hbase_emulator::Config::on_disk(([127, 0, 0, 1], 0).into(), dir.path());
+        let handle = chatpipe_hbase_emulator::start(config).unwrap_or_else(|e| panic!("start the emulator: {e}"));
+        TestHbase { addr: handle.local_addr(), dir, handle: Some(handle) }
+    }
+
+    /// `127.0.0.1:PORT`, for `--hbase-thrift`.
+    pub fn thrift(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The data directory (copy it while stopped to inspect what was durable).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether it is serving.
+    pub fn is_running(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// Stops serving: every connection is closed, the port and the store are released.
+    pub fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop();
+        }
+    }
+
+    /// Starts again on the same port and data directory (retrying the bind for a while, in
+    /// case the port is still held by the old sockets).
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let config = chatpipe_hbase_emulator::Config::on_disk(self.addr, self.dir.path());
+            match chatpipe_hbase_emulator::start(config) {
+                Ok(h) => {
+                    self.handle = Some(h);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("emulator restart on {} failed ({e}); retrying", self.addr);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("restart the emulator on {}: {e}", self.addr),
+            }
+        }
+    }
+}
+
+impl Drop for TestHbase {
     fn drop(&mut self) {
         self.stop();
     }

@@ -1,0 +1,578 @@
+//! A scripted chat workload and an independent oracle of what the processor must output.
+//!
+//! The oracle is written from the rules in DESIGN §3–§6 and the processor's documented
+//! choices, not from the processor's code: it computes final values directly (e.g. unread =
+//! messages from others after the user's latest join and above their highest read mark),
+//! where the processor updates state incrementally. [`Outputs`] folds what the topics hold
+//! into the same final shape (rows as HBase would show them, aggregates by key at their
+//! highest revision), so a test compares the two with `assert_eq!`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chatpipe_common::envelope;
+use chatpipe_common::event::{rfc3339_ms, ChatEvent, EventType, MessageContent, MessageKind, SessionKind};
+use chatpipe_common::row_key;
+use chatpipe_common::rows::{tables, RowMutation};
+use chatpipe_common::snowflake::EPOCH_MS;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+/// Rules the workload is checked under (pass the same to the processor).
+#[derive(Debug, Clone)]
+pub struct OracleRules {
+    /// Blocked senders.
+    pub blocked_sender: u64,
+    /// The one kind that is not allowed.
+    pub disallowed_kind: MessageKind,
+    /// Larger bodies go to the DLQ.
+    pub max_body_bytes: usize,
+    /// Compression threshold.
+    pub compress_min_bytes: usize,
+    /// Fan-out threshold.
+    pub fanout_max_members: usize,
+    /// Window size.
+    pub window_ms: i64,
+    /// Correction horizon.
+    pub correction_horizon_ms: i64,
+}
+
+impl Default for OracleRules {
+    fn default() -> Self {
+        OracleRules {
+            blocked_sender: 666,
+            disallowed_kind: MessageKind::System,
+            max_body_bytes: 8192,
+            compress_min_bytes: 512,
+            fanout_max_members: 6,
+            window_ms: 60_000,
+            correction_horizon_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+/// One input record.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// An event.
+    Event(ChatEvent),
+    /// Bytes that are not an envelope.
+    Garbage(Vec<u8>),
+}
+
+/// A workload: records per partition, in order.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// `partitions[p]` = records for partition `p`, in produce order.
+    pub partitions: Vec<Vec<Input>>,
+}
+
+impl Workload {
+    /// Total records.
+    pub fn len(&self) -> usize {
+        self.partitions.iter().map(Vec::len).sum()
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Gen {
+    rng: StdRng,
+    next_id: u64,
+    t: i64,
+}
+
+impl Gen {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+    fn body(&mut self, large: bool) -> String {
+        let n = if large { self.rng.gen_range(600..3000) } else { self.rng.gen_range(1..200) };
+        let words = ["hello", "lunch?", "ok", "see", "the", "deploy", "ticket", "🙂", "ünïcode", "later"];
+        let mut s = String::new();
+        while s.len() < n {
+            s.push_str(words[self.rng.gen_range(0..words.len())]);
+            s.push(' ');
+        }
+        s
+    }
+}
+
+fn base_event(g: &mut Gen, t: EventType, session: u64, kind: SessionKind, sender: u64) -> ChatEvent {
+    let id = g.id();
+    g.t += g.rng.gen_range(50..1500);
+    ChatEvent {
+        message_id: id,
+        ingested_at_ms: g.t,
+        sent_at_ms: g.t,
+        event_type: t,
+        session_id: session,
+        session_kind: kind,
+        sender_id: sender,
+        recipient_id: None,
+        client_msg_id: None,
+        message: None,
+        target_id: None,
+        user_id: None,
+    }
+}
+
+/// Session ids are chosen so that `session % partitions` is the partition.
+fn session_id(partition: usize, partitions: usize, i: usize) -> u64 {
+    (1_000 + i * partitions + partition) as u64
+}
+
+/// Generates a scripted workload: `per_partition` events on each of `partitions`, covering
+/// joins and leaves, direct, small-group, large-group and channel messages of every kind,
+/// bodies on both sides of the compression threshold, edits, recalls, reads, duplicate
+/// `client_msg_id`s, a blocked sender, a disallowed kind, an oversized body, late events
+/// inside and beyond the correction horizon, and (on partition 0) one undecodable record.
+/// Event times lie in the hours before `now_ms`.
+pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &OracleRules, seed: u64) -> Workload {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let start = now_ms - 3 * 3_600_000;
+        let mut g = Gen {
+            rng: StdRng::seed_from_u64(seed * 1000 + p as u64),
+            next_id: ((start - EPOCH_MS) as u64) << 22 | ((p as u64) << 12),
+            t: start,
+        };
+        let mut evs: Vec<Input> = Vec::new();
+        let directs: Vec<u64> = (0..3).map(|i| session_id(p, partitions, i)).collect();
+        let groups: Vec<u64> = (3..6).map(|i| session_id(p, partitions, i)).collect();
+        let big = session_id(p, partitions, 6);
+        let channel = session_id(p, partitions, 7);
+        let mut members: HashMap<u64, Vec<u64>> = HashMap::new();
+        // joins: small groups of 3–5, a big group above the fan-out threshold, a channel
+        for (i, s) in groups.iter().enumerate() {
+            let m: Vec<u64> = (0..3 + i as u64).map(|u| 10 + u + p as u64 * 100).collect();
+            members.insert(*s, m);
+        }
+        members.insert(big, (0..rules.fanout_max_members as u64 + 3).map(|u| 10 + u + p as u64 * 100).collect());
+        members.insert(channel, (0..4).map(|u| 50 + u + p as u64 * 100).collect());
+        for (s, ms) in &members {
+            let kind = if *s == channel { SessionKind::Channel } else { SessionKind::Group };
+            for u in ms {
+                let mut e = base_event(&mut g, EventType::Join, *s, kind, *u);
+                e.user_id = Some(*u);
+                evs.push(Input::Event(e));
+            }
+        }
+        let mut sent: Vec<(u64, SessionKind, u64)> = Vec::new(); // (session, kind, message id)
+        while evs.len() < per_partition {
+            let roll = g.rng.gen_range(0..100);
+            let (s, kind) = match g.rng.gen_range(0..10) {
+                0..=2 => (directs[g.rng.gen_range(0..directs.len())], SessionKind::Direct),
+                3..=6 => (groups[g.rng.gen_range(0..groups.len())], SessionKind::Group),
+                7..=8 => (big, SessionKind::Group),
+                _ => (channel, SessionKind::Channel),
+            };
+            let sender = match kind {
+                SessionKind::Direct => 20 + (s % 2) + p as u64 * 100,
+                _ => {
+                    let ms = &members[&s];
+                    ms[g.rng.gen_range(0..ms.len())]
+                }
+            };
+            if roll < 60 || sent.is_empty() {
+                let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
+                let large = g.rng.gen_bool(0.2);
+                let mk = MessageKind::ALL[g.rng.gen_range(0..MessageKind::ALL.len())];
+                e.message = Some(MessageContent { kind: mk, body: g.body(large), mentions: vec![] });
+                if kind == SessionKind::Direct {
+                    e.recipient_id = Some(sender + 1);
+                }
+                e.client_msg_id = Some(format!("c{}", e.message_id));
+                let dup = g.rng.gen_bool(0.05);
+                sent.push((s, kind, e.message_id));
+                evs.push(Input::Event(e.clone()));
+                if dup {
+                    // a producer retry: new id, same client_msg_id
+                    let mut r = e;
+                    r.message_id = g.id();
+                    r.ingested_at_ms += 5;
+                    evs.push(Input::Event(r));
+                }
+            } else if roll < 68 {
+                let (ts, tk, target) = sent[g.rng.gen_range(0..sent.len())];
+                let mut e = base_event(&mut g, EventType::Edit, ts, tk, sender);
+                e.target_id = Some(target);
+                let large = g.rng.gen_bool(0.3);
+                e.message = Some(MessageContent { kind: MessageKind::Text, body: g.body(large), mentions: vec![] });
+                evs.push(Input::Event(e));
+            } else if roll < 72 {
+                let (ts, tk, target) = sent[g.rng.gen_range(0..sent.len())];
+                let mut e = base_event(&mut g, EventType::Recall, ts, tk, sender);
+                e.target_id = Some(target);
+                evs.push(Input::Event(e));
+            } else if roll < 88 {
+                let (ts, tk, target) = sent[g.rng.gen_range(0..sent.len())];
+                let reader = match tk {
+                    SessionKind::Direct => 20 + (ts % 2) + p as u64 * 100 + g.rng.gen_range(0..2),
+                    _ => members[&ts][g.rng.gen_range(0..members[&ts].len())],
+                };
+                let mut e = base_event(&mut g, EventType::Read, ts, tk, reader);
+                e.target_id = Some(target);
+                evs.push(Input::Event(e));
+            } else if roll < 92 {
+                // leave and later rejoin in a small group
+                let s = groups[g.rng.gen_range(0..groups.len())];
+                let u = members[&s][0];
+                let t = if g.rng.gen_bool(0.5) { EventType::Leave } else { EventType::Join };
+                let mut e = base_event(&mut g, t, s, SessionKind::Group, u);
+                e.user_id = Some(u);
+                evs.push(Input::Event(e));
+            } else if roll < 94 {
+                let mut e = base_event(&mut g, EventType::Message, s, kind, rules.blocked_sender);
+                e.message = Some(MessageContent { kind: MessageKind::Text, body: "spam".into(), mentions: vec![] });
+                e.recipient_id = (kind == SessionKind::Direct).then_some(1);
+                evs.push(Input::Event(e));
+            } else if roll < 95 {
+                let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
+                e.message = Some(MessageContent { kind: rules.disallowed_kind, body: "sys".into(), mentions: vec![] });
+                e.recipient_id = (kind == SessionKind::Direct).then_some(sender + 1);
+                evs.push(Input::Event(e));
+            } else if roll < 96 {
+                let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
+                e.message = Some(MessageContent { kind: MessageKind::File, body: "x".repeat(rules.max_body_bytes + 1), mentions: vec![] });
+                e.recipient_id = (kind == SessionKind::Direct).then_some(sender + 1);
+                evs.push(Input::Event(e));
+            } else {
+                // late: within the horizon (10 minutes back) or beyond it (3 days back)
+                let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
+                let back = if g.rng.gen_bool(0.5) { 600_000 } else { 3 * 24 * 3_600_000 };
+                e.sent_at_ms -= back;
+                e.message = Some(MessageContent { kind: MessageKind::Text, body: "late".into(), mentions: vec![] });
+                e.recipient_id = (kind == SessionKind::Direct).then_some(sender + 1);
+                sent.push((s, kind, e.message_id));
+                evs.push(Input::Event(e));
+            }
+        }
+        if p == 0 {
+            evs.insert(evs.len() / 2, Input::Garbage(b"\x00not an envelope".to_vec()));
+        }
+        out.push(evs);
+    }
+    Workload { partitions: out }
+}
+
+/// Final values the processor's outputs must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// (table, row) → column → value, as HBase shows them (`c:revision` left out).
+    pub rows: BTreeMap<(String, Vec<u8>), BTreeMap<String, Vec<u8>>>,
+    /// `session|window` → record without `revision`.
+    pub session_aggs: BTreeMap<String, Value>,
+    /// `global|window` → record without `revision`.
+    pub global_aggs: BTreeMap<String, Value>,
+    /// `user|session` → record, or `None` for a tombstone.
+    pub unread: BTreeMap<String, Option<Value>>,
+    /// DLQ record count by reason.
+    pub dlq: BTreeMap<String, usize>,
+}
+
+/// Folds topic records into [`Outputs`].
+#[derive(Debug, Default)]
+pub struct Folder {
+    /// The folded outputs.
+    pub out: Outputs,
+    session_rev: HashMap<String, u64>,
+    global_rev: HashMap<String, u64>,
+}
+
+impl Folder {
+    /// A `chat.rows` record.
+    pub fn row(&mut self, value: &[u8]) {
+        let Ok(m) = envelope::decode::<RowMutation>(value) else { return };
+        let key = (m.table.clone(), m.row.clone());
+        if m.delete {
+            if m.cells.is_empty() {
+                self.out.rows.remove(&key);
+            } else if let Some(r) = self.out.rows.get_mut(&key) {
+                for c in &m.cells {
+                    r.remove(&c.column);
+                }
+                if r.is_empty() {
+                    self.out.rows.remove(&key);
+                }
+            }
+        } else {
+            let r = self.out.rows.entry(key).or_default();
+            for c in m.cells {
+                if c.column != "c:revision" {
+                    r.insert(c.column, c.value);
+                }
+            }
+        }
+    }
+    fn agg(map: &mut BTreeMap<String, Value>, revs: &mut HashMap<String, u64>, key: &[u8], value: &[u8]) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        let Ok(mut v) = serde_json::from_slice::<Value>(value) else { return };
+        let rev = v["revision"].as_u64().unwrap_or(0);
+        if revs.get(&key).is_some_and(|r| *r > rev) {
+            return;
+        }
+        revs.insert(key.clone(), rev);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("revision");
+        }
+        map.insert(key, v);
+    }
+    /// A `chat.agg.session.1m` record.
+    pub fn session_agg(&mut self, key: &[u8], value: &[u8]) {
+        Self::agg(&mut self.out.session_aggs, &mut self.session_rev, key, value);
+    }
+    /// A `chat.agg.global.1m` record.
+    pub fn global_agg(&mut self, key: &[u8], value: &[u8]) {
+        Self::agg(&mut self.out.global_aggs, &mut self.global_rev, key, value);
+    }
+    /// A `chat.unread` record.
+    pub fn unread(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        let v = value.and_then(|v| serde_json::from_slice::<Value>(v).ok());
+        self.out.unread.insert(key, v);
+    }
+    /// A `chat.dlq` record with its reason header.
+    pub fn dlq(&mut self, reason: &str) {
+        *self.out.dlq.entry(reason.to_owned()).or_default() += 1;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Msg {
+    session: u64,
+    id: u64,
+    sender: u64,
+    pos: usize,
+}
+
+fn window(rules: &OracleRules, t: i64) -> i64 {
+    t.div_euclid(rules.window_ms) * rules.window_ms
+}
+
+fn s(v: impl ToString) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+/// Computes the expected outputs of a workload.
+pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
+    let mut out = Outputs::default();
+    // per-window counted messages over all partitions: (window) → list
+    let mut counted: BTreeMap<i64, Vec<(u64, SessionKind, u64, MessageKind)>> = BTreeMap::new();
+    for events in &w.partitions {
+        let mut seen: BTreeSet<(u64, String)> = BTreeSet::new();
+        let mut seq: HashMap<u64, u64> = HashMap::new();
+        let mut members: BTreeMap<u64, BTreeMap<u64, (i64, usize)>> = BTreeMap::new(); // session → user → (joined_at, pos)
+        let mut ever_member: BTreeSet<(u64, u64)> = BTreeSet::new();
+        let mut msgs: Vec<Msg> = Vec::new();
+        let mut reads: Vec<(u64, u64, u64, usize)> = Vec::new(); // (user, session, target, pos)
+        let mut max_t: Option<i64> = None;
+        for (pos, input) in events.iter().enumerate() {
+            let Input::Event(e) = input else {
+                *out.dlq.entry("undecodable".into()).or_default() += 1;
+                continue;
+            };
+            let is_body = matches!(e.event_type, EventType::Message | EventType::Edit);
+            let mut skip = false;
+            if is_body {
+                let m = e.message.as_ref().expect("body events carry a message");
+                if e.sender_id == rules.blocked_sender || m.kind == rules.disallowed_kind {
+                    skip = true;
+                } else if m.body.len() > rules.max_body_bytes {
+                    *out.dlq.entry("body_too_large".into()).or_default() += 1;
+                    skip = true;
+                }
+            }
+            if !skip {
+                if let Some(c) = &e.client_msg_id {
+                    if !seen.insert((e.session_id, c.clone())) {
+                        skip = true;
+                    }
+                }
+            }
+            if !skip {
+                let table = if e.session_kind == SessionKind::Channel { tables::CHANNEL_MESSAGES } else { tables::MESSAGES };
+                let join = |members: &mut BTreeMap<u64, BTreeMap<u64, (i64, usize)>>, ever: &mut BTreeSet<(u64, u64)>, u: u64| {
+                    let m = members.entry(e.session_id).or_default();
+                    if !m.contains_key(&u) {
+                        m.insert(u, (e.sent_at_ms, pos));
+                        ever.insert((u, e.session_id));
+                    }
+                };
+                match e.event_type {
+                    EventType::Message => {
+                        let m = e.message.as_ref().expect("message");
+                        let n = seq.entry(e.session_id).or_default();
+                        *n += 1;
+                        if e.session_kind == SessionKind::Direct {
+                            join(&mut members, &mut ever_member, e.sender_id);
+                            if let Some(r) = e.recipient_id {
+                                join(&mut members, &mut ever_member, r);
+                            }
+                        }
+                        let mut row = BTreeMap::new();
+                        row.insert("m:sender".into(), s(e.sender_id));
+                        row.insert("m:kind".into(), s(m.kind.as_str()));
+                        set_body(&mut row, &m.body, rules);
+                        row.insert("m:sent_at".into(), s(e.sent_at_ms));
+                        row.insert("m:seq".into(), s(*n));
+                        out.rows.insert((table.into(), row_key::encode(e.session_id, e.message_id).into_bytes()), row);
+                        let mem: BTreeSet<u64> = members.get(&e.session_id).map(|m| m.keys().copied().collect()).unwrap_or_default();
+                        let fan = match e.session_kind {
+                            SessionKind::Direct => true,
+                            SessionKind::Group => mem.len() <= rules.fanout_max_members,
+                            SessionKind::Channel => false,
+                        };
+                        if fan {
+                            let preview: String = m.body.chars().take(80).collect();
+                            for u in mem.iter().copied().chain([e.sender_id]) {
+                                let mut r = BTreeMap::new();
+                                r.insert("i:session".into(), s(e.session_id));
+                                r.insert("i:sender".into(), s(e.sender_id));
+                                r.insert("i:kind".into(), s(m.kind.as_str()));
+                                r.insert("i:preview".into(), preview.clone().into_bytes());
+                                out.rows.insert((tables::INBOX.into(), row_key::encode(u, e.message_id).into_bytes()), r);
+                            }
+                        }
+                        let beyond = max_t.is_some_and(|mt| e.sent_at_ms < mt - rules.correction_horizon_ms);
+                        if beyond {
+                            *out.dlq.entry("late".into()).or_default() += 1;
+                        } else {
+                            counted.entry(window(rules, e.sent_at_ms)).or_default().push((e.session_id, e.session_kind, e.sender_id, m.kind));
+                        }
+                        msgs.push(Msg { session: e.session_id, id: e.message_id, sender: e.sender_id, pos });
+                    }
+                    EventType::Edit | EventType::Recall => {
+                        let key = (table.to_string(), row_key::encode(e.session_id, e.target_id.expect("target")).into_bytes());
+                        let row = out.rows.entry(key).or_default();
+                        if e.event_type == EventType::Edit {
+                            let m = e.message.as_ref().expect("edit body");
+                            row.insert("m:kind".into(), s(m.kind.as_str()));
+                            set_body(row, &m.body, rules);
+                            let n: u64 = row.get("m:edited").map(|v| String::from_utf8_lossy(v).parse().unwrap_or(0)).unwrap_or(0);
+                            row.insert("m:edited".into(), s(n + 1));
+                        } else {
+                            row.insert("m:recalled".into(), s(1));
+                        }
+                    }
+                    EventType::Read => reads.push((e.sender_id, e.session_id, e.target_id.expect("target"), pos)),
+                    EventType::Join => join(&mut members, &mut ever_member, e.user_id.expect("user")),
+                    EventType::Leave => {
+                        if let Some(m) = members.get_mut(&e.session_id) {
+                            m.remove(&e.user_id.expect("user"));
+                        }
+                    }
+                }
+            }
+            max_t = Some(max_t.map_or(e.sent_at_ms, |m| m.max(e.sent_at_ms)));
+        }
+        // membership rows and unread, from final membership
+        for (session, ms) in &members {
+            for (user, (joined_at, join_pos)) in ms {
+                let last_read = reads
+                    .iter()
+                    .filter(|(u, s2, _, p)| u == user && s2 == session && p > join_pos)
+                    .map(|r| r.2)
+                    .max()
+                    .unwrap_or(0);
+                let unread = msgs
+                    .iter()
+                    .filter(|m| m.session == *session && m.sender != *user && m.id > last_read && m.pos >= *join_pos)
+                    .count();
+                let mut r = BTreeMap::new();
+                r.insert("f:joined_at".into(), s(joined_at));
+                out.rows.insert((tables::MEMBERS.into(), row_key::encode_pair(*session, *user).into_bytes()), r.clone());
+                r.insert("f:unread".into(), s(unread));
+                out.rows.insert((tables::USER_SESSIONS.into(), row_key::encode_pair(*user, *session).into_bytes()), r);
+                out.unread.insert(
+                    format!("{user}|{session}"),
+                    Some(json!({"user_id": user.to_string(), "session_id": session.to_string(), "unread": unread, "last_read_message_id": last_read.to_string()})),
+                );
+            }
+        }
+        for (user, session) in ever_member {
+            let still = members.get(&session).is_some_and(|m| m.contains_key(&user));
+            if !still {
+                out.unread.insert(format!("{user}|{session}"), None);
+            }
+        }
+    }
+    // windows
+    for (start, list) in counted {
+        let mut per_session: BTreeMap<u64, (SessionKind, u64, BTreeMap<&str, u64>, BTreeSet<u64>)> = BTreeMap::new();
+        let mut by_sk: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut by_k: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut senders = BTreeSet::new();
+        for (session, sk, sender, mk) in &list {
+            let e = per_session.entry(*session).or_insert((*sk, 0, BTreeMap::new(), BTreeSet::new()));
+            e.1 += 1;
+            *e.2.entry(mk.as_str()).or_default() += 1;
+            e.3.insert(*sender);
+            *by_sk.entry(sk.as_str()).or_default() += 1;
+            *by_k.entry(mk.as_str()).or_default() += 1;
+            senders.insert(*sender);
+        }
+        for (session, (sk, n, by_kind, snd)) in &per_session {
+            out.session_aggs.insert(
+                format!("{session}|{}", rfc3339_ms(start)),
+                json!({"session_id": session.to_string(), "session_kind": sk.as_str(), "window_start": rfc3339_ms(start),
+                       "window_end": rfc3339_ms(start + rules.window_ms), "messages": n, "by_kind": by_kind, "senders": snd.len()}),
+            );
+            let mut r = BTreeMap::new();
+            r.insert("c:window_start".into(), s(start));
+            r.insert("c:messages".into(), s(n));
+            r.insert("c:senders".into(), s(snd.len()));
+            for (k, c) in by_kind {
+                r.insert(format!("c:{k}"), s(c));
+            }
+            out.rows.insert((tables::COUNTS.into(), row_key::encode(*session, start as u64).into_bytes()), r);
+        }
+        out.global_aggs.insert(
+            format!("global|{}", rfc3339_ms(start)),
+            json!({"window_start": rfc3339_ms(start), "window_end": rfc3339_ms(start + rules.window_ms), "messages": list.len(),
+                   "active_sessions": per_session.len(), "active_senders": senders.len(), "by_session_kind": by_sk, "by_kind": by_k}),
+        );
+    }
+    out
+}
+
+fn set_body(row: &mut BTreeMap<String, Vec<u8>>, body: &str, rules: &OracleRules) {
+    if body.len() >= rules.compress_min_bytes {
+        row.insert("m:body".into(), lz4_flex::compress_prepend_size(body.as_bytes()));
+        row.insert("m:enc".into(), s("lz4"));
+    } else {
+        row.insert("m:body".into(), body.as_bytes().to_vec());
+        row.remove("m:enc");
+    }
+}
+
+/// A short description of the first differences between two outputs (for assertion
+/// messages; full dumps of large outputs are unreadable).
+pub fn diff(expected: &Outputs, actual: &Outputs) -> String {
+    let mut lines = Vec::new();
+    fn cmp<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(name: &str, a: &BTreeMap<K, V>, b: &BTreeMap<K, V>, lines: &mut Vec<String>) {
+        lines.push(format!("{name}: expected {} entries, got {}", a.len(), b.len()));
+        let mut n = 0;
+        for (k, v) in a {
+            if b.get(k) != Some(v) && n < 5 {
+                lines.push(format!("  {name} {k:?}: expected {v:?}, got {:?}", b.get(k)));
+                n += 1;
+            }
+        }
+        for k in b.keys() {
+            if !a.contains_key(k) && n < 8 {
+                lines.push(format!("  {name} {k:?}: unexpected"));
+                n += 1;
+            }
+        }
+    }
+    cmp("rows", &expected.rows, &actual.rows, &mut lines);
+    cmp("session_aggs", &expected.session_aggs, &actual.session_aggs, &mut lines);
+    cmp("global_aggs", &expected.global_aggs, &actual.global_aggs, &mut lines);
+    cmp("unread", &expected.unread, &actual.unread, &mut lines);
+    cmp("dlq", &expected.dlq, &actual.dlq, &mut lines);
+    lines.join("\n")
+}

@@ -1,0 +1,329 @@
+//! The processor end to end on tansu: a scripted workload's `chat.rows`, aggregate topics,
+//! `chat.unread` and DLQ equal an oracle computed independently in the test — also after
+//! the processor is killed at several points (in-process abort and SIGKILL of the process)
+//! and after a rebalance between two instances.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatpipe_common::envelope;
+use chatpipe_common::event::MessageKind;
+use chatpipe_common::http::Telemetry;
+use chatpipe_common::kafka::{dlq, parse_kafka_option, TopicSpec};
+use chatpipe_processor::Config;
+use chatpipe_tests::chat::{diff, oracle, scripted, Folder, Input, OracleRules, Outputs, Workload};
+use chatpipe_tests::{chatpipe_binary, TestBroker};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const PARTITIONS: usize = 4;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn kafka_test_options() -> Vec<(&'static str, &'static str)> {
+    vec![("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")]
+}
+
+fn config(broker: &TestBroker, rules: &OracleRules, group: &str) -> Config {
+    let mut c = Config::for_brokers(&broker.bootstrap());
+    for (k, v) in kafka_test_options() {
+        c.kafka.options.push(parse_kafka_option(&format!("{k}={v}")).unwrap());
+    }
+    c.group_id = group.to_owned();
+    c.events_partitions = PARTITIONS as i32;
+    c.output_partitions = 2;
+    c.blocked_senders = vec![rules.blocked_sender];
+    c.allowed_kinds = MessageKind::ALL.iter().copied().filter(|k| *k != rules.disallowed_kind).collect();
+    c.max_body_bytes = rules.max_body_bytes;
+    c.compress_min_bytes = rules.compress_min_bytes;
+    c.fanout_max_members = rules.fanout_max_members;
+    c.window = Duration::from_millis(rules.window_ms as u64);
+    c.grace = Duration::from_secs(5);
+    c.correction_horizon = Duration::from_millis(rules.correction_horizon_ms as u64);
+    c.idle_timeout = Duration::from_secs(1);
+    c.drain_timeout = Duration::from_secs(5);
+    c.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+/// The same configuration as command-line flags, for the process variant.
+fn config_args(c: &Config, rules: &OracleRules) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "process".into(),
+        "--kafka-brokers".into(),
+        c.kafka.brokers.clone(),
+        "--group-id".into(),
+        c.group_id.clone(),
+        "--events-partitions".into(),
+        c.events_partitions.to_string(),
+        "--output-partitions".into(),
+        c.output_partitions.to_string(),
+        "--blocked-senders".into(),
+        rules.blocked_sender.to_string(),
+        "--allowed-kinds".into(),
+        c.allowed_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
+        "--max-body-bytes".into(),
+        c.max_body_bytes.to_string(),
+        "--compress-min-bytes".into(),
+        c.compress_min_bytes.to_string(),
+        "--fanout-max-members".into(),
+        c.fanout_max_members.to_string(),
+        "--window".into(),
+        format!("{}ms", rules.window_ms),
+        "--grace".into(),
+        "5s".into(),
+        "--correction-horizon".into(),
+        format!("{}ms", rules.correction_horizon_ms),
+        "--idle-timeout".into(),
+        "1s".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+        "--log-format".into(),
+        "text".into(),
+    ];
+    for (k, v) in kafka_test_options() {
+        a.push("--kafka-option".into());
+        a.push(format!("{k}={v}"));
+    }
+    a
+}
+
+async fn produce(broker: &TestBroker, w: &Workload) {
+    let producer: FutureProducer = broker.kafka_args().producer_config("test", 5).create().unwrap();
+    let mut all = Vec::new();
+    for (p, events) in w.partitions.iter().enumerate() {
+        let producer = producer.clone();
+        let events = events.clone();
+        all.push(async move {
+            for chunk in events.chunks(500) {
+                let sends: Vec<_> = chunk
+                    .iter()
+                    .map(|input| {
+                        let (key, value) = match input {
+                            Input::Event(e) => (e.session_id.to_string(), envelope::encode(e).unwrap()),
+                            Input::Garbage(b) => ("garbage".to_string(), b.clone()),
+                        };
+                        let producer = producer.clone();
+                        async move {
+                            producer
+                                .send(
+                                    FutureRecord::to("chat.events").partition(p as i32).key(&key).payload(&value),
+                                    Duration::from_secs(60),
+                                )
+                                .await
+                                .map_err(|(e, _)| e)
+                                .unwrap();
+                        }
+                    })
+                    .collect();
+                // sends of one partition are enqueued in order; the idempotent producer keeps it
+                futures::future::join_all(sends).await;
+            }
+        });
+    }
+    futures::future::join_all(all).await;
+}
+
+/// Reads every output topic from the beginning into a [`Folder`], in the background.
+struct Collector {
+    folder: Arc<Mutex<Folder>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    fn start(broker: &TestBroker) -> Self {
+        let folder = Arc::new(Mutex::new(Folder::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer: BaseConsumer = broker
+            .kafka_args()
+            .client_config("collector")
+            .set("group.id", "collector")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for topic in ["chat.rows", "chat.agg.session.1m", "chat.agg.global.1m", "chat.unread", "chat.dlq"] {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+            for p in md.topics()[0].partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        let (f, s) = (folder.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let mut f = f.lock().unwrap();
+                match m.topic() {
+                    "chat.rows" => f.row(m.payload().unwrap_or_default()),
+                    "chat.agg.session.1m" => f.session_agg(m.key().unwrap(), m.payload().unwrap()),
+                    "chat.agg.global.1m" => f.global_agg(m.key().unwrap(), m.payload().unwrap()),
+                    "chat.unread" => f.unread(m.key().unwrap(), m.payload()),
+                    "chat.dlq" => {
+                        let reason = m
+                            .headers()
+                            .and_then(|h| h.iter().find(|h| h.key == dlq::REASON).and_then(|h| h.value))
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default();
+                        f.dlq(&reason);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Collector { folder, stop, thread: Some(thread) }
+    }
+
+    fn snapshot(&self) -> Outputs {
+        self.folder.lock().unwrap().out.clone()
+    }
+
+    fn rows(&self) -> usize {
+        self.folder.lock().unwrap().out.rows.len()
+    }
+
+    /// Waits until the outputs equal `expected`; panics with a diff after `timeout`.
+    async fn wait_for(&self, expected: &Outputs, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.snapshot();
+            if &got == expected {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("outputs differ from the oracle:\n{}", diff(expected, &got));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn wait_rows(&self, at_least: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.rows() < at_least {
+            assert!(Instant::now() < deadline, "only {} of {at_least} rows appeared", self.rows());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn setup(broker: &TestBroker) {
+    broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS as i32)]).await;
+}
+
+fn assert_covers_every_case(expected: &Outputs) {
+    let reasons: BTreeSet<&str> = expected.dlq.keys().map(String::as_str).collect();
+    assert_eq!(reasons, ["body_too_large", "late", "undecodable"].into(), "the workload must exercise every DLQ reason");
+    let tables: BTreeSet<&str> = expected.rows.keys().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tables.len(), 6, "every table gets rows: {tables:?}");
+    assert!(expected.unread.values().any(Option::is_none), "some member left");
+    assert!(expected.rows.values().any(|r| r.contains_key("m:edited")) && expected.rows.values().any(|r| r.contains_key("m:recalled")));
+    assert!(expected.rows.values().any(|r| r.get("m:enc").is_some_and(|v| v == b"lz4")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_workload_outputs_equal_the_oracle() {
+    let broker = TestBroker::start();
+    setup(&broker).await;
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS, 600, now_ms(), &rules, 1);
+    let expected = oracle(&w, &rules);
+    assert_covers_every_case(&expected);
+    let handle = chatpipe_processor::start(config(&broker, &rules, "p-scripted"), Telemetry::new()).await.unwrap();
+    let collector = Collector::start(&broker);
+    produce(&broker, &w).await;
+    collector.wait_for(&expected, Duration::from_secs(120)).await;
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_three_times_mid_run_outputs_still_equal_the_oracle() {
+    let broker = TestBroker::start();
+    setup(&broker).await;
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS, 12_500, now_ms(), &rules, 2);
+    assert!(w.len() >= 50_000);
+    let expected = oracle(&w, &rules);
+    let total_rows = expected.rows.len();
+    let cfg = config(&broker, &rules, "p-crash");
+    let first = chatpipe_processor::start(cfg.clone(), Telemetry::new()).await.unwrap();
+    let collector = Collector::start(&broker);
+    let produce_all = produce(&broker, &w);
+    let crashes = async {
+        // 1: abort in-process without draining
+        collector.wait_rows(total_rows / 8, Duration::from_secs(120)).await;
+        tokio::task::block_in_place(|| first.kill());
+        // 2: again, at a later point
+        let second = chatpipe_processor::start(cfg.clone(), Telemetry::new()).await.unwrap();
+        collector.wait_rows(total_rows * 3 / 8, Duration::from_secs(180)).await;
+        tokio::task::block_in_place(|| second.kill());
+        // 3: a separate OS process, killed with SIGKILL
+        let mut child = std::process::Command::new(chatpipe_binary().unwrap())
+            .args(config_args(&cfg, &rules))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        collector.wait_rows(total_rows * 5 / 8, Duration::from_secs(180)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    };
+    tokio::join!(produce_all, crashes);
+    let last = chatpipe_processor::start(cfg, Telemetry::new()).await.unwrap();
+    collector.wait_for(&expected, Duration::from_secs(240)).await;
+    last.shutdown().await.unwrap();
+}
+
+fn assigned(t: &Telemetry) -> i64 {
+    t.registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == chatpipe_processor::metrics::ASSIGNED)
+        .map(|f| f.get_metric()[0].get_gauge().get_value() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_to_the_surviving_instance_keeps_outputs_exact() {
+    let broker = TestBroker::start();
+    setup(&broker).await;
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS, 2_000, now_ms(), &rules, 3);
+    let expected = oracle(&w, &rules);
+    let cfg = config(&broker, &rules, "p-rebalance");
+    let (ta, tb) = (Telemetry::new(), Telemetry::new());
+    let a = chatpipe_processor::start(cfg.clone(), ta.clone()).await.unwrap();
+    let b = chatpipe_processor::start(cfg, tb.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(assigned(&ta) > 0 && assigned(&tb) > 0 && assigned(&ta) + assigned(&tb) == PARTITIONS as i64) {
+        assert!(Instant::now() < deadline, "the two instances never shared the partitions");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let collector = Collector::start(&broker);
+    produce(&broker, &w).await;
+    collector.wait_rows(expected.rows.len() / 3, Duration::from_secs(120)).await;
+    b.shutdown().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(&ta) != PARTITIONS as i64 {
+        assert!(Instant::now() < deadline, "the survivor did not take over every partition");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    collector.wait_for(&expected, Duration::from_secs(120)).await;
+    a.shutdown().await.unwrap();
+}
