@@ -219,12 +219,16 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     });
     let consumer: BaseConsumer<Ctx> = config
         .kafka
-        .client_config("processor")
-        .set("group.id", &config.group_id)
+        .client_config_with(
+            "processor",
+            &[
+                ("group.id", &config.group_id),
+                ("auto.offset.reset", "earliest"),
+                ("session.timeout.ms", "45000"),
+                ("statistics.interval.ms", "5000"),
+            ],
+        )
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "45000")
-        .set("statistics.interval.ms", "5000")
         .create_with_context(Ctx { shared: shared.clone() })?;
     consumer.subscribe(&[&config.events_topic])?;
     let stop = Arc::new(AtomicBool::new(false));

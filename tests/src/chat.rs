@@ -237,7 +237,11 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
                 evs.push(Input::Event(e));
             } else if roll < 96 {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
-                e.message = Some(MessageContent { kind: MessageKind::File, body: "x".repeat(rules.max_body_bytes + 1), mentions: vec![] });
+                e.message = Some(MessageContent {
+                    kind: MessageKind::File,
+                    body: "x".repeat(rules.max_body_bytes + 1),
+                    mentions: vec![],
+                });
                 e.recipient_id = (kind == SessionKind::Direct).then_some(sender + 1);
                 evs.push(Input::Event(e));
             } else {
@@ -281,6 +285,7 @@ pub struct Folder {
     pub out: Outputs,
     session_rev: HashMap<String, u64>,
     global_rev: HashMap<String, u64>,
+    dlq_seen: BTreeSet<(String, String)>,
 }
 
 impl Folder {
@@ -335,9 +340,12 @@ impl Folder {
         let v = value.and_then(|v| serde_json::from_slice::<Value>(v).ok());
         self.out.unread.insert(key, v);
     }
-    /// A `chat.dlq` record with its reason header.
-    pub fn dlq(&mut self, reason: &str) {
-        *self.out.dlq.entry(reason.to_owned()).or_default() += 1;
+    /// A `chat.dlq` record with its reason and source-coordinate headers. A replayed batch
+    /// re-sends the same DLQ record; its source partition and offset identify it.
+    pub fn dlq(&mut self, reason: &str, source: (String, String)) {
+        if self.dlq_seen.insert(source) {
+            *self.out.dlq.entry(reason.to_owned()).or_default() += 1;
+        }
     }
 }
 
@@ -394,8 +402,11 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                 }
             }
             if !skip {
-                let table = if e.session_kind == SessionKind::Channel { tables::CHANNEL_MESSAGES } else { tables::MESSAGES };
-                let join = |members: &mut BTreeMap<u64, BTreeMap<u64, (i64, usize)>>, ever: &mut BTreeSet<(u64, u64)>, u: u64| {
+                let table =
+                    if e.session_kind == SessionKind::Channel { tables::CHANNEL_MESSAGES } else { tables::MESSAGES };
+                let join = |members: &mut BTreeMap<u64, BTreeMap<u64, (i64, usize)>>,
+                            ever: &mut BTreeSet<(u64, u64)>,
+                            u: u64| {
                     let m = members.entry(e.session_id).or_default();
                     if !m.contains_key(&u) {
                         m.insert(u, (e.sent_at_ms, pos));
@@ -420,7 +431,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                         row.insert("m:sent_at".into(), s(e.sent_at_ms));
                         row.insert("m:seq".into(), s(*n));
                         out.rows.insert((table.into(), row_key::encode(e.session_id, e.message_id).into_bytes()), row);
-                        let mem: BTreeSet<u64> = members.get(&e.session_id).map(|m| m.keys().copied().collect()).unwrap_or_default();
+                        let mem: BTreeSet<u64> =
+                            members.get(&e.session_id).map(|m| m.keys().copied().collect()).unwrap_or_default();
                         let fan = match e.session_kind {
                             SessionKind::Direct => true,
                             SessionKind::Group => mem.len() <= rules.fanout_max_members,
@@ -434,25 +446,37 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                                 r.insert("i:sender".into(), s(e.sender_id));
                                 r.insert("i:kind".into(), s(m.kind.as_str()));
                                 r.insert("i:preview".into(), preview.clone().into_bytes());
-                                out.rows.insert((tables::INBOX.into(), row_key::encode(u, e.message_id).into_bytes()), r);
+                                out.rows
+                                    .insert((tables::INBOX.into(), row_key::encode(u, e.message_id).into_bytes()), r);
                             }
                         }
                         let beyond = max_t.is_some_and(|mt| e.sent_at_ms < mt - rules.correction_horizon_ms);
                         if beyond {
                             *out.dlq.entry("late".into()).or_default() += 1;
                         } else {
-                            counted.entry(window(rules, e.sent_at_ms)).or_default().push((e.session_id, e.session_kind, e.sender_id, m.kind));
+                            counted.entry(window(rules, e.sent_at_ms)).or_default().push((
+                                e.session_id,
+                                e.session_kind,
+                                e.sender_id,
+                                m.kind,
+                            ));
                         }
                         msgs.push(Msg { session: e.session_id, id: e.message_id, sender: e.sender_id, pos });
                     }
                     EventType::Edit | EventType::Recall => {
-                        let key = (table.to_string(), row_key::encode(e.session_id, e.target_id.expect("target")).into_bytes());
+                        let key = (
+                            table.to_string(),
+                            row_key::encode(e.session_id, e.target_id.expect("target")).into_bytes(),
+                        );
                         let row = out.rows.entry(key).or_default();
                         if e.event_type == EventType::Edit {
                             let m = e.message.as_ref().expect("edit body");
                             row.insert("m:kind".into(), s(m.kind.as_str()));
                             set_body(row, &m.body, rules);
-                            let n: u64 = row.get("m:edited").map(|v| String::from_utf8_lossy(v).parse().unwrap_or(0)).unwrap_or(0);
+                            let n: u64 = row
+                                .get("m:edited")
+                                .map(|v| String::from_utf8_lossy(v).parse().unwrap_or(0))
+                                .unwrap_or(0);
                             row.insert("m:edited".into(), s(n + 1));
                         } else {
                             row.insert("m:recalled".into(), s(1));
@@ -484,7 +508,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                     .count();
                 let mut r = BTreeMap::new();
                 r.insert("f:joined_at".into(), s(joined_at));
-                out.rows.insert((tables::MEMBERS.into(), row_key::encode_pair(*session, *user).into_bytes()), r.clone());
+                out.rows
+                    .insert((tables::MEMBERS.into(), row_key::encode_pair(*session, *user).into_bytes()), r.clone());
                 r.insert("f:unread".into(), s(unread));
                 out.rows.insert((tables::USER_SESSIONS.into(), row_key::encode_pair(*user, *session).into_bytes()), r);
                 out.unread.insert(
@@ -553,7 +578,12 @@ fn set_body(row: &mut BTreeMap<String, Vec<u8>>, body: &str, rules: &OracleRules
 /// messages; full dumps of large outputs are unreadable).
 pub fn diff(expected: &Outputs, actual: &Outputs) -> String {
     let mut lines = Vec::new();
-    fn cmp<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(name: &str, a: &BTreeMap<K, V>, b: &BTreeMap<K, V>, lines: &mut Vec<String>) {
+    fn cmp<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+        name: &str,
+        a: &BTreeMap<K, V>,
+        b: &BTreeMap<K, V>,
+        lines: &mut Vec<String>,
+    ) {
         lines.push(format!("{name}: expected {} entries, got {}", a.len(), b.len()));
         let mut n = 0;
         for (k, v) in a {
@@ -569,7 +599,16 @@ pub fn diff(expected: &Outputs, actual: &Outputs) -> String {
             }
         }
     }
-    cmp("rows", &expected.rows, &actual.rows, &mut lines);
+    type Readable = BTreeMap<(String, String), BTreeMap<String, String>>;
+    let readable = |rows: &BTreeMap<(String, Vec<u8>), BTreeMap<String, Vec<u8>>>| -> Readable {
+        rows.iter()
+            .map(|((t, r), cells)| {
+                let cells = cells.iter().map(|(c, v)| (c.clone(), String::from_utf8_lossy(v).into_owned())).collect();
+                ((t.clone(), String::from_utf8_lossy(r).into_owned()), cells)
+            })
+            .collect()
+    };
+    cmp("rows", &readable(&expected.rows), &readable(&actual.rows), &mut lines);
     cmp("session_aggs", &expected.session_aggs, &actual.session_aggs, &mut lines);
     cmp("global_aggs", &expected.global_aggs, &actual.global_aggs, &mut lines);
     cmp("unread", &expected.unread, &actual.unread, &mut lines);

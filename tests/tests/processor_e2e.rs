@@ -168,12 +168,13 @@ impl Collector {
                     "chat.agg.global.1m" => f.global_agg(m.key().unwrap(), m.payload().unwrap()),
                     "chat.unread" => f.unread(m.key().unwrap(), m.payload()),
                     "chat.dlq" => {
-                        let reason = m
-                            .headers()
-                            .and_then(|h| h.iter().find(|h| h.key == dlq::REASON).and_then(|h| h.value))
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                            .unwrap_or_default();
-                        f.dlq(&reason);
+                        let header = |name: &str| {
+                            m.headers()
+                                .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default()
+                        };
+                        f.dlq(&header(dlq::REASON), (header(dlq::PARTITION), header(dlq::OFFSET)));
                     }
                     _ => {}
                 }
@@ -229,11 +230,18 @@ async fn setup(broker: &TestBroker) {
 
 fn assert_covers_every_case(expected: &Outputs) {
     let reasons: BTreeSet<&str> = expected.dlq.keys().map(String::as_str).collect();
-    assert_eq!(reasons, ["body_too_large", "late", "undecodable"].into(), "the workload must exercise every DLQ reason");
+    assert_eq!(
+        reasons,
+        ["body_too_large", "late", "undecodable"].into(),
+        "the workload must exercise every DLQ reason"
+    );
     let tables: BTreeSet<&str> = expected.rows.keys().map(|(t, _)| t.as_str()).collect();
     assert_eq!(tables.len(), 6, "every table gets rows: {tables:?}");
     assert!(expected.unread.values().any(Option::is_none), "some member left");
-    assert!(expected.rows.values().any(|r| r.contains_key("m:edited")) && expected.rows.values().any(|r| r.contains_key("m:recalled")));
+    assert!(
+        expected.rows.values().any(|r| r.contains_key("m:edited"))
+            && expected.rows.values().any(|r| r.contains_key("m:recalled"))
+    );
     assert!(expected.rows.values().any(|r| r.get("m:enc").is_some_and(|v| v == b"lz4")));
 }
 

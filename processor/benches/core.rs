@@ -1,0 +1,140 @@
+//! In-memory processor core throughput (no Kafka) and state restore time.
+//!
+//! Run: `cargo bench -p chatpipe-processor --bench core` (env `BENCH_EVENTS`, default
+//! 1,000,000). Workload: 10,000 sessions (groups of 2–50 members joined up front, 10%
+//! direct), ~300-byte text bodies, events applied in batches of 2,000 as the runner does.
+//! Prints events/s on one thread (= per core), then the time to encode a ≥1M-entry state
+//! as changelog records, decode them and rebuild the state.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chatpipe_common::envelope;
+use chatpipe_common::event::{ChatEvent, EventType, MessageContent, MessageKind, SessionKind};
+use chatpipe_processor::core::{PartitionCore, Rules};
+use chatpipe_processor::state::{ChangeRecord, PartitionState, StateKey};
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+fn event(id: u64, t: i64, kind: EventType, session: u64, sk: SessionKind, sender: u64) -> ChatEvent {
+    ChatEvent {
+        message_id: id,
+        ingested_at_ms: t,
+        sent_at_ms: t,
+        event_type: kind,
+        session_id: session,
+        session_kind: sk,
+        sender_id: sender,
+        recipient_id: None,
+        client_msg_id: None,
+        message: None,
+        target_id: None,
+        user_id: None,
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let mut rng = Lcg(42);
+    let t0 = 1_790_000_000_000i64;
+    let body: String = "lorem ipsum dolor sit amet ".repeat(12).chars().take(300).collect();
+    let sessions = 10_000u64;
+    let mut sizes = HashMap::new();
+    let mut events = Vec::with_capacity(n + 300_000);
+    let mut id = 1u64 << 40;
+    for s in 0..sessions {
+        let direct = s % 10 == 0;
+        let size = if direct { 2 } else { 2 + rng.next() % 49 };
+        sizes.insert(s, (direct, size));
+        if !direct {
+            for u in 0..size {
+                id += 1;
+                let mut e = event(id, t0, EventType::Join, s, SessionKind::Group, s * 100 + u);
+                e.user_id = Some(s * 100 + u);
+                events.push(e);
+            }
+        }
+    }
+    let joins = events.len();
+    for i in 0..n {
+        let s = rng.next() % sessions;
+        let (direct, size) = sizes[&s];
+        id += 1;
+        let t = t0 + (i as i64) * 60_000 * 30 / n as i64; // 30 minutes of event time
+        let sender = s * 100 + rng.next() % size;
+        let sk = if direct { SessionKind::Direct } else { SessionKind::Group };
+        let mut e = if i % 10 == 9 {
+            let mut e = event(id, t, EventType::Read, s, sk, sender);
+            e.target_id = Some(id - 5);
+            e
+        } else {
+            let mut e = event(id, t, EventType::Message, s, sk, sender);
+            e.message = Some(MessageContent { kind: MessageKind::Text, body: body.clone(), mentions: vec![] });
+            e.client_msg_id = Some(format!("c{id}"));
+            e
+        };
+        if direct {
+            e.recipient_id = Some(s * 100 + (sender % 100 + 1) % 2);
+        }
+        events.push(e);
+    }
+    let mut core = PartitionCore::new(0, Rules::default(), PartitionState::default());
+    let start = Instant::now();
+    let mut rows = 0usize;
+    let mut changelog = 0usize;
+    for (i, chunk) in events.chunks(2000).enumerate() {
+        for (j, e) in chunk.iter().enumerate() {
+            core.apply((i * 2000 + j) as i64, e);
+        }
+        let (out, changes) = core.finish_batch();
+        rows += out.rows.len();
+        changelog += changes.len();
+    }
+    let took = start.elapsed();
+    let total = events.len();
+    println!(
+        "core: {total} events ({joins} joins + {n} messages/reads) in {:.2} s = {:.0} events/s on one core; {rows} row mutations, {changelog} changelog records",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
+
+    // restore of a state with at least 1M entries
+    let mut state = PartitionState::default();
+    state.meta.applied_offset = 0;
+    let mut core = PartitionCore::new(0, Rules::default(), state);
+    let mut off = 0i64;
+    while core.state.entries() < 1_000_000 {
+        off += 1;
+        let s = off as u64 / 50;
+        let mut e = event(off as u64, t0, EventType::Join, s, SessionKind::Group, off as u64);
+        e.user_id = Some(off as u64);
+        core.apply(off, &e);
+    }
+    let (_, changes) = core.finish_batch();
+    let entries = core.state.entries();
+    let encoded: Vec<(Vec<u8>, Vec<u8>)> =
+        changes.iter().filter_map(|(k, r)| Some((envelope::encode(k).ok()?, envelope::encode(r).ok()?))).collect();
+    let bytes: usize = encoded.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let start = Instant::now();
+    let mut latest: HashMap<StateKey, ChangeRecord> = HashMap::with_capacity(encoded.len());
+    for (k, v) in &encoded {
+        if let (Ok(k), Ok(v)) = (envelope::decode::<StateKey>(k), envelope::decode::<ChangeRecord>(v)) {
+            latest.insert(k, v);
+        }
+    }
+    let restored = PartitionState::restore(latest);
+    let took = start.elapsed();
+    assert_eq!(restored.entries(), entries);
+    println!(
+        "restore: {entries} entries ({} changelog records, {:.1} MiB) decoded and rebuilt in {:.2} s",
+        encoded.len(),
+        bytes as f64 / 1048576.0,
+        took.as_secs_f64()
+    );
+}
