@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::auth::{Auth, AuthFailure, RateLimits};
-use crate::metrics::{reason, route, IngestMetrics, InflightGuard};
+use crate::metrics::{reason, route, InflightGuard, IngestMetrics};
 use crate::producer::{Delivery, EventProducer};
 
 /// `Retry-After` of a 503 (overload, Kafka trouble): short, the condition is transient.
@@ -150,7 +150,9 @@ impl Rejection {
 
     fn message(&self) -> String {
         match self {
-            Rejection::Unauthorized(AuthFailure::Missing) => "an `Authorization: Bearer <key>` header is required".into(),
+            Rejection::Unauthorized(AuthFailure::Missing) => {
+                "an `Authorization: Bearer <key>` header is required".into()
+            }
             Rejection::Unauthorized(AuthFailure::Invalid) => "the API key is not valid".into(),
             Rejection::RateLimited(_) => "too many requests for this API key; retry after the given delay".into(),
             Rejection::UnsupportedMediaType(got) => {

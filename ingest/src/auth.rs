@@ -117,8 +117,8 @@ impl ApiKeys {
 
     /// Reads and parses a keys file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::ApiKeysFile { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::ApiKeysFile { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|message| Error::ApiKeysFormat { path: path.to_owned(), message })
     }
 

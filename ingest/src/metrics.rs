@@ -99,6 +99,8 @@ pub mod kind {
     pub const CLOCK: &str = "clock";
     /// An event did not encode into the envelope.
     pub const ENCODE: &str = "encode";
+    /// The Kafka producer was replaced after timeouts or a fatal error.
+    pub const PRODUCER_REPLACED: &str = "producer_replaced";
 }
 
 /// The registered metrics of one ingest.
@@ -129,7 +131,11 @@ impl IngestMetrics {
     pub fn new(registry: &Registry) -> Self {
         let m = Metrics(registry);
         IngestMetrics {
-            requests: m.counter_vec(REQUESTS_TOTAL, "HTTP requests by route and status", &[label::ROUTE, label::STATUS]),
+            requests: m.counter_vec(
+                REQUESTS_TOTAL,
+                "HTTP requests by route and status",
+                &[label::ROUTE, label::STATUS],
+            ),
             requests_rejected: m.counter_vec(
                 REQUESTS_REJECTED_TOTAL,
                 "Requests refused before producing, by reason",

@@ -9,6 +9,15 @@
 //! dedupes). Events are enqueued in request order, each keyed by its session id, so the
 //! events of one conversation in one request keep their order in the partition.
 //!
+//! Timeouts replace the producer: when a request's deliveries time out, the librdkafka
+//! producer is swapped for a new one (a fresh producer id) and the old one is purged and
+//! destroyed, failing whatever it still held (those requests answer 503). librdkafka's own
+//! message timeout is set beyond `--produce-timeout`, so ingest's timer fires first and the
+//! old producer never bumps its epoch locally (KIP-360): tansu 0.6.0 panics in its storage on
+//! a produce with a locally bumped epoch and then refuses every request until restarted.
+//! With Apache Kafka the swap is merely harmless: everything the old producer held was
+//! reported failed ("maybe written"), which the producers retry with the same `client_msg_id`.
+//!
 //! Readiness: [`EventProducer::watch`] creates the events topic (retrying with backoff
 //! until it succeeds) and then probes the broker with a metadata request every second;
 //! the health component [`HEALTH_COMPONENT`] is ready only while the topic exists and the
@@ -16,15 +25,16 @@
 //! acknowledged delivery marks it ready again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
 use chatpipe_common::http::Health;
 use chatpipe_common::kafka::{ensure_topics, KafkaArgs, TopicSpec};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
@@ -35,10 +45,9 @@ use crate::{Config, Error};
 /// The readiness component this module reports.
 pub const HEALTH_COMPONENT: &str = "kafka";
 
-/// How long to keep waiting for delivery reports after `--produce-timeout`: librdkafka
-/// reports a timed-out message itself at `message.timeout.ms`, this only guards against a
-/// report that never comes.
-const REPORT_GRACE: Duration = Duration::from_secs(1);
+/// librdkafka's `message.timeout.ms` is `--produce-timeout` plus this, so that ingest's own
+/// timer (which replaces the producer) always fires first; see the module doc.
+const LIBRDKAFKA_TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 /// How often the broker is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Timeout of one probe (metadata request).
@@ -129,10 +138,13 @@ impl Readiness {
 
 /// librdkafka callbacks: client errors are counted and logged through `tracing`; "all
 /// brokers down" and fatal errors flip readiness at once.
+#[derive(Clone)]
 pub(crate) struct IngestContext {
     metrics: IngestMetrics,
     readiness: Arc<Readiness>,
     health: Health,
+    /// Set on a fatal error: the watcher replaces the producer.
+    needs_reset: Arc<AtomicBool>,
 }
 
 impl ClientContext for IngestContext {
@@ -145,18 +157,29 @@ impl ClientContext for IngestContext {
                 tracing::warn!(%error, reason, "all Kafka brokers are down; not ready");
             }
             Some(RDKafkaErrorCode::Fatal) => {
+                self.needs_reset.store(true, Ordering::Release);
                 self.readiness.broker.store(false, Ordering::Release);
                 self.readiness.publish(&self.health);
-                tracing::error!(%error, reason, "fatal Kafka producer error: restart ingest");
+                tracing::error!(%error, reason, "fatal Kafka producer error; replacing the producer");
             }
             _ => tracing::warn!(%error, reason, "Kafka client error"),
         }
     }
 }
 
+/// The librdkafka producer in use and its generation (incremented by each replacement).
+struct Current {
+    generation: u64,
+    /// In an `Arc` so that the replaced producer can be destroyed (which blocks: it purges
+    /// and joins threads) on a blocking thread once no request holds it any more.
+    producer: Arc<FutureProducer<IngestContext>>,
+}
+
 /// The producer of `chat.events`.
 pub(crate) struct EventProducer {
-    producer: FutureProducer<IngestContext>,
+    current: RwLock<Current>,
+    client_config: ClientConfig,
+    context: IngestContext,
     topic: String,
     topic_spec: TopicSpec,
     kafka: KafkaArgs,
@@ -175,16 +198,28 @@ impl EventProducer {
         // the same time so the report says so, unless the operator chose otherwise.
         let user_set = |key: &str| config.kafka.options.iter().any(|o| o.key == key);
         if !user_set("message.timeout.ms") && !user_set("delivery.timeout.ms") {
-            cfg.set("message.timeout.ms", duration_ms(config.produce_timeout).to_string());
+            cfg.set("message.timeout.ms", duration_ms(config.produce_timeout + LIBRDKAFKA_TIMEOUT_MARGIN).to_string());
+        }
+        if !user_set("allow.auto.create.topics") {
+            // Topics are created deliberately (with --events-partitions), never as a side
+            // effect of a metadata request or a produce.
+            cfg.set("allow.auto.create.topics", "false");
         }
         if !user_set("request.timeout.ms") {
             cfg.set("request.timeout.ms", duration_ms(config.produce_timeout).clamp(1, 30_000).to_string());
         }
-        let context = IngestContext { metrics: metrics.clone(), readiness: readiness.clone(), health: health.clone() };
-        let producer = cfg.create_with_context(context).map_err(Error::Producer)?;
+        let context = IngestContext {
+            metrics: metrics.clone(),
+            readiness: readiness.clone(),
+            health: health.clone(),
+            needs_reset: Arc::new(AtomicBool::new(false)),
+        };
+        let producer = cfg.create_with_context(context.clone()).map_err(Error::Producer)?;
         health.set(HEALTH_COMPONENT, false);
         Ok(EventProducer {
-            producer,
+            current: RwLock::new(Current { generation: 0, producer: Arc::new(producer) }),
+            client_config: cfg,
+            context,
             topic: config.events_topic.clone(),
             topic_spec: TopicSpec::new(&config.events_topic, config.events_partitions),
             kafka: config.kafka.clone(),
@@ -216,11 +251,60 @@ impl EventProducer {
         }
     }
 
+    /// The producer in use.
+    fn current(&self) -> (u64, Arc<FutureProducer<IngestContext>>) {
+        let c = self.current.read().unwrap_or_else(|p| p.into_inner());
+        (c.generation, c.producer.clone())
+    }
+
+    /// Replaces producer `generation` (if still current) by a new one, then purges and
+    /// destroys the old one in the background. See the module doc for why.
+    fn replace(&self, generation: u64) {
+        let old = {
+            let mut c = self.current.write().unwrap_or_else(|p| p.into_inner());
+            if c.generation != generation {
+                return;
+            }
+            match self.client_config.create_with_context::<_, FutureProducer<IngestContext>>(self.context.clone()) {
+                Ok(new) => {
+                    c.generation += 1;
+                    std::mem::replace(&mut c.producer, Arc::new(new))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot create a new Kafka producer; keeping the old one");
+                    return;
+                }
+            }
+        };
+        self.context.needs_reset.store(false, Ordering::Release);
+        self.metrics.error(kind::PRODUCER_REPLACED);
+        tracing::warn!(generation = generation + 1, "deliveries timed out: replaced the Kafka producer");
+        // Purging fails what the old producer still holds (those requests answer 503 as
+        // soon as the purge is reported). Destroying it blocks (it flushes and joins its
+        // threads), so it happens on a blocking thread once the requests let go of it.
+        tokio::task::spawn_blocking(move || {
+            old.purge(PurgeConfig::default().queue().inflight());
+            let mut old = old;
+            let give_up = Instant::now() + Duration::from_secs(60);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(producer) => return drop(producer),
+                    Err(still_shared) if Instant::now() < give_up => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => return, // the last request to finish destroys it
+                }
+            }
+        });
+    }
+
     /// Produces every event and waits (at most `--produce-timeout` plus a short grace) for
     /// all delivery reports. Returns one status per event, in order.
     pub(crate) async fn publish(&self, events: &[ChatEvent]) -> Vec<Delivery> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.produce_timeout;
+        let (generation, producer) = self.current();
         let mut statuses: Vec<Option<Delivery>> = vec![None; events.len()];
         let mut pending = Vec::with_capacity(events.len());
         let mut gave_up: Option<Failure> = None;
@@ -237,7 +321,7 @@ impl EventProducer {
             let key = ev.session_id.to_string();
             let mut record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
             loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(fut) => {
                         pending.push((i, fut));
                         break;
@@ -265,9 +349,8 @@ impl EventProducer {
                 }
             }
         }
-        let report_deadline = deadline + REPORT_GRACE;
         for (i, fut) in pending {
-            let status = match tokio::time::timeout_at(report_deadline, fut).await {
+            let status = match tokio::time::timeout_at(deadline, fut).await {
                 Ok(Ok(Ok(d))) => Delivery::Accepted { partition: d.partition, offset: d.offset },
                 Ok(Ok(Err((e, _)))) => Delivery::Failed(Failure::from_kafka(&e)),
                 Ok(Err(_canceled)) => {
@@ -299,11 +382,14 @@ impl EventProducer {
         self.metrics.events.with_label_values(&[outcome::ACCEPTED]).inc_by(accepted);
         if failed > 0 {
             self.metrics.events.with_label_values(&[outcome::FAILED]).inc_by(failed);
-            let broker_trouble = statuses.iter().any(|s| {
-                matches!(s, Delivery::Failed(f) if matches!(f.code, "timeout" | "queue_full" | "kafka_error"))
-            });
+            let broker_trouble = statuses.iter().any(
+                |s| matches!(s, Delivery::Failed(f) if matches!(f.code, "timeout" | "queue_full" | "kafka_error")),
+            );
             if broker_trouble {
                 self.set_broker_ready(false);
+            }
+            if statuses.iter().any(|s| matches!(s, Delivery::Failed(f) if f.code == "timeout")) {
+                self.replace(generation);
             }
         } else {
             self.metrics.produce_latency.observe(started.elapsed().as_secs_f64());
@@ -321,11 +407,11 @@ impl EventProducer {
                 let r = tokio::select! {
                     biased;
                     () = cancel.cancelled() => return,
-                    r = ensure_topics(&self.kafka, std::slice::from_ref(&self.topic_spec), PROBE_TIMEOUT * 5) => r,
+                    r = self.set_up_topic() => r,
                 };
                 match r {
                     Ok(()) => {
-                        tracing::info!(topic = %self.topic, partitions = self.topic_spec.partitions, "events topic ready");
+                        tracing::info!(topic = %self.topic, "events topic ready");
                         self.readiness.topic.store(true, Ordering::Release);
                         self.readiness.publish(&self.health);
                         backoff = SETUP_BACKOFF_MIN;
@@ -336,7 +422,7 @@ impl EventProducer {
                             topic = %self.topic,
                             %error,
                             retry_in = ?backoff,
-                            "cannot create the events topic; not ready, retrying"
+                            "cannot find or create the events topic; not ready, retrying"
                         );
                         tokio::select! {
                             biased;
@@ -347,6 +433,10 @@ impl EventProducer {
                         continue;
                     }
                 }
+            }
+            if self.context.needs_reset.load(Ordering::Acquire) {
+                let (generation, _) = self.current();
+                self.replace(generation);
             }
             let probe = self.probe();
             let ok = tokio::select! {
@@ -363,46 +453,56 @@ impl EventProducer {
         }
     }
 
-    /// One metadata request for the events topic. `false` if the broker does not answer or
-    /// the topic has no partitions (then the topic is created again).
-    async fn probe(&self) -> bool {
-        let producer = self.producer.clone();
+    /// Whether the events topic exists with partitions (one metadata request; the producer
+    /// does not auto-create topics, so asking does not create it).
+    async fn topic_present(&self) -> Result<bool, KafkaError> {
+        let (_, producer) = self.current();
         let topic = self.topic.clone();
-        let result =
-            tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), PROBE_TIMEOUT)).await;
-        match result {
-            Ok(Ok(md)) => {
-                let present = md
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty());
-                if !present {
-                    tracing::warn!(topic = %self.topic, "events topic is missing; creating it again");
-                    self.readiness.topic.store(false, Ordering::Release);
-                    self.readiness.publish(&self.health);
-                }
-                present
+        let md = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(Some(&topic), PROBE_TIMEOUT))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))?;
+        Ok(md.topics().iter().any(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()))
+    }
+
+    /// Finds the events topic, or creates it with `--events-partitions` (an existing topic
+    /// is used as it is: no create permission is needed then).
+    async fn set_up_topic(&self) -> Result<(), KafkaError> {
+        if self.topic_present().await? {
+            return Ok(());
+        }
+        ensure_topics(&self.kafka, std::slice::from_ref(&self.topic_spec), PROBE_TIMEOUT * 5).await?;
+        tracing::info!(topic = %self.topic, partitions = self.topic_spec.partitions, "created the events topic");
+        Ok(())
+    }
+
+    /// One probe: `false` if the broker does not answer or the topic has gone (then the
+    /// watcher sets it up again).
+    async fn probe(&self) -> bool {
+        match self.topic_present().await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(topic = %self.topic, "events topic is missing; setting it up again");
+                self.readiness.topic.store(false, Ordering::Release);
+                self.readiness.publish(&self.health);
+                false
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 self.metrics.error(kind::PROBE);
                 tracing::debug!(%error, "Kafka probe failed");
                 false
             }
-            Err(_join) => false,
         }
     }
 
     /// Waits until every queued message is delivered or `timeout` passes.
     pub(crate) async fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
+        let (_, producer) = self.current();
+        tokio::task::spawn_blocking(move || producer.flush(timeout)).await.unwrap_or(Err(KafkaError::Canceled))
     }
 
     /// Messages not yet acknowledged.
     pub(crate) fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.current().1.in_flight_count()
     }
 
     /// Marks the component not ready (shutdown).
