@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Accept chat events over HTTP (POST /v1/events) and publish them to chat.events.
+    Ingest(chatpipe_ingest::Config),
     /// Serve HBase's Thrift1 API from an embedded store (dev and tests).
     HbaseEmulator(chatpipe_hbase_emulator::Config),
     /// Process chat.events into timelines, inboxes, membership, unread and window counts.
@@ -35,6 +37,7 @@ async fn main() -> Result<()> {
     chatpipe_common::telemetry::init(&cli.log, chatpipe_common::telemetry::LogFormat::Json)?;
     let shutdown = chatpipe_common::shutdown::signal();
     match cli.command {
+        Command::Ingest(cfg) => chatpipe_ingest::run(cfg, shutdown).await?,
         Command::HbaseEmulator(cfg) => chatpipe_hbase_emulator::run(cfg, shutdown).await?,
         Command::Process(cfg) => chatpipe_processor::run(cfg, shutdown).await?,
         Command::Sink(cfg) => chatpipe_sink::run(cfg, shutdown).await?,
