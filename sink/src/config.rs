@@ -123,7 +123,7 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_SINK_RETRY_MAX_BACKOFF", default_value = "10s", value_parser = parse_duration)]
     pub retry_max_backoff: Duration,
 
-    /// Attempts of one HBase call on transient errors before its rows go to the DLQ
+    /// Retries of one HBase call on transient errors before its rows go to the DLQ
     /// (reason `retries_exhausted`); 0 retries forever (the partition waits for HBase).
     #[arg(long, env = "CHATPIPE_SINK_MAX_RETRIES", default_value_t = 0)]
     pub max_retries: u32,

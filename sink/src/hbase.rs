@@ -226,9 +226,7 @@ impl HbaseClient {
         stream.set_read_timeout(Some(config.timeout))?;
         stream.set_write_timeout(Some(config.timeout))?;
         stream.set_nodelay(true)?;
-        let (r, w) = TTcpChannel::with_stream(stream)
-            .split()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (r, w) = TTcpChannel::with_stream(stream).split().map_err(|e| std::io::Error::other(e.to_string()))?;
         let (r, w): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = if config.framed {
             (
                 Box::new(TFramedReadTransport::with_capacity(IO_BUFFER, r)),

@@ -50,7 +50,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Message, Statistics, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, Statistics, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,13 @@ use crate::Error;
 const DELETE_BARRIER: Duration = Duration::from_millis(2);
 /// Longest detail text put in a DLQ header.
 const MAX_DETAIL: usize = 1000;
+/// A partition whose fetch was (re)started and delivered nothing for this long is checked
+/// for skipped records (see [`FetchCheck`]).
+const CHECK_IDLE: Duration = Duration::from_secs(1);
+/// How long reading the committed offsets may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a seek may wait for librdkafka.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of one DLQ produce before it is retried.
 const DLQ_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,6 +96,8 @@ pub(crate) struct Shared {
     idle: Condvar,
     next_generation: AtomicU64,
     rebalanced: AtomicBool,
+    /// Partitions of the rows topic currently assigned.
+    assigned: Mutex<Vec<i32>>,
 }
 
 enum Begin {
@@ -161,6 +170,22 @@ impl Shared {
         self.rebalanced.store(true, Ordering::SeqCst);
     }
 
+    fn set_assigned(&self, add: &[i32], remove: &[i32]) {
+        let mut a = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        a.retain(|p| !remove.contains(p));
+        for p in add {
+            if !a.contains(p) {
+                a.push(*p);
+            }
+        }
+        drop(a);
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+
+    fn assigned(&self) -> Vec<i32> {
+        self.assigned.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn cancel_all(&self) {
         for p in self.lock().values() {
             if let Some(t) = &p.in_flight {
@@ -224,8 +249,15 @@ impl ConsumerContext for SinkContext {
         }
     }
 
-    fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        self.shared.rebalanced.store(true, Ordering::SeqCst);
+    fn post_rebalance(&self, _base_consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
+            tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect()
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => self.shared.set_assigned(&partitions(tpl), &[]),
+            Rebalance::Revoke(tpl) => self.shared.set_assigned(&[], &partitions(tpl)),
+            Rebalance::Error(_) => self.shared.rebalanced.store(true, Ordering::SeqCst),
+        }
     }
 }
 
@@ -284,6 +316,18 @@ pub(crate) fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duratio
     let step = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
     let half = step / 2;
     half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
+}
+
+/// Runs a blocking librdkafka call from the loop: in place on a multi-threaded runtime (the
+/// other workers go on), directly otherwise.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 fn now_ms() -> i64 {
@@ -351,7 +395,12 @@ impl BatchRun<'_> {
         self.account();
         if let Some(last) = self.records.last() {
             let w = self.writer;
-            if let Err(e) = w.consumer.store_offset(&w.topic, self.partition, last.offset + 1) {
+            // the offset to commit is the next one to read (`store_offset` would add 1)
+            let mut next = TopicPartitionList::new();
+            let stored = next
+                .add_partition_offset(&w.topic, self.partition, Offset::Offset(last.offset + 1))
+                .and_then(|()| w.consumer.store_offsets(&next));
+            if let Err(e) = stored {
                 // after a revocation the partition is gone: the next owner writes them again
                 tracing::debug!(partition = self.partition, error = %e, "offset not stored");
                 w.metrics.error(kind::OFFSET_COMMIT);
@@ -610,6 +659,8 @@ struct PartitionState {
     paused: bool,
     /// The offset after the last record received.
     next_offset: Option<i64>,
+    /// Verifying that a fetch (re)started at `next_offset` really starts there.
+    check: Option<FetchCheck>,
     last_delete_ack: Option<Instant>,
 }
 
@@ -621,6 +672,7 @@ impl PartitionState {
             busy: false,
             paused: false,
             next_offset: None,
+            check: None,
             last_delete_ack: None,
         }
     }
@@ -676,6 +728,7 @@ impl Pipeline {
                 () = &mut shutdown => break,
                 _ = tick.tick() => {
                     self.reconcile();
+                    self.check_idle_fetches();
                     self.dispatch_due(false);
                 }
                 msg = consumer.recv() => match msg {
@@ -699,17 +752,34 @@ impl Pipeline {
     }
 
     fn on_message(&mut self, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        if self.shared.rebalanced.load(Ordering::SeqCst) {
+            self.reconcile();
+        }
         let generation = self.shared.generation(partition);
         let st = self.partitions.entry(partition).or_insert_with(|| PartitionState::new(generation));
         if st.generation != generation {
             Self::reset(&self.consumer, &self.config, &self.writer.metrics, partition, st, generation);
         }
+        if let Some(check) = st.check.as_mut() {
+            if offset > check.expected {
+                // The fetch skipped records (see `FetchCheck`): fetch from further back;
+                // the records before `expected` are skipped below.
+                check.probe_further(&self.consumer, &self.config.rows_topic, partition, offset);
+                if check.given_up {
+                    st.check = None;
+                } else {
+                    return;
+                }
+            } else {
+                st.check = None;
+            }
+        }
         if let Some(next) = st.next_offset {
             if offset < next {
-                // a rewind (seek, or a refetch after resume): the records from here on will
-                // come again, so the unsent buffer is dropped; written ones are rewritten
-                tracing::info!(partition, offset, expected = next, "partition rewound; re-reading from here");
-                st.buffer.clear();
+                return; // already buffered or written (a fetch from further back)
+            }
+            if offset > next {
+                tracing::debug!(partition, offset, expected = next, "offset gap (compaction or control records)");
             }
         }
         st.next_offset = Some(offset + 1);
@@ -720,10 +790,26 @@ impl Pipeline {
         {
             match self.consumer.pause(&tpl(&self.config.rows_topic, partition)) {
                 Ok(()) => {
+                    tracing::debug!(partition, offset, buffered = st.buffer.len(), "partition paused");
                     st.paused = true;
                     self.writer.metrics.paused.inc();
                 }
                 Err(e) => tracing::debug!(partition, error = %e, "pause failed"),
+            }
+        }
+    }
+
+    /// Partitions whose fetch check saw nothing for a while probe further back (the
+    /// skipped records may be the tail of the partition, with nothing after them).
+    fn check_idle_fetches(&mut self) {
+        for (p, st) in &mut self.partitions {
+            if let Some(check) = st.check.as_mut() {
+                if check.since.elapsed() >= CHECK_IDLE {
+                    check.probe_further(&self.consumer, &self.config.rows_topic, *p, -1);
+                    if check.given_up {
+                        st.check = None;
+                    }
+                }
             }
         }
     }
@@ -747,7 +833,8 @@ impl Pipeline {
         *st = PartitionState::new(generation);
     }
 
-    /// After a rebalance: forget the buffers of revoked partitions.
+    /// After a rebalance: forget the buffers of revoked partitions; start newly assigned
+    /// ones at their committed offset, with a [`FetchCheck`].
     fn reconcile(&mut self) {
         if !self.shared.rebalanced.swap(false, Ordering::SeqCst) {
             return;
@@ -763,6 +850,38 @@ impl Pipeline {
         for (p, g) in stale {
             if let Some(st) = self.partitions.get_mut(&p) {
                 Self::reset(&self.consumer, &self.config, &self.writer.metrics, p, st, g);
+            }
+        }
+        let fresh: Vec<i32> = self
+            .shared
+            .assigned()
+            .into_iter()
+            .filter(|p| self.partitions.get(p).is_none_or(|st| st.next_offset.is_none() && st.check.is_none()))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for p in &fresh {
+            list.add_partition(&self.config.rows_topic, *p);
+        }
+        let consumer = &self.consumer;
+        let committed = match blocking(|| consumer.committed_offsets(list, COMMITTED_TIMEOUT)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read committed offsets; not checking where fetches start");
+                return;
+            }
+        };
+        for p in fresh {
+            let generation = self.shared.generation(p);
+            let st = self.partitions.entry(p).or_insert_with(|| PartitionState::new(generation));
+            let offset = committed.find_partition(&self.config.rows_topic, p).map(|e| e.offset());
+            if let Some(Offset::Offset(o)) = offset {
+                if o > 0 {
+                    st.next_offset = Some(o);
+                    st.check = Some(FetchCheck::new(o));
+                }
             }
         }
     }
@@ -812,8 +931,15 @@ impl Pipeline {
         if st.paused && st.buffer.len() < cfg.max_buffered_rows() && st.buffer.bytes() < cfg.max_buffered_bytes() {
             match self.consumer.resume(&tpl(&cfg.rows_topic, partition)) {
                 Ok(()) => {
+                    tracing::debug!(partition, buffered = st.buffer.len(), "partition resumed");
                     st.paused = false;
                     m.paused.dec();
+                    // librdkafka drops what it had fetched for a paused partition and may
+                    // resume from another position: continue exactly after the last record
+                    if let Some(next) = st.next_offset {
+                        seek(&self.consumer, &cfg.rows_topic, partition, next);
+                        st.check = Some(FetchCheck::new(next));
+                    }
                 }
                 Err(e) => tracing::debug!(partition, error = %e, "resume failed"),
             }
@@ -892,6 +1018,65 @@ impl Pipeline {
         }
         commit(self.consumer.as_ref());
         result
+    }
+}
+
+/// Moves a partition's fetch position. Synchronous (a few ms, rare): when it returns,
+/// librdkafka discards every message it had fetched from the old position.
+fn seek(consumer: &SinkConsumer, topic: &str, partition: i32, offset: i64) {
+    if let Err(e) = blocking(|| consumer.seek(topic, partition, Offset::Offset(offset), SEEK_TIMEOUT)) {
+        tracing::warn!(partition, offset, error = %e, "seek failed");
+    }
+}
+
+/// Verifies that a partition's fetch, (re)started at `expected` (after an assignment, from
+/// the committed offset, or after a resume), delivers `expected` first. A correct broker
+/// does; tansu 0.6 answers a fetch from inside a record batch with the *following* batch,
+/// which would silently skip records. Then the fetch is restarted further back (16, 64,
+/// 256, … records before `expected`, down to 0) until a record at or before `expected`
+/// arrives; the loop skips the records it already has. Nothing arriving for
+/// [`CHECK_IDLE`] counts as a skip too (the skipped records may be the partition's tail);
+/// on a correct broker that costs one re-read of 16 records. Reaching offset 0 without
+/// success accepts the gap (a compacted or truncated log).
+struct FetchCheck {
+    expected: i64,
+    target: i64,
+    step: i64,
+    since: Instant,
+    given_up: bool,
+}
+
+impl FetchCheck {
+    fn new(expected: i64) -> Self {
+        FetchCheck { expected, target: expected, step: 0, since: Instant::now(), given_up: false }
+    }
+
+    /// The fetch from `target` did not deliver `expected` (`seen`: what it delivered
+    /// instead, -1 for nothing): fetch from further back, or give up at offset 0.
+    fn probe_further(&mut self, consumer: &SinkConsumer, topic: &str, partition: i32, seen: i64) {
+        if self.target == 0 {
+            if seen >= 0 {
+                tracing::warn!(
+                    partition,
+                    expected = self.expected,
+                    first = seen,
+                    "records missing from the log; continuing after the gap"
+                );
+            }
+            self.given_up = true;
+            return;
+        }
+        self.step = if self.step == 0 { 16 } else { self.step.saturating_mul(4) };
+        self.target = (self.expected - self.step).max(0);
+        tracing::debug!(
+            partition,
+            expected = self.expected,
+            seen,
+            target = self.target,
+            "fetch skipped ahead; fetching from further back"
+        );
+        seek(consumer, topic, partition, self.target);
+        self.since = Instant::now();
     }
 }
 
