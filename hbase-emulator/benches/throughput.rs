@@ -7,7 +7,7 @@
 //! * `scan/prefix`: a full prefix scan (`scannerOpenWithPrefix` + `scannerGetList(1000)`) of
 //!   30,000 rows × 3 cells.
 //!
-//! Run briefly: `cargo bench -p chatpipe-hbase-emulator --bench throughput -- --warm-up-time 1
+//! `CHATPIPE_BENCH_IN_MEMORY=1` runs the same against the in-memory store. Run briefly: `cargo bench -p chatpipe-hbase-emulator --bench throughput -- --warm-up-time 1
 //! --measurement-time 5 --sample-size 10`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -79,7 +79,13 @@ fn row(n: u64, prefix: Option<&str>) -> BatchMutation {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let emu = start(Config::on_disk("127.0.0.1:0".parse().unwrap(), dir.path())).unwrap();
+    // CHATPIPE_BENCH_IN_MEMORY=1: the same without the disk, to see what the disk costs.
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let config = match std::env::var("CHATPIPE_BENCH_IN_MEMORY").as_deref() {
+        Ok("1") => Config::in_memory(listen),
+        _ => Config::on_disk(listen, dir.path()),
+    };
+    let emu = start(config).unwrap();
     let addr = emu.local_addr();
     let mut admin = connect(addr);
     admin.create_table(TABLE.into(), vec![family("m")]).unwrap();

@@ -235,7 +235,7 @@ impl Handler {
                 check_row(&r.row)?;
             }
         }
-        self.store.mutate(table, &rows, ts, Self::now())
+        self.store.mutate(table, rows, ts, Self::now())
     }
 
     fn read_cells(

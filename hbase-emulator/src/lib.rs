@@ -24,8 +24,10 @@
 //! # Layout
 //!
 //! * `config.rs` — [`Config`], the `chatpipe hbase-emulator` flags (env `CHATPIPE_HBASE_EMULATOR_*`);
-//! * `keys.rs` — the order-preserving key codec of the store;
-//! * `store.rs` — storage and HBase semantics, no Thrift (unit-tested);
+//! * `keys.rs` — keys of the store (`table id ‖ row`, bytewise order);
+//! * `row.rs` — one row (families, columns, versions, delete markers) and HBase's write
+//!   semantics on it, stored as one value (unit-tested);
+//! * `store.rs` — tables, transactions, reads and scans on redb, no Thrift (unit-tested);
 //! * `filter.rs` — the supported subset of HBase's filter language (`PrefixFilter`, …);
 //! * `regions.rs` — region boundaries, salt pre-splits ([`SALT_BUCKETS`]);
 //! * `scanner.rs` — open scanners;
@@ -62,6 +64,7 @@ mod handler;
 mod keys;
 mod protocol;
 mod regions;
+mod row;
 mod scanner;
 mod server;
 mod store;

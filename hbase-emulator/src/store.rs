@@ -14,23 +14,28 @@
 //! compaction does); reads never return more. Cells older than the family's TTL are never
 //! returned. Counters are 8-byte big-endian longs.
 //!
-//! Table metadata lives in its own redb table and in an in-memory map guarded by a lock that
-//! data writes hold shared and DDL holds exclusive, so a table cannot vanish under a write.
+//! **Layout.** One redb entry per row (`keys.rs`: `table id ‖ row`; value: `row.rs`), so a
+//! new row is one insert and a scan reads one entry per row; a write reads, changes and
+//! rewrites its rows (fine for HBase-style narrow rows; a very wide row costs its size per
+//! write). Table metadata lives in its own redb table and in an in-memory map guarded by a
+//! lock that data writes hold shared and DDL holds exclusive, so a table cannot vanish under
+//! a write.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use parking_lot::RwLock;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::filter::Filter;
-use crate::keys::{self, EntryKind};
+use crate::keys;
+use crate::row::Row;
 
-/// Cells and delete markers, keyed as [`crate::keys`] describes.
-const CELLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cells");
+/// Rows (`row.rs` encoding), keyed as [`crate::keys`] describes.
+const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rows");
 /// Table name → encoded [`TableMeta`].
 const TABLES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tables");
 /// Named counters (the next table id).
@@ -43,7 +48,7 @@ pub const TTL_FOREVER: i32 = i32::MAX;
 pub const LATEST_TIMESTAMP: i64 = i64::MAX;
 
 /// Errors of the store; each maps to the exception HBase's Thrift server would raise.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("org.apache.hadoop.hbase.TableNotFoundException: {0}")]
     TableNotFound(String),
@@ -415,8 +420,10 @@ fn resolve_selection(meta: &TableMeta, columns: &[ColumnSel]) -> Result<Selectio
 pub struct ScanCursor {
     table_id: u32,
     table: Vec<u8>,
-    lo: Bound<Vec<u8>>,
-    hi: Bound<Vec<u8>>,
+    /// Inclusive lower key bound.
+    lo: Vec<u8>,
+    /// Exclusive upper key bound; `None`: the end of the key space.
+    hi: Option<Vec<u8>>,
     reversed: bool,
     exhausted: bool,
     rows_returned: u64,
@@ -451,8 +458,78 @@ pub struct PreparedScan {
 
 /// The embedded store.
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     tables: RwLock<BTreeMap<Vec<u8>, Arc<TableMeta>>>,
+    /// Hands `mutate` calls to the group committer; `None` once the store is closing.
+    committer: Option<mpsc::Sender<WriteRequest>>,
+    committer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer once it has answered every request.
+        self.committer = None;
+        if let Some(t) = self.committer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Most rows the group committer puts into one transaction.
+const MAX_GROUP_ROWS: usize = 20_000;
+
+/// One `mutate` call waiting for the group committer.
+struct WriteRequest {
+    meta: Arc<TableMeta>,
+    rows: Vec<RowMutation>,
+    ts: i64,
+    reply: mpsc::SyncSender<Result<(), StoreError>>,
+}
+
+/// Group commit: `mutate` calls from concurrent connections that arrive while a commit is
+/// under way are applied together in the next transaction, with one fsync for all of them,
+/// and each caller is answered only after that commit. Requests are applied in arrival
+/// order, so the result is that of committing them one by one. Only `mutate` goes this way:
+/// its validation is done before it is queued, so applying it cannot fail for one request
+/// alone (a storage error fails the whole group, and every caller sees it).
+fn run_committer(db: Arc<Database>, requests: mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut rows = first.rows.len();
+        let mut group = vec![first];
+        while rows < MAX_GROUP_ROWS {
+            match requests.try_recv() {
+                Ok(r) => {
+                    rows += r.rows.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit_group(&db, &group)))
+            .unwrap_or_else(|_| Err(StoreError::Storage("the write failed unexpectedly".into())));
+        for r in group {
+            let _ = r.reply.send(result.clone());
+        }
+    }
+}
+
+fn commit_group(db: &Database, group: &[WriteRequest]) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(ROWS)?;
+        for req in group {
+            let mut w = Writer { rows: &mut table, meta: &req.meta };
+            for rm in &req.rows {
+                let mut row = w.load(&rm.row)?;
+                for op in &rm.ops {
+                    w.apply(&mut row, op, req.ts);
+                }
+                w.save(&rm.row, &row)?;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl std::fmt::Debug for Store {
@@ -476,7 +553,7 @@ impl Store {
     fn init(db: Database) -> Result<Store, StoreError> {
         let txn = db.begin_write()?;
         {
-            txn.open_table(CELLS)?;
+            txn.open_table(ROWS)?;
             txn.open_table(COUNTERS)?;
             txn.open_table(TABLES)?;
         }
@@ -490,7 +567,21 @@ impl Store {
                 .ok_or_else(|| StoreError::Storage(format!("corrupt descriptor of table {}", show(k.value()))))?;
             tables.insert(meta.name.clone(), Arc::new(meta));
         }
-        Ok(Store { db, tables: RwLock::new(tables) })
+        drop(t);
+        drop(read);
+        let db = Arc::new(db);
+        let (committer, requests) = mpsc::channel();
+        let committer_db = Arc::clone(&db);
+        let committer_thread = std::thread::Builder::new()
+            .name("hbase-emu-commit".into())
+            .spawn(move || run_committer(committer_db, requests))
+            .map_err(|e| StoreError::Storage(format!("cannot start the committer: {e}")))?;
+        Ok(Store {
+            db,
+            tables: RwLock::new(tables),
+            committer: Some(committer),
+            committer_thread: Some(committer_thread),
+        })
     }
 
     // ---- tables -------------------------------------------------------------------------
@@ -579,14 +670,14 @@ impl Store {
         if meta.enabled {
             return Err(StoreError::TableNotDisabled(show(name)));
         }
-        let start = keys::table_prefix(meta.id);
+        let start = keys::table_start(meta.id);
         let end = keys::table_end(meta.id);
         let txn = self.db.begin_write()?;
         {
-            let mut cells = txn.open_table(CELLS)?;
+            let mut rows = txn.open_table(ROWS)?;
             let range: (Bound<&[u8]>, Bound<&[u8]>) =
-                (Bound::Included(start.as_slice()), end.as_ref().map(Vec::as_slice));
-            cells.retain_in::<&[u8], _>(range, |_, _| false)?;
+                (Bound::Included(start.as_slice()), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
+            rows.retain_in::<&[u8], _>(range, |_, _| false)?;
             txn.open_table(TABLES)?.remove(name)?;
         }
         txn.commit()?;
@@ -600,7 +691,7 @@ impl Store {
     /// timestamp of every put and the upper bound of every delete; `None` (or
     /// [`LATEST_TIMESTAMP`]) means `now`. Every family is checked before anything is written:
     /// a batch naming an unknown family writes nothing.
-    pub fn mutate(&self, table: &[u8], rows: &[RowMutation], ts: Option<i64>, now: i64) -> Result<(), StoreError> {
+    pub fn mutate(&self, table: &[u8], rows: Vec<RowMutation>, ts: Option<i64>, now: i64) -> Result<(), StoreError> {
         let ts = match ts {
             None | Some(LATEST_TIMESTAMP) => now,
             Some(ts) if ts < 0 => {
@@ -608,10 +699,11 @@ impl Store {
             }
             Some(ts) => ts,
         };
+        // Held until the commit is done, so the table cannot be deleted under the write.
         let tables = self.tables.read();
         let meta = tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?;
         meta.require_enabled()?;
-        for rm in rows {
+        for rm in &rows {
             for op in &rm.ops {
                 match op {
                     Op::Put { family, .. } | Op::DeleteColumn { family, .. } | Op::DeleteFamily { family } => {
@@ -624,30 +716,25 @@ impl Store {
         if rows.iter().all(|r| r.ops.is_empty()) {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
-        {
-            let mut cells = txn.open_table(CELLS)?;
-            let mut w = Writer { cells: &mut cells, meta };
-            for rm in rows {
-                for op in &rm.ops {
-                    w.apply(&rm.row, op, ts)?;
-                }
-            }
-        }
-        txn.commit()?;
-        Ok(())
+        let closed = || StoreError::Storage("the store is closing".into());
+        let (reply, answer) = mpsc::sync_channel(1);
+        let request = WriteRequest { meta: Arc::clone(meta), rows, ts, reply };
+        self.committer.as_ref().ok_or_else(closed)?.send(request).map_err(|_| closed())?;
+        let result = answer.recv().map_err(|_| closed())?;
+        drop(tables);
+        result
     }
 
     /// Adds `amount` to the 8-byte big-endian counter of each cell, in one transaction, and
     /// returns the new values. A missing cell counts as 0; any other width is refused.
     pub fn increment(&self, table: &[u8], increments: &[Increment], now: i64) -> Result<Vec<i64>, StoreError> {
-        self.read_modify_write(table, increments.len(), now, |w, i| {
-            let Increment { row, family, qualifier, amount } = &increments[i];
-            let current = w.latest(row, family, qualifier, now)?;
-            let (old, old_ts) = match current {
+        self.read_modify_write(table, increments.len(), |w, i| {
+            let Increment { row: key, family, qualifier, amount } = &increments[i];
+            let mut row = w.load(key)?;
+            let (old, old_ts) = match w.latest(&row, family, qualifier, now)? {
                 None => (0, None),
                 Some((ts, value)) => {
-                    let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
+                    let bytes: [u8; 8] = value.try_into().map_err(|_| {
                         StoreError::Refused(format!("Field is not a long, it's {} bytes wide", value.len()))
                     })?;
                     (i64::from_be_bytes(bytes), Some(ts))
@@ -655,9 +742,11 @@ impl Store {
             };
             let new = old.wrapping_add(*amount);
             if *amount != 0 || old_ts.is_none() {
-                // Newer than the current version, so the new value is the visible one.
+                // Newer than the current version, as HBase does, so the new value is the
+                // visible one even after increments within one millisecond.
                 let ts = old_ts.map_or(now, |t| now.max(t.saturating_add(1)));
-                w.put(row, family, qualifier, &new.to_be_bytes(), ts)?;
+                w.put(&mut row, family, qualifier, &new.to_be_bytes(), ts);
+                w.save(key, &row)?;
             }
             Ok(new)
         })
@@ -667,20 +756,23 @@ impl Store {
     pub fn append(
         &self,
         table: &[u8],
-        row: &[u8],
+        key: &[u8],
         columns: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
         now: i64,
     ) -> Result<Vec<Cell>, StoreError> {
-        self.read_modify_write(table, columns.len(), now, |w, i| {
+        self.read_modify_write(table, columns.len(), |w, i| {
             let (family, qualifier, suffix) = &columns[i];
-            let (value, ts) = match w.latest(row, family, qualifier, now)? {
+            let mut row = w.load(key)?;
+            let (value, ts) = match w.latest(&row, family, qualifier, now)? {
                 None => (suffix.clone(), now),
-                Some((t, mut v)) => {
+                Some((t, v)) => {
+                    let mut v = v.to_vec();
                     v.extend_from_slice(suffix);
                     (v, now.max(t.saturating_add(1)))
                 }
             };
-            w.put(row, family, qualifier, &value, ts)?;
+            w.put(&mut row, family, qualifier, &value, ts);
+            w.save(key, &row)?;
             Ok(Cell { family: family.clone(), qualifier: qualifier.clone(), ts, value })
         })
     }
@@ -691,25 +783,24 @@ impl Store {
     pub fn check_and_put(
         &self,
         table: &[u8],
-        row: &[u8],
+        key: &[u8],
         check: (&[u8], &[u8]),
         expected: Option<&[u8]>,
         put: (&[u8], &[u8], &[u8]),
         now: i64,
     ) -> Result<bool, StoreError> {
         let (family, qualifier) = check;
-        let results = self.read_modify_write(table, 1, now, |w, _| {
-            w.meta.require_family(family)?;
+        let results = self.read_modify_write(table, 1, |w, _| {
             w.meta.require_family(put.0)?;
-            let current = w.latest(row, family, qualifier, now)?;
-            // As HBase's checkAndMutate: an empty expected value also matches a missing cell.
+            let mut row = w.load(key)?;
             let expected = expected.unwrap_or_default();
-            let matches = match current {
+            let matches = match w.latest(&row, family, qualifier, now)? {
                 None => expected.is_empty(),
-                Some((_, v)) => expected == v.as_slice(),
+                Some((_, v)) => expected == v,
             };
             if matches {
-                w.put(row, put.0, put.1, put.2, now)?;
+                w.put(&mut row, put.0, put.1, put.2, now);
+                w.save(key, &row)?;
             }
             Ok(matches)
         })?;
@@ -721,18 +812,16 @@ impl Store {
         &self,
         table: &[u8],
         n: usize,
-        now: i64,
         mut step: impl FnMut(&mut Writer<'_, '_>, usize) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let _ = now;
         let tables = self.tables.read();
         let meta = tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?;
         meta.require_enabled()?;
         let txn = self.db.begin_write()?;
         let mut out = Vec::with_capacity(n);
         {
-            let mut cells = txn.open_table(CELLS)?;
-            let mut w = Writer { cells: &mut cells, meta };
+            let mut rows = txn.open_table(ROWS)?;
+            let mut w = Writer { rows: &mut rows, meta };
             for i in 0..n {
                 out.push(step(&mut w, i)?);
             }
@@ -750,19 +839,16 @@ impl Store {
     }
 
     /// The cells of one row; empty if the row has none that qualify.
-    pub fn get(&self, table: &[u8], row: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<Cell>, StoreError> {
+    pub fn get(&self, table: &[u8], key: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<Cell>, StoreError> {
         let meta = self.readable(table)?;
         let selection = resolve_selection(&meta, &spec.columns)?;
         let txn = self.db.begin_read()?;
-        let cells = txn.open_table(CELLS)?;
-        let start = keys::row_prefix(meta.id, row);
-        let end = keys::after_row(meta.id, row);
-        let mut assembler = RowAssembler::new(&meta, &selection, spec, &NO_FILTER, now);
-        for entry in cells.range::<&[u8]>(start.as_slice()..end.as_slice())? {
-            let (k, v) = entry?;
-            assembler.push(k.value(), v.value());
-        }
-        Ok(assembler.finish())
+        let rows = txn.open_table(ROWS)?;
+        let Some(value) = rows.get(keys::row_key(meta.id, key).as_slice())? else {
+            return Ok(Vec::new());
+        };
+        let row = decode_row(value.value())?;
+        Ok(read_row(&meta, &row, &selection, spec, &Filter::default(), now))
     }
 
     /// Validates a scan and returns its cursor.
@@ -772,37 +858,31 @@ impl Store {
         let id = meta.id;
         let (start, stop) = (&spec.start_row, &spec.stop_row);
         let (mut lo, mut hi) = if !spec.reversed {
-            let lo = keys::row_prefix(id, start);
-            let hi = if stop.is_empty() { keys::table_end(id) } else { Bound::Excluded(keys::row_prefix(id, stop)) };
-            (lo, hi)
+            let hi = if stop.is_empty() { keys::table_end(id) } else { Some(keys::row_key(id, stop)) };
+            (keys::row_key(id, start), hi)
         } else {
-            let hi = if start.is_empty() { keys::table_end(id) } else { Bound::Excluded(keys::after_row(id, start)) };
-            let lo = if stop.is_empty() { keys::table_prefix(id) } else { keys::after_row(id, stop) };
+            // Reversed: from start_row (inclusive) down to stop_row (exclusive).
+            let hi =
+                if start.is_empty() { keys::table_end(id) } else { Some(keys::successor(&keys::row_key(id, start))) };
+            let lo = if stop.is_empty() { keys::table_start(id) } else { keys::successor(&keys::row_key(id, stop)) };
             (lo, hi)
         };
         // Narrow the range to the filter's row prefixes: a prefix scan is a range read.
         for prefix in &spec.filter.row_prefixes {
-            let prefix_lo = keys::row_prefix(id, prefix);
-            if prefix_lo > lo {
-                lo = prefix_lo;
-            }
-            if let Some(prefix_stop) = keys::prefix_end(prefix) {
-                let prefix_hi = keys::row_prefix(id, &prefix_stop);
-                if matches!(&hi, Bound::Excluded(h) if *h <= prefix_hi) {
-                    continue;
-                }
-                hi = Bound::Excluded(prefix_hi);
+            lo = lo.max(keys::row_key(id, prefix));
+            if let Some(end) = keys::prefix_end(prefix) {
+                let end = keys::row_key(id, &end);
+                hi = Some(hi.map_or(end.clone(), |h| h.min(end)));
             }
         }
-        let empty = matches!(&hi, Bound::Excluded(h) if *h <= lo);
-        let lo = Bound::Included(lo);
+        let exhausted = hi.as_ref().is_some_and(|h| *h <= lo);
         let cursor = ScanCursor {
             table_id: id,
             table: table.to_vec(),
             lo,
             hi,
             reversed: spec.reversed,
-            exhausted: empty,
+            exhausted,
             rows_returned: 0,
         };
         Ok((cursor, PreparedScan { selection, read: spec.read, filter: spec.filter }))
@@ -835,225 +915,111 @@ impl Store {
             }
             None => max_rows,
         };
-        if let (Bound::Included(lo), Bound::Excluded(hi)) = (&cursor.lo, &cursor.hi) {
-            if hi <= lo {
-                cursor.exhausted = true;
-                return Ok(out);
-            }
+        if cursor.hi.as_ref().is_some_and(|h| *h <= cursor.lo) {
+            cursor.exhausted = true;
+            return Ok(out);
         }
         let txn = self.db.begin_read()?;
-        let cells = txn.open_table(CELLS)?;
+        let rows = txn.open_table(ROWS)?;
         let range: (Bound<&[u8]>, Bound<&[u8]>) =
-            (cursor.lo.as_ref().map(Vec::as_slice), cursor.hi.as_ref().map(Vec::as_slice));
-        let mut iter = cells.range::<&[u8]>(range)?;
-        let mut current: Option<Vec<u8>> = None;
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut finished_all = true;
+            (Bound::Included(cursor.lo.as_slice()), cursor.hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
+        let mut iter = rows.range::<&[u8]>(range)?;
         loop {
+            if out.len() >= max_rows {
+                break;
+            }
             let next = if cursor.reversed { iter.next_back() } else { iter.next() };
-            let Some(entry) = next else { break };
+            let Some(entry) = next else {
+                cursor.exhausted = true;
+                break;
+            };
             let (k, v) = entry?;
             let key = k.value();
-            let row =
-                keys::decode_row(key).ok_or_else(|| StoreError::Storage("malformed key in the cell store".into()))?;
-            if current.as_deref() != Some(row.as_slice()) {
-                if let Some(done) = current.take() {
-                    self.finish_row(&meta, scan, cursor, done, &mut entries, now, &mut out);
-                    if out.len() >= max_rows {
-                        finished_all = false;
-                        break;
-                    }
-                }
-                current = Some(row);
+            if cursor.reversed {
+                cursor.hi = Some(key.to_vec());
+            } else {
+                cursor.lo = keys::successor(key);
             }
-            entries.push((key.to_vec(), v.value().to_vec()));
-        }
-        if finished_all {
-            if let Some(done) = current.take() {
-                self.finish_row(&meta, scan, cursor, done, &mut entries, now, &mut out);
+            let row_key = &key[4..];
+            if !scan.filter.row_matches(row_key) {
+                continue;
             }
-            cursor.exhausted = true;
+            let row = decode_row(v.value())?;
+            let cells = read_row(&meta, &row, &scan.selection, &scan.read, &scan.filter, now);
+            if !cells.is_empty() {
+                out.push(RowCells { row: row_key.to_vec(), cells });
+            }
         }
         cursor.rows_returned += out.len() as u64;
         Ok(out)
     }
-
-    /// Assembles a row read by a scan and moves the cursor past it.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_row(
-        &self,
-        meta: &TableMeta,
-        scan: &PreparedScan,
-        cursor: &mut ScanCursor,
-        row: Vec<u8>,
-        entries: &mut Vec<(Vec<u8>, Vec<u8>)>,
-        now: i64,
-        out: &mut Vec<RowCells>,
-    ) {
-        if cursor.reversed {
-            entries.reverse();
-            cursor.hi = Bound::Excluded(keys::row_prefix(cursor.table_id, &row));
-        } else {
-            cursor.lo = Bound::Included(keys::after_row(cursor.table_id, &row));
-        }
-        if scan.filter.row_matches(&row) {
-            let mut assembler = RowAssembler::new(meta, &scan.selection, &scan.read, &scan.filter, now);
-            for (k, v) in entries.iter() {
-                assembler.push(k, v);
-            }
-            let cells = assembler.finish();
-            if !cells.is_empty() {
-                out.push(RowCells { row, cells });
-            }
-        }
-        entries.clear();
-    }
 }
 
-static NO_FILTER: Filter = Filter {
-    row_prefixes: Vec::new(),
-    column_prefixes: Vec::new(),
-    key_only: false,
-    first_key_only: false,
-    page_size: None,
-};
+fn decode_row(bytes: &[u8]) -> Result<Row, StoreError> {
+    Row::decode(bytes).ok_or_else(|| StoreError::Storage("corrupt row in the store".into()))
+}
 
-/// Applies writes inside one write transaction.
+/// Applies writes to rows inside one write transaction.
 struct Writer<'t, 'm> {
-    cells: &'t mut redb::Table<'m, &'static [u8], &'static [u8]>,
+    rows: &'t mut redb::Table<'m, &'static [u8], &'static [u8]>,
     meta: &'t TableMeta,
 }
 
 impl Writer<'_, '_> {
-    fn family_marker(&self, row: &[u8], family: &[u8]) -> Result<i64, StoreError> {
-        let key = keys::family_marker_key(self.meta.id, row, family);
-        Ok(self
-            .cells
-            .get(key.as_slice())?
-            .and_then(|v| v.value().try_into().ok().map(i64::from_be_bytes))
-            .unwrap_or(i64::MIN))
+    /// The row as stored (empty if absent).
+    fn load(&self, key: &[u8]) -> Result<Row, StoreError> {
+        match self.rows.get(keys::row_key(self.meta.id, key).as_slice())? {
+            Some(v) => decode_row(v.value()),
+            None => Ok(Row::default()),
+        }
     }
 
-    fn apply(&mut self, row: &[u8], op: &Op, ts: i64) -> Result<(), StoreError> {
+    /// Stores the row (removes it when nothing is left).
+    fn save(&mut self, key: &[u8], row: &Row) -> Result<(), StoreError> {
+        let k = keys::row_key(self.meta.id, key);
+        if row.is_empty() {
+            self.rows.remove(k.as_slice())?;
+        } else {
+            self.rows.insert(k.as_slice(), row.encode().as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn max_versions(&self, family: &[u8]) -> usize {
+        self.meta.family(family).map_or(1, |f| f.max_versions.max(1) as usize)
+    }
+
+    fn put(&self, row: &mut Row, family: &[u8], qualifier: &[u8], value: &[u8], ts: i64) {
+        row.put(family, qualifier, value, ts, self.max_versions(family));
+    }
+
+    fn apply(&self, row: &mut Row, op: &Op, ts: i64) {
         match op {
             Op::Put { family, qualifier, value } => self.put(row, family, qualifier, value, ts),
-            Op::DeleteColumn { family, qualifier } => {
-                let marker = keys::column_marker_key(self.meta.id, row, family, qualifier);
-                self.raise_marker(&marker, ts)?;
-                let prefix = keys::column_prefix(self.meta.id, row, family, qualifier);
-                self.remove_puts_upto(&prefix, ts)
-            }
-            Op::DeleteFamily { family } => self.delete_family(row, family, ts),
+            Op::DeleteColumn { family, qualifier } => row.delete_column(family, qualifier, ts),
+            Op::DeleteFamily { family } => row.delete_family(family, ts),
             Op::DeleteRow => {
-                let families: Vec<Vec<u8>> = self.meta.families.iter().map(|f| f.name.clone()).collect();
-                for family in families {
-                    self.delete_family(row, &family, ts)?;
+                for f in &self.meta.families {
+                    row.delete_family(&f.name, ts);
                 }
-                Ok(())
             }
         }
-    }
-
-    fn delete_family(&mut self, row: &[u8], family: &[u8], ts: i64) -> Result<(), StoreError> {
-        let marker = keys::family_marker_key(self.meta.id, row, family);
-        self.raise_marker(&marker, ts)?;
-        let prefix = keys::family_prefix(self.meta.id, row, family);
-        self.remove_puts_upto(&prefix, ts)
-    }
-
-    /// Sets a marker to delete up to `ts`, keeping the highest bound.
-    fn raise_marker(&mut self, key: &[u8], ts: i64) -> Result<(), StoreError> {
-        let old = self.cells.get(key)?.and_then(|v| v.value().try_into().ok().map(i64::from_be_bytes));
-        if old.is_none_or(|old| old < ts) {
-            self.cells.insert(key, ts.to_be_bytes().as_slice())?;
-        }
-        Ok(())
-    }
-
-    /// Removes the puts under `prefix` with a timestamp ≤ `ts` (they are masked for good).
-    fn remove_puts_upto(&mut self, prefix: &[u8], ts: i64) -> Result<(), StoreError> {
-        let end = keys::prefix_end(prefix);
-        let range: (Bound<&[u8]>, Bound<&[u8]>) =
-            (Bound::Included(prefix), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
-        self.cells.retain_in::<&[u8], _>(range, |k, _| match keys::decode(k) {
-            Some(d) => match d.kind {
-                EntryKind::Put { ts: t, .. } => t > ts,
-                _ => true,
-            },
-            None => true,
-        })?;
-        Ok(())
-    }
-
-    /// Writes one version unless a marker masks it, then drops versions beyond maxVersions.
-    fn put(&mut self, row: &[u8], family: &[u8], qualifier: &[u8], value: &[u8], ts: i64) -> Result<(), StoreError> {
-        let max_versions = self.meta.require_family(family)?.max_versions.max(1) as usize;
-        if ts <= self.family_marker(row, family)? {
-            return Ok(());
-        }
-        let prefix = keys::column_prefix(self.meta.id, row, family, qualifier);
-        let end = keys::prefix_end(&prefix);
-        let range: (Bound<&[u8]>, Bound<&[u8]>) =
-            (Bound::Included(prefix.as_slice()), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
-        let mut versions: Vec<(i64, Vec<u8>)> = Vec::new();
-        let mut column_marker = i64::MIN;
-        for entry in self.cells.range::<&[u8]>(range)? {
-            let (k, v) = entry?;
-            match keys::decode(k.value()).map(|d| d.kind) {
-                Some(EntryKind::ColumnMarker { .. }) => {
-                    if let Ok(b) = v.value().try_into() {
-                        column_marker = i64::from_be_bytes(b);
-                    }
-                }
-                Some(EntryKind::Put { ts, .. }) => versions.push((ts, k.value().to_vec())),
-                _ => {}
-            }
-        }
-        if ts <= column_marker {
-            return Ok(());
-        }
-        let key = keys::put_key(self.meta.id, row, family, qualifier, ts);
-        self.cells.insert(key.as_slice(), value)?;
-        if !versions.iter().any(|(t, _)| *t == ts) {
-            versions.push((ts, key));
-            versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-        }
-        for (_, old) in versions.iter().skip(max_versions) {
-            self.cells.remove(old.as_slice())?;
-        }
-        Ok(())
     }
 
     /// The newest visible (unmasked, unexpired) version of a column.
-    fn latest(
+    fn latest<'r>(
         &self,
-        row: &[u8],
+        row: &'r Row,
         family: &[u8],
         qualifier: &[u8],
         now: i64,
-    ) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-        let fam = self.meta.require_family(family)?;
-        let floor = self.family_marker(row, family)?;
-        let prefix = keys::column_prefix(self.meta.id, row, family, qualifier);
-        let end = keys::prefix_end(&prefix);
-        let range: (Bound<&[u8]>, Bound<&[u8]>) =
-            (Bound::Included(prefix.as_slice()), end.as_deref().map_or(Bound::Unbounded, Bound::Excluded));
-        let mut column_marker = i64::MIN;
-        for entry in self.cells.range::<&[u8]>(range)? {
-            let (k, v) = entry?;
-            match keys::decode(k.value()).map(|d| d.kind) {
-                Some(EntryKind::ColumnMarker { .. }) => {
-                    if let Ok(b) = v.value().try_into() {
-                        column_marker = i64::from_be_bytes(b);
-                    }
-                }
-                Some(EntryKind::Put { ts, .. }) if ts > floor.max(column_marker) && !expired(fam, ts, now) => {
-                    return Ok(Some((ts, v.value().to_vec())));
-                }
-                _ => {}
-            }
-        }
-        Ok(None)
+    ) -> Result<Option<(i64, &'r [u8])>, StoreError> {
+        let desc = self.meta.require_family(family)?;
+        let Some(fam) = row.family(family) else { return Ok(None) };
+        let Ok(i) = fam.columns.binary_search_by(|c| c.qualifier.as_slice().cmp(qualifier)) else {
+            return Ok(None);
+        };
+        Ok(fam.columns[i].versions.iter().find(|v| !expired(desc, v.ts, now)).map(|v| (v.ts, v.value.as_slice())))
     }
 }
 
@@ -1062,104 +1028,52 @@ fn expired(family: &FamilyDescriptor, ts: i64, now: i64) -> bool {
     family.time_to_live != TTL_FOREVER && ts < now.saturating_sub(i64::from(family.time_to_live).saturating_mul(1000))
 }
 
-/// Turns a row's store entries (in key order) into the cells a read returns.
-struct RowAssembler<'a> {
-    meta: &'a TableMeta,
-    selection: &'a Selection,
-    spec: &'a ReadSpec,
-    filter: &'a Filter,
+/// The cells a read returns of a row: selected columns, unexpired, within the time range, up
+/// to the requested versions (capped by `maxVersions`), through the filter's cell parts.
+/// Masked versions are never stored (see `row.rs`), so markers need no check here.
+fn read_row(
+    meta: &TableMeta,
+    row: &Row,
+    selection: &Selection,
+    spec: &ReadSpec,
+    filter: &Filter,
     now: i64,
-    family: Option<Vec<u8>>,
-    family_desc: Option<&'a FamilyDescriptor>,
-    family_selected: Option<&'a Option<BTreeSet<Vec<u8>>>>,
-    family_marker: i64,
-    column: Option<Vec<u8>>,
-    column_marker: i64,
-    taken: u32,
-    cells: Vec<Cell>,
-}
-
-impl<'a> RowAssembler<'a> {
-    fn new(meta: &'a TableMeta, selection: &'a Selection, spec: &'a ReadSpec, filter: &'a Filter, now: i64) -> Self {
-        RowAssembler {
-            meta,
-            selection,
-            spec,
-            filter,
-            now,
-            family: None,
-            family_desc: None,
-            family_selected: None,
-            family_marker: i64::MIN,
-            column: None,
-            column_marker: i64::MIN,
-            taken: 0,
-            cells: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, key: &[u8], value: &[u8]) {
-        if self.filter.first_key_only && !self.cells.is_empty() {
-            return;
-        }
-        let Some(d) = keys::decode(key) else { return };
-        if self.family.as_deref() != Some(d.family.as_slice()) {
-            self.family_desc = self.meta.family(&d.family);
-            self.family_selected = if self.selection.is_empty() { Some(&None) } else { self.selection.get(&d.family) };
-            self.family = Some(d.family);
-            self.family_marker = i64::MIN;
-            self.column = None;
-        }
-        let marker_ts = || value.try_into().map(i64::from_be_bytes).unwrap_or(i64::MIN);
-        let (qualifier, ts) = match d.kind {
-            EntryKind::FamilyMarker => {
-                self.family_marker = marker_ts();
-                return;
+) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for fam in &row.families {
+        let Some(desc) = meta.family(&fam.name) else { continue };
+        let wanted = if selection.is_empty() {
+            None
+        } else {
+            match selection.get(&fam.name) {
+                None => continue,
+                Some(w) => w.as_ref(),
             }
-            EntryKind::ColumnMarker { qualifier } => {
-                self.column = Some(qualifier);
-                self.column_marker = marker_ts();
-                self.taken = 0;
-                return;
-            }
-            EntryKind::Put { qualifier, ts } => (qualifier, ts),
         };
-        if self.column.as_deref() != Some(qualifier.as_slice()) {
-            self.column = Some(qualifier.clone());
-            self.column_marker = i64::MIN;
-            self.taken = 0;
-        }
-        let (Some(family), Some(selected)) = (self.family_desc, self.family_selected) else {
-            return;
-        };
-        if let Some(set) = selected {
-            if !set.contains(&qualifier) {
-                return;
+        let limit = spec.versions.min(desc.max_versions.max(1) as u32) as usize;
+        for col in &fam.columns {
+            if wanted.is_some_and(|set| !set.contains(&col.qualifier)) || !filter.qualifier_matches(&col.qualifier) {
+                continue;
+            }
+            let versions = col
+                .versions
+                .iter()
+                .filter(|v| !expired(desc, v.ts, now) && spec.max_ts_exclusive.is_none_or(|max| v.ts < max))
+                .take(limit);
+            for v in versions {
+                cells.push(Cell {
+                    family: fam.name.clone(),
+                    qualifier: col.qualifier.clone(),
+                    ts: v.ts,
+                    value: if filter.key_only { Vec::new() } else { v.value.clone() },
+                });
+                if filter.first_key_only {
+                    return cells;
+                }
             }
         }
-        if !self.filter.qualifier_matches(&qualifier)
-            || ts <= self.family_marker.max(self.column_marker)
-            || expired(family, ts, self.now)
-            || self.spec.max_ts_exclusive.is_some_and(|max| ts >= max)
-        {
-            return;
-        }
-        let limit = self.spec.versions.min(family.max_versions.max(1) as u32);
-        if self.taken >= limit {
-            return;
-        }
-        self.taken += 1;
-        self.cells.push(Cell {
-            family: family.name.clone(),
-            qualifier,
-            ts,
-            value: if self.filter.key_only { Vec::new() } else { value.to_vec() },
-        });
     }
-
-    fn finish(self) -> Vec<Cell> {
-        self.cells
-    }
+    cells
 }
 
 #[cfg(test)]
@@ -1198,7 +1112,7 @@ mod tests {
     fn versions_are_newest_first_and_capped_by_max_versions() {
         let s = store_with(&[("f", 2, TTL_FOREVER)]);
         for (ts, v) in [(10, "a"), (30, "c"), (20, "b")] {
-            s.mutate(b"t", &[put("r", "f", "q", v)], Some(ts), NOW).unwrap();
+            s.mutate(b"t", vec![put("r", "f", "q", v)], Some(ts), NOW).unwrap();
         }
         let got = s.get(b"t", b"r", &versions(10), NOW).unwrap();
         assert_eq!(values(&got), vec![("f:q".into(), 30, "c".into()), ("f:q".into(), 20, "b".into())]);
@@ -1211,16 +1125,16 @@ mod tests {
     #[test]
     fn column_delete_masks_older_puts_even_ones_written_later() {
         let s = store_with(&[("f", 3, TTL_FOREVER)]);
-        s.mutate(b"t", &[put("r", "f", "q", "old")], Some(100), NOW).unwrap();
-        s.mutate(b"t", &[put("r", "f", "keep", "k")], Some(100), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "q", "old")], Some(100), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "keep", "k")], Some(100), NOW).unwrap();
         let del = RowMutation {
             row: b"r".to_vec(),
             ops: vec![Op::DeleteColumn { family: b"f".to_vec(), qualifier: b"q".to_vec() }],
         };
-        s.mutate(b"t", &[del], Some(200), NOW).unwrap();
-        s.mutate(b"t", &[put("r", "f", "q", "late-but-old")], Some(150), NOW).unwrap();
+        s.mutate(b"t", vec![del], Some(200), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "q", "late-but-old")], Some(150), NOW).unwrap();
         assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("f:keep".into(), 100, "k".into())]);
-        s.mutate(b"t", &[put("r", "f", "q", "new")], Some(201), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "q", "new")], Some(201), NOW).unwrap();
         assert_eq!(
             values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()),
             vec![("f:keep".into(), 100, "k".into()), ("f:q".into(), 201, "new".into())]
@@ -1230,23 +1144,23 @@ mod tests {
     #[test]
     fn family_and_row_deletes_mask_at_or_below_their_timestamp() {
         let s = store_with(&[("a", 3, TTL_FOREVER), ("b", 3, TTL_FOREVER)]);
-        s.mutate(b"t", &[put("r", "a", "x", "1"), put("r", "b", "y", "2")], Some(50), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "a", "x", "1"), put("r", "b", "y", "2")], Some(50), NOW).unwrap();
         let del = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteFamily { family: b"a".to_vec() }] };
-        s.mutate(b"t", &[del], Some(50), NOW).unwrap();
+        s.mutate(b"t", vec![del], Some(50), NOW).unwrap();
         assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("b:y".into(), 50, "2".into())]);
         let del_row = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteRow] };
-        s.mutate(b"t", &[del_row], None, NOW).unwrap();
+        s.mutate(b"t", vec![del_row], None, NOW).unwrap();
         assert!(s.get(b"t", b"r", &versions(3), NOW).unwrap().is_empty());
         // A put after the delete, at a later server time, is visible again.
-        s.mutate(b"t", &[put("r", "a", "x", "3")], None, NOW + 1).unwrap();
+        s.mutate(b"t", vec![put("r", "a", "x", "3")], None, NOW + 1).unwrap();
         assert_eq!(s.get(b"t", b"r", &versions(3), NOW + 1).unwrap().len(), 1);
     }
 
     #[test]
     fn ttl_hides_expired_cells() {
         let s = store_with(&[("f", 3, 10)]);
-        s.mutate(b"t", &[put("r", "f", "old", "x")], Some(NOW - 11_000), NOW).unwrap();
-        s.mutate(b"t", &[put("r", "f", "new", "y")], Some(NOW - 9_000), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "old", "x")], Some(NOW - 11_000), NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "new", "y")], Some(NOW - 9_000), NOW).unwrap();
         assert_eq!(
             values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()),
             vec![("f:new".into(), NOW - 9_000, "y".into())]
@@ -1262,7 +1176,7 @@ mod tests {
         assert_eq!(s.increment(b"t", &[inc(-2), inc(10)], NOW).unwrap(), vec![3, 13]);
         let got = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap();
         assert_eq!(got[0].value, 13i64.to_be_bytes().to_vec());
-        s.mutate(b"t", &[put("r", "c", "s", "abc")], None, NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "c", "s", "abc")], None, NOW).unwrap();
         let err = s.increment(b"t", &[Increment { qualifier: b"s".to_vec(), ..inc(1) }], NOW).unwrap_err();
         assert!(err.to_string().contains("3 bytes wide"), "{err}");
     }
@@ -1272,7 +1186,7 @@ mod tests {
         let s = store_with(&[("f", 1, TTL_FOREVER)]);
         let rows = ["b", "a", "a\u{0}", "ab", "c", "aa"];
         let muts: Vec<_> = rows.iter().map(|r| put(r, "f", "q", r)).collect();
-        s.mutate(b"t", &muts, None, NOW).unwrap();
+        s.mutate(b"t", muts, None, NOW).unwrap();
         let scan_all = |spec: ScanSpec, page: usize| {
             let (mut cur, prep) = s.open_scan(b"t", spec).unwrap();
             let mut seen = Vec::new();
@@ -1302,9 +1216,9 @@ mod tests {
     #[test]
     fn unknown_family_and_table_and_disabled_table_are_refused() {
         let s = store_with(&[("f", 1, TTL_FOREVER)]);
-        let err = s.mutate(b"t", &[put("r", "nope", "q", "v")], None, NOW).unwrap_err();
+        let err = s.mutate(b"t", vec![put("r", "nope", "q", "v")], None, NOW).unwrap_err();
         assert!(matches!(err, StoreError::NoSuchFamily { .. }), "{err}");
-        let err = s.mutate(b"missing", &[put("r", "f", "q", "v")], None, NOW).unwrap_err();
+        let err = s.mutate(b"missing", vec![put("r", "f", "q", "v")], None, NOW).unwrap_err();
         assert!(matches!(err, StoreError::TableNotFound(_)), "{err}");
         let err = s.delete_table(b"t").unwrap_err();
         assert!(matches!(err, StoreError::TableNotDisabled(_)), "{err}");
@@ -1318,7 +1232,7 @@ mod tests {
     #[test]
     fn recreated_table_does_not_see_old_cells() {
         let s = store_with(&[("f", 1, TTL_FOREVER)]);
-        s.mutate(b"t", &[put("r", "f", "q", "v")], None, NOW).unwrap();
+        s.mutate(b"t", vec![put("r", "f", "q", "v")], None, NOW).unwrap();
         s.set_enabled(b"t", false).unwrap();
         s.delete_table(b"t").unwrap();
         s.create_table(b"t", vec![FamilyDescriptor::new("f")], Vec::new(), NOW).unwrap();
