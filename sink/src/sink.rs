@@ -616,8 +616,10 @@ impl BatchRun<'_> {
                 .insert(Header { key: dlq::TOPIC, value: Some(w.topic.as_str()) })
                 .insert(Header { key: dlq::PARTITION, value: Some(partition.as_str()) })
                 .insert(Header { key: dlq::OFFSET, value: Some(offset.as_str()) });
-            let mut fr: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&w.dlq_topic).payload(record.payload.as_slice()).headers(headers);
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&w.dlq_topic).headers(headers);
+            if !record.payload.is_empty() {
+                fr = fr.payload(record.payload.as_slice()); // a null value stays null
+            }
             if let Some(k) = &record.key {
                 fr = fr.key(k.as_slice());
             }

@@ -142,15 +142,19 @@ pub async fn produce(broker: &TestBroker, topic: &str, ms: &[RowMutation]) -> Ve
     out
 }
 
+/// An idempotent producer for the test broker.
+pub fn producer(broker: &TestBroker) -> FutureProducer {
+    broker.kafka_args().producer_config("test", 0).create().unwrap()
+}
+
 /// Produces one raw record to a given partition.
 pub async fn produce_raw(
-    broker: &TestBroker,
+    producer: &FutureProducer,
     topic: &str,
     partition: i32,
     key: &[u8],
     payload: Option<&[u8]>,
 ) -> (i32, i64) {
-    let producer: FutureProducer = broker.kafka_args().producer_config("test", 0).create().unwrap();
     let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(partition).key(key);
     if let Some(p) = payload {
         rec = rec.payload(p);
@@ -182,7 +186,21 @@ pub fn diff(expected: &State, actual: &State) -> String {
         for row in e.keys().chain(a.keys()).collect::<std::collections::BTreeSet<_>>() {
             let (er, ar) = (e.get(row), a.get(row));
             if er != ar {
-                out.push(format!("{table} {:?}: expected {:?}, got {:?}", String::from_utf8_lossy(row), er, ar));
+                let show = |r: Option<&BTreeMap<String, Vec<u8>>>| {
+                    r.map(|cells| {
+                        cells
+                            .iter()
+                            .map(|(c, v)| format!("{c}={:.24}", String::from_utf8_lossy(v)))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                };
+                out.push(format!(
+                    "{table} {:?}: expected {:?}, got {:?}",
+                    String::from_utf8_lossy(row),
+                    show(er),
+                    show(ar)
+                ));
             }
         }
     }
