@@ -18,6 +18,11 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// (`hbase.thrift.maxWorkerThreads`); each connection holds one.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 
+/// HBase's Thrift server closes a connection idle this long
+/// (`hbase.thrift.server.socket.read.timeout`, 60 s): clients must reconnect, and so must
+/// they here.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+
 /// Serve HBase's Thrift1 API from an embedded, durable store.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -62,6 +67,10 @@ pub struct Config {
     )]
     pub max_connections: usize,
 
+    /// Close a connection that sends nothing for this many seconds, as HBase does (0: never).
+    #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_IDLE_TIMEOUT_SECS", default_value_t = DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout_secs: u64,
+
     /// Largest frame, string or binary value accepted from a client, in bytes.
     #[arg(
         long,
@@ -82,6 +91,7 @@ impl Config {
             compact: false,
             presplit_salt: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }

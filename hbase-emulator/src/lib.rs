@@ -19,7 +19,10 @@
 //!   implemented (`getRegionInfo`, `grant`, `revoke`) answer an `IOError` naming the method.
 //! * **Failure**: bad input never panics the server and never takes it down: lengths are
 //!   bounded before anything is allocated (`protocol.rs`), a connection that sends garbage
-//!   or a cut frame is closed, and the others go on (`server.rs`).
+//!   or a cut frame is closed, and the others go on (`server.rs`). As HBase's Thrift server
+//!   does, a connection idle for `--idle-timeout-secs` (60) is closed: clients reconnect.
+//! * **Concurrency**: one thread per connection (up to `--max-connections`); concurrent
+//!   `mutateRows` calls share one durable commit (group commit), each answered after it.
 //!
 //! # Layout
 //!
@@ -73,7 +76,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-pub use config::{Config, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES};
+pub use config::{Config, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES};
 pub use error::Error;
 pub use regions::{salt_split_points, SALTED_NAMESPACE, SALT_BUCKETS};
 pub use server::EmulatorHandle;
@@ -107,6 +110,7 @@ pub fn start(config: Config) -> Result<EmulatorHandle, Error> {
         framed: config.framed,
         compact: config.compact,
         max_message_bytes: config.max_message_bytes,
+        idle_timeout: (config.idle_timeout_secs > 0).then(|| std::time::Duration::from_secs(config.idle_timeout_secs)),
     };
     let handle = server::serve(listener, handler, wire, config.max_connections).map_err(Error::Spawn)?;
     tracing::info!(

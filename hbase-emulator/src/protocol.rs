@@ -578,6 +578,8 @@ pub struct WireFormat {
     pub framed: bool,
     pub compact: bool,
     pub max_message_bytes: usize,
+    /// Close the connection after this long without a byte from the client.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Builds the input and output protocols of one connection.

@@ -5,7 +5,8 @@
 //! is a thread pool of the same shape), up to `max_connections` at once — a connection beyond
 //! that is closed at once. The `thrift` crate's `TServer` cannot be stopped, hence this loop.
 //!
-//! A connection ends when its client closes it, when a read fails (garbage, a frame cut in
+//! A connection ends when its client closes it, when it stays idle longer than the idle
+//! timeout (HBase's 60 s by default), when a read fails (garbage, a frame cut in
 //! half, a length over the limits) or when its handler panics (caught; it should not
 //! happen): only that connection is closed, every other one goes on. Stopping sets a flag,
 //! wakes the accept thread with a connection to itself, shuts every connection's socket down
@@ -192,6 +193,9 @@ fn accept_loop(
 fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, wire: WireFormat) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    if stream.set_read_timeout(wire.idle_timeout).is_err() {
+        return;
+    }
     let (mut input, mut output) = match protocol::protocols(stream, wire) {
         Ok(p) => p,
         Err(e) => {

@@ -235,3 +235,21 @@ fn connections_beyond_the_limit_are_closed_and_the_rest_served() {
     assert!(served);
     assert!(b.get_table_names().is_ok());
 }
+
+#[test]
+fn idle_connections_are_closed_like_hbase_does() {
+    let config = Config { idle_timeout_secs: 1, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+    let emu = start(config).unwrap();
+    let addr = emu.local_addr();
+    let mut c = connect(addr);
+    assert!(c.get_table_names().unwrap().is_empty());
+    // A silent client: the server closes the connection (read returns 0) well before 30 s.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 8];
+    let n = idle.read(&mut buf).expect("the server must close an idle connection");
+    assert_eq!(n, 0);
+    // A new connection is served as usual.
+    let mut fresh = connect(addr);
+    assert!(fresh.get_table_names().unwrap().is_empty());
+}
