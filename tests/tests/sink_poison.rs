@@ -67,7 +67,9 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() {
                 // one batch they coalesce; the refused record alone goes to the DLQ
                 recs.push(Rec::Good(put(tables::MESSAGES, &shared_row, &[("m:a", "1")])));
                 recs.push(Rec::Bad(
-                    Some(envelope::encode(&put(tables::MESSAGES, &shared_row, &[("m:b", "2"), ("zz:x", "1")])).unwrap()),
+                    Some(
+                        envelope::encode(&put(tables::MESSAGES, &shared_row, &[("m:b", "2"), ("zz:x", "1")])).unwrap(),
+                    ),
                     "unknown_family",
                 ));
                 recs.push(Rec::Good(put(tables::MESSAGES, &shared_row, &[("m:c", "3")])));
@@ -99,7 +101,9 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() {
     config.batch_rows = 64;
     config.flush_interval = Duration::from_millis(200); // batches hold several records
     let sink = spawn_sink(config);
-    Offsets::new(&broker, "sink-poison", topics::ROWS, 2).wait_caught_up(&ends(&placed, 2), Duration::from_secs(60)).await;
+    Offsets::new(&broker, "sink-poison", topics::ROWS, 2)
+        .wait_caught_up(&ends(&placed, 2), Duration::from_secs(60))
+        .await;
 
     let expected_state = expected(&good);
     let actual = scan_state(&hbase.thrift());
