@@ -8,11 +8,11 @@
 //!
 //! # Guarantees
 //!
-//! * **Durability**: a write acknowledged to a client is committed to disk (one redb write
-//!   transaction with `Durability::Immediate`, i.e. fsync, per Thrift call, committed before
-//!   the reply is sent), so it survives a kill -9 and a restart on the same `--data-dir`.
-//!   A call's writes are atomic: a batch naming an unknown family writes nothing (HBase may
-//!   apply part of such a batch).
+//! * **Durability**: a write acknowledged to a client is committed to disk before the reply
+//!   is sent (a redb write transaction with `Durability::Immediate`, i.e. fsync; concurrent
+//!   `mutateRow(s)` calls may share one), so it survives a kill -9 and a restart on the same
+//!   `--data-dir`. A call's writes are atomic: a batch naming an unknown family writes
+//!   nothing (HBase may apply part of such a batch). `--in-memory` keeps nothing.
 //! * **Semantics as HBase has them**: see `store.rs` (versions, `maxVersions`, TTL, delete
 //!   markers that mask older puts, 8-byte big-endian counters, bytewise row order) and
 //!   `handler.rs` (how each Thrift method maps, which exception it raises). Methods not
@@ -22,7 +22,8 @@
 //!   or a cut frame is closed, and the others go on (`server.rs`). As HBase's Thrift server
 //!   does, a connection idle for `--idle-timeout-secs` (60) is closed: clients reconnect.
 //! * **Concurrency**: one thread per connection (up to `--max-connections`); concurrent
-//!   `mutateRows` calls share one durable commit (group commit), each answered after it.
+//!   mutations share one durable commit (group commit), each answered after it; reads use
+//!   redb's snapshots and never wait for writes. Scanners are server-wide, as in HBase.
 //!
 //! # Layout
 //!
