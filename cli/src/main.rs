@@ -2,7 +2,11 @@
 //! arguments, sets up tracing and hands over to the role's library `run(config, shutdown)`.
 //! Errors are printed once with their chain and the process exits non-zero.
 
+mod dev;
+mod load;
+
 use anyhow::Result;
+use chatpipe_common::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
 
 /// chatpipe: a streaming pipeline for chat events (ingest → Kafka → processor → HBase).
@@ -15,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// One value, parsed once at start-up: boxing the large variants buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Accept chat events over HTTP (POST /v1/events) and publish them to chat.events.
@@ -29,12 +35,18 @@ enum Command {
     Tables(chatpipe_sink::TablesArgs),
     /// Read a conversation timeline or a user's inbox from HBase, newest first.
     Query(chatpipe_sink::QueryArgs),
+    /// Run the whole pipeline locally: tansu, HBase emulator, ingest, processor and sink.
+    Dev(dev::DevArgs),
+    /// Generate chat load against an ingest URL; optionally verify it landed in HBase.
+    Load(load::LoadArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    chatpipe_common::telemetry::init(&cli.log, chatpipe_common::telemetry::LogFormat::Json)?;
+    let default_format =
+        if matches!(cli.command, Command::Dev(_) | Command::Load(_)) { LogFormat::Text } else { LogFormat::Json };
+    chatpipe_common::telemetry::init(&cli.log, default_format)?;
     let shutdown = chatpipe_common::shutdown::signal();
     match cli.command {
         Command::Ingest(cfg) => chatpipe_ingest::run(cfg, shutdown).await?,
@@ -42,6 +54,8 @@ async fn main() -> Result<()> {
         Command::Process(cfg) => chatpipe_processor::run(cfg, shutdown).await?,
         Command::Sink(cfg) => chatpipe_sink::run(cfg, shutdown).await?,
         Command::Tables(args) => chatpipe_sink::tables::run(args, &mut std::io::stdout()).await?,
+        Command::Dev(args) => dev::run(args, shutdown).await?,
+        Command::Load(args) => load::run(args).await?,
         Command::Query(args) => chatpipe_sink::query::run(args, &mut std::io::stdout(), &mut std::io::stderr()).await?,
     }
     Ok(())

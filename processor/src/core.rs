@@ -23,7 +23,7 @@ use chatpipe_common::event::{rfc3339_ms, ChatEvent, EventType, MessageKind, Sess
 use chatpipe_common::row_key;
 use chatpipe_common::rows::{tables, Cell, RowMutation};
 
-use crate::state::{Member, PartitionState, Seen, Session, Unread, WindowAgg};
+use crate::state::{LogEntry, Member, PartitionState, Seen, Session, Unread, WindowAgg};
 
 /// The processing rules (from the CLI flags).
 #[derive(Debug, Clone)]
@@ -302,11 +302,7 @@ impl PartitionCore {
         let Some(msg) = &ev.message else { return Outcome::Dlq };
         let session = ev.session_id;
         let kind = ev.session_kind;
-        let seq = {
-            let s = self.state.sessions.entry_or(session, || Session { kind, seq: 0 });
-            s.seq += 1;
-            s.seq
-        };
+        // before this message's seq: a party joining now counts this message as unread
         if kind == SessionKind::Direct {
             // direct sessions have implicit membership: both parties
             self.join(session, kind, ev.sender_id, ev.sent_at_ms, ev.ingested_at_ms);
@@ -314,6 +310,11 @@ impl PartitionCore {
                 self.join(session, kind, r, ev.sent_at_ms, ev.ingested_at_ms);
             }
         }
+        let seq = {
+            let s = self.state.sessions.entry_or(session, || Session { kind, seq: 0 });
+            s.seq += 1;
+            s.seq
+        };
         // timeline row
         let mut cells = vec![cell("m:sender", ev.sender_id), cell("m:kind", msg.kind.as_str())];
         self.body_cells(&msg.body, &mut cells);
@@ -353,12 +354,14 @@ impl PartitionCore {
                 });
             }
         }
+        self.state.log_message(session, ev.message_id, LogEntry { sender: ev.sender_id, seq });
         for user in members {
             if user == ev.sender_id {
                 continue;
             }
             if let Some(u) = self.state.unread.get_mut(&(user, session)) {
-                if ev.message_id > u.last_read && u.unread.insert(ev.message_id) {
+                if ev.message_id > u.last_read {
+                    u.count += 1;
                     self.unread_dirty.insert((user, session));
                     self.unread_ingested = self.unread_ingested.max(ev.ingested_at_ms);
                 }
@@ -409,9 +412,22 @@ impl PartitionCore {
         } else {
             return; // not a member: nothing is counted for them
         }
+        let Some(u) = self.state.unread.get(&key).cloned() else { return };
+        // messages the mark moves over that counted for this user: from others, above the
+        // old mark, received after they joined
+        let passed = self
+            .state
+            .log_by_session
+            .get(&ev.session_id)
+            .map(|log| {
+                log.range(u.last_read + 1..=target)
+                    .filter(|(_, e)| e.sender != ev.sender_id && e.seq > u.joined_seq)
+                    .count() as u64
+            })
+            .unwrap_or(0);
         if let Some(u) = self.state.unread.get_mut(&key) {
             u.last_read = target;
-            u.unread = u.unread.split_off(&(target + 1));
+            u.count = u.count.saturating_sub(passed);
         }
         self.unread_dirty.insert(key);
         self.unread_ingested = self.unread_ingested.max(ev.ingested_at_ms);
@@ -421,9 +437,9 @@ impl PartitionCore {
         if self.state.members.get(&(session, user)).is_some() {
             return;
         }
-        self.state.sessions.entry_or(session, || Session { kind, seq: 0 });
+        let joined_seq = self.state.sessions.entry_or(session, || Session { kind, seq: 0 }).seq;
         self.state.add_member(session, user, Member { joined_at_ms: at_ms });
-        self.state.unread.insert((user, session), Unread::default());
+        self.state.unread.insert((user, session), Unread { last_read: 0, count: 0, joined_seq });
         self.unread_dirty.insert((user, session));
         self.unread_ingested = self.unread_ingested.max(ingested_at_ms);
         self.out.rows.push(RowMutation {
@@ -644,6 +660,24 @@ impl PartitionCore {
             self.state.meta.partial_revisions.remove(&start);
         }
         self.state.meta.partial_revisions.retain(|s, _| *s >= horizon - self.rules.window_ms);
+        // a session's log is needed only above its members' lowest read mark
+        let sessions: Vec<u64> = self.state.log_by_session.keys().copied().collect();
+        for session in sessions {
+            let floor = self
+                .state
+                .members_by_session
+                .get(&session)
+                .map(|ms| {
+                    ms.iter()
+                        .filter_map(|u| self.state.unread.get(&(*u, session)).map(|s| s.last_read))
+                        .min()
+                        .unwrap_or(u64::MAX)
+                })
+                .unwrap_or(u64::MAX);
+            if floor > 0 {
+                self.state.prune_log(session, floor);
+            }
+        }
         let dedupe_floor = max_t.max(wm) - self.rules.dedupe_horizon_ms;
         let stale: Vec<(u64, String)> =
             self.state.seen.iter().filter(|(_, v)| v.event_time_ms < dedupe_floor).map(|(k, _)| k.clone()).collect();
@@ -663,14 +697,14 @@ impl PartitionCore {
                     let value = json!({
                         "user_id": user.to_string(),
                         "session_id": session.to_string(),
-                        "unread": u.unread.len(),
+                        "unread": u.count,
                         "last_read_message_id": u.last_read.to_string(),
                     });
                     self.out.unread.push((key, Some(value.to_string())));
                     self.out.rows.push(RowMutation {
                         table: tables::USER_SESSIONS.to_owned(),
                         row: row_key::encode_pair(user, session).into_bytes(),
-                        cells: vec![cell("f:unread", u.unread.len())],
+                        cells: vec![cell("f:unread", u.count)],
                         delete: false,
                         ingested_at_ms: ingested,
                     });

@@ -116,8 +116,19 @@ pub struct Member {
 pub struct Unread {
     /// Highest message id the user has read.
     pub last_read: u64,
-    /// Ids of messages from others above `last_read`, received while a member.
-    pub unread: BTreeSet<u64>,
+    /// Messages from others above `last_read`, received while a member.
+    pub count: u64,
+    /// The session's `seq` when they joined: later messages count for them.
+    pub joined_seq: u64,
+}
+
+/// One message in a session's log (what a read mark moving over it needs to know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Who sent it.
+    pub sender: u64,
+    /// Its per-session sequence number.
+    pub seq: u64,
 }
 
 /// A producer retry key seen recently.
@@ -174,6 +185,8 @@ pub enum StateKey {
     Edits(u64, u64),
     /// (window start, session).
     Window(i64, u64),
+    /// (session, message id).
+    Log(u64, u64),
 }
 
 /// A changelog value.
@@ -193,6 +206,8 @@ pub enum StateValue {
     Edits(u32),
     /// See [`WindowAgg`].
     Window(WindowAgg),
+    /// See [`LogEntry`].
+    Log(LogEntry),
 }
 
 /// One changelog record value.
@@ -225,6 +240,10 @@ pub struct PartitionState {
     pub edits: Tracked<(u64, u64), u32>,
     /// Windows by (start, session).
     pub windows: Tracked<(i64, u64), WindowAgg>,
+    /// Message log by (session, id), kept while some member's read mark is below it.
+    pub log: Tracked<(u64, u64), LogEntry>,
+    /// Index: session → id → entry (derived from `log`).
+    pub log_by_session: HashMap<u64, BTreeMap<u64, LogEntry>>,
     /// Index: window starts present (derived from `windows`).
     pub window_index: BTreeMap<i64, BTreeSet<u64>>,
     meta_at_batch_start: Meta,
@@ -253,6 +272,28 @@ impl PartitionState {
     pub fn put_window(&mut self, start: i64, session: u64, w: WindowAgg) {
         self.windows.insert((start, session), w);
         self.window_index.entry(start).or_default().insert(session);
+    }
+
+    /// Appends to a session's message log.
+    pub fn log_message(&mut self, session: u64, id: u64, e: LogEntry) {
+        self.log.insert((session, id), e);
+        self.log_by_session.entry(session).or_default().insert(id, e);
+    }
+
+    /// Drops a session's log entries at or below `id`.
+    pub fn prune_log(&mut self, session: u64, id: u64) {
+        let Some(entries) = self.log_by_session.get_mut(&session) else { return };
+        let keep = match id.checked_add(1) {
+            Some(next) => entries.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let old = std::mem::replace(entries, keep);
+        if entries.is_empty() {
+            self.log_by_session.remove(&session);
+        }
+        for k in old.keys() {
+            self.log.remove(&(session, *k));
+        }
     }
 
     /// Removes a window.
@@ -299,6 +340,9 @@ impl PartitionState {
         for ((w, s), p, n) in self.windows.drain_changes() {
             out.push((StateKey::Window(w, s), rec(p.map(StateValue::Window), n.map(StateValue::Window))));
         }
+        for ((s, m), p, n) in self.log.drain_changes() {
+            out.push((StateKey::Log(s, m), rec(p.map(StateValue::Log), n.map(StateValue::Log))));
+        }
         if out.is_empty() && self.meta_at_batch_start == self.meta {
             return out;
         }
@@ -329,6 +373,10 @@ impl PartitionState {
                 (StateKey::Window(w, s), Some(StateValue::Window(v))) => {
                     st.windows.restore((w, s), Some(v));
                     st.window_index.entry(w).or_default().insert(s);
+                }
+                (StateKey::Log(s, m), Some(StateValue::Log(v))) => {
+                    st.log.restore((s, m), Some(v));
+                    st.log_by_session.entry(s).or_default().insert(m, v);
                 }
                 _ => {} // absent (deleted) or a mismatched pair, which encode never writes
             }

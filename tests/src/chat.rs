@@ -267,7 +267,7 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outputs {
     /// (table, row) → column → value, as HBase shows them (`c:revision` left out).
-    pub rows: BTreeMap<(String, Vec<u8>), BTreeMap<String, Vec<u8>>>,
+    pub rows: RowMap,
     /// `session|window` → record without `revision`.
     pub session_aggs: BTreeMap<String, Value>,
     /// `global|window` → record without `revision`.
@@ -357,6 +357,11 @@ struct Msg {
     pos: usize,
 }
 
+/// (kind, messages, per-kind counts, senders) of one session in one window.
+type SessionWindow<'a> = (SessionKind, u64, BTreeMap<&'a str, u64>, BTreeSet<u64>);
+/// Rows as (table, row) → column → value.
+type RowMap = BTreeMap<(String, Vec<u8>), BTreeMap<String, Vec<u8>>>;
+
 fn window(rules: &OracleRules, t: i64) -> i64 {
     t.div_euclid(rules.window_ms) * rules.window_ms
 }
@@ -408,8 +413,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                             ever: &mut BTreeSet<(u64, u64)>,
                             u: u64| {
                     let m = members.entry(e.session_id).or_default();
-                    if !m.contains_key(&u) {
-                        m.insert(u, (e.sent_at_ms, pos));
+                    if let std::collections::btree_map::Entry::Vacant(v) = m.entry(u) {
+                        v.insert((e.sent_at_ms, pos));
                         ever.insert((u, e.session_id));
                     }
                 };
@@ -527,7 +532,7 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
     }
     // windows
     for (start, list) in counted {
-        let mut per_session: BTreeMap<u64, (SessionKind, u64, BTreeMap<&str, u64>, BTreeSet<u64>)> = BTreeMap::new();
+        let mut per_session: BTreeMap<u64, SessionWindow<'_>> = BTreeMap::new();
         let mut by_sk: BTreeMap<&str, u64> = BTreeMap::new();
         let mut by_k: BTreeMap<&str, u64> = BTreeMap::new();
         let mut senders = BTreeSet::new();
@@ -600,7 +605,7 @@ pub fn diff(expected: &Outputs, actual: &Outputs) -> String {
         }
     }
     type Readable = BTreeMap<(String, String), BTreeMap<String, String>>;
-    let readable = |rows: &BTreeMap<(String, Vec<u8>), BTreeMap<String, Vec<u8>>>| -> Readable {
+    let readable = |rows: &RowMap| -> Readable {
         rows.iter()
             .map(|((t, r), cells)| {
                 let cells = cells.iter().map(|(c, v)| (c.clone(), String::from_utf8_lossy(v).into_owned())).collect();

@@ -17,9 +17,9 @@ fn event(i: u64) -> ChatEvent {
     let input = EventInput {
         event_type: EventType::Message,
         session_id: 1_000 + i % 37,
-        session_kind: if i % 3 == 0 { SessionKind::Direct } else { SessionKind::Group },
+        session_kind: if i.is_multiple_of(3) { SessionKind::Direct } else { SessionKind::Group },
         sender_id: 10 + i % 11,
-        recipient_id: (i % 3 == 0).then_some(99),
+        recipient_id: i.is_multiple_of(3).then_some(99),
         client_msg_id: Some(format!("c-{i}")),
         sent_at_ms: Some(1_790_000_000_000 + i as i64),
         message: Some(MessageContent {
