@@ -33,6 +33,7 @@ use chatpipe_common::event::ChatEvent;
 use chatpipe_common::http::Health;
 use chatpipe_common::kafka::{ensure_topics, KafkaArgs, TopicSpec};
 use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
@@ -148,6 +149,23 @@ pub(crate) struct IngestContext {
 }
 
 impl ClientContext for IngestContext {
+    /// librdkafka's own log lines, one level down from its defaults: it calls a refused
+    /// connection an error, which is not data at risk (deliveries report that themselves).
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.error(kind::KAFKA_CLIENT);
         match error.rdkafka_error_code() {
@@ -299,8 +317,9 @@ impl EventProducer {
         });
     }
 
-    /// Produces every event and waits (at most `--produce-timeout` plus a short grace) for
-    /// all delivery reports. Returns one status per event, in order.
+    /// Produces every event and waits (at most `--produce-timeout` from the start, queueing
+    /// included) for all delivery reports. Returns one status per event, in order. A
+    /// timeout replaces the producer (see the module doc).
     pub(crate) async fn publish(&self, events: &[ChatEvent]) -> Vec<Delivery> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.produce_timeout;
@@ -349,14 +368,31 @@ impl EventProducer {
                 }
             }
         }
-        for (i, fut) in pending {
-            let status = match tokio::time::timeout_at(deadline, fut).await {
-                Ok(Ok(Ok(d))) => Delivery::Accepted { partition: d.partition, offset: d.offset },
-                Ok(Ok(Err((e, _)))) => Delivery::Failed(Failure::from_kafka(&e)),
-                Ok(Err(_canceled)) => {
+        // One timer for the whole request (not one per event): after it fires, reports that
+        // are already in are still taken, the rest are timeouts.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        let mut timed_out = false;
+        for (i, mut fut) in pending {
+            let report = if timed_out {
+                poll_once(&mut fut)
+            } else {
+                tokio::select! {
+                    biased;
+                    r = &mut fut => Some(r),
+                    () = &mut timer => {
+                        timed_out = true;
+                        poll_once(&mut fut)
+                    }
+                }
+            };
+            let status = match report {
+                Some(Ok(Ok(d))) => Delivery::Accepted { partition: d.partition, offset: d.offset },
+                Some(Ok(Err((e, _)))) => Delivery::Failed(Failure::from_kafka(&e)),
+                Some(Err(_canceled)) => {
                     Delivery::Failed(Failure::new("producer_closed", "the producer was closed", true))
                 }
-                Err(_elapsed) => Delivery::Failed(Failure::new(
+                None => Delivery::Failed(Failure::new(
                     "timeout",
                     "no acknowledgement from Kafka within the produce timeout",
                     true,
@@ -509,6 +545,16 @@ impl EventProducer {
     pub(crate) fn mark_stopping(&self) {
         self.readiness.broker.store(false, Ordering::Release);
         self.readiness.publish(&self.health);
+    }
+}
+
+/// Polls a future once: its output if it is ready.
+fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match std::pin::Pin::new(fut).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
