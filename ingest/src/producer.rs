@@ -166,13 +166,17 @@ impl ClientContext for IngestContext {
         }
     }
 
+    /// Counted always; logged only when it changes something (librdkafka logs connection
+    /// failures itself, with its own suppression of repeats), so an outage does not flood
+    /// the log.
     fn error(&self, error: KafkaError, reason: &str) {
         self.metrics.error(kind::KAFKA_CLIENT);
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => {
-                self.readiness.broker.store(false, Ordering::Release);
-                self.readiness.publish(&self.health);
-                tracing::warn!(%error, reason, "all Kafka brokers are down; not ready");
+                if self.readiness.broker.swap(false, Ordering::AcqRel) {
+                    self.readiness.publish(&self.health);
+                    tracing::warn!(%error, reason, "all Kafka brokers are down; not ready");
+                }
             }
             Some(RDKafkaErrorCode::Fatal) => {
                 self.needs_reset.store(true, Ordering::Release);
@@ -180,7 +184,7 @@ impl ClientContext for IngestContext {
                 self.readiness.publish(&self.health);
                 tracing::error!(%error, reason, "fatal Kafka producer error; replacing the producer");
             }
-            _ => tracing::warn!(%error, reason, "Kafka client error"),
+            _ => tracing::debug!(%error, reason, "Kafka client error"),
         }
     }
 }
