@@ -9,13 +9,21 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use chatpipe_common::envelope;
 use chatpipe_common::event::{rfc3339_ms, ChatEvent, EventType, MessageContent, MessageKind, SessionKind};
+use chatpipe_common::kafka::dlq;
 use chatpipe_common::row_key;
 use chatpipe_common::rows::{tables, RowMutation};
 use chatpipe_common::snowflake::EPOCH_MS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
 /// Rules the workload is checked under (pass the same to the processor).
@@ -137,7 +145,7 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
         let start = now_ms - 3 * 3_600_000;
         let mut g = Gen {
             rng: StdRng::seed_from_u64(seed * 1000 + p as u64),
-            next_id: ((start - EPOCH_MS) as u64) << 22 | ((p as u64) << 12),
+            next_id: (((start - EPOCH_MS) as u64) << 22) + ((p as u64) << 32),
             t: start,
         };
         let mut evs: Vec<Input> = Vec::new();
@@ -180,7 +188,9 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
             if roll < 60 || sent.is_empty() {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
                 let large = g.rng.gen_bool(0.2);
-                let mk = MessageKind::ALL[g.rng.gen_range(0..MessageKind::ALL.len())];
+                let allowed: Vec<MessageKind> =
+                    MessageKind::ALL.iter().copied().filter(|k| *k != rules.disallowed_kind).collect();
+                let mk = allowed[g.rng.gen_range(0..allowed.len())];
                 e.message = Some(MessageContent { kind: mk, body: g.body(large), mentions: vec![] });
                 if kind == SessionKind::Direct {
                     e.recipient_id = Some(sender + 1);
@@ -619,4 +629,100 @@ pub fn diff(expected: &Outputs, actual: &Outputs) -> String {
     cmp("unread", &expected.unread, &actual.unread, &mut lines);
     cmp("dlq", &expected.dlq, &actual.dlq, &mut lines);
     lines.join("\n")
+}
+
+/// Reads every output topic from the beginning into a [`Folder`], in the background.
+pub struct Collector {
+    folder: Arc<Mutex<Folder>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    pub fn start(broker: &crate::TestBroker) -> Self {
+        let folder = Arc::new(Mutex::new(Folder::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer: BaseConsumer = broker
+            .kafka_args()
+            .client_config("collector")
+            .set("group.id", "collector")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for topic in ["chat.rows", "chat.agg.session.1m", "chat.agg.global.1m", "chat.unread", "chat.dlq"] {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+            for p in md.topics()[0].partitions() {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            }
+        }
+        consumer.assign(&tpl).unwrap();
+        let (f, s) = (folder.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let mut f = f.lock().unwrap();
+                match m.topic() {
+                    "chat.rows" => f.row(m.payload().unwrap_or_default()),
+                    "chat.agg.session.1m" => f.session_agg(m.key().unwrap(), m.payload().unwrap()),
+                    "chat.agg.global.1m" => f.global_agg(m.key().unwrap(), m.payload().unwrap()),
+                    "chat.unread" => f.unread(m.key().unwrap(), m.payload()),
+                    "chat.dlq" => {
+                        let header = |name: &str| {
+                            m.headers()
+                                .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default()
+                        };
+                        f.dlq(&header(dlq::REASON), (header(dlq::PARTITION), header(dlq::OFFSET)));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Collector { folder, stop, thread: Some(thread) }
+    }
+
+    /// The outputs folded so far.
+    pub fn snapshot(&self) -> Outputs {
+        self.folder.lock().unwrap().out.clone()
+    }
+
+    /// Rows folded so far.
+    pub fn rows(&self) -> usize {
+        self.folder.lock().unwrap().out.rows.len()
+    }
+
+    /// Waits until the outputs equal `expected`; panics with a diff after `timeout`.
+    pub async fn wait_for(&self, expected: &Outputs, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.snapshot();
+            if &got == expected {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("outputs differ from the oracle:\n{}", diff(expected, &got));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until at least `at_least` rows were folded.
+    pub async fn wait_rows(&self, at_least: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.rows() < at_least {
+            assert!(Instant::now() < deadline, "only {} of {at_least} rows appeared", self.rows());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -5,21 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatpipe_common::envelope;
 use chatpipe_common::event::MessageKind;
 use chatpipe_common::http::Telemetry;
-use chatpipe_common::kafka::{dlq, parse_kafka_option, TopicSpec};
+use chatpipe_common::kafka::{parse_kafka_option, TopicSpec};
 use chatpipe_processor::Config;
-use chatpipe_tests::chat::{diff, oracle, scripted, Folder, Input, OracleRules, Outputs, Workload};
+use chatpipe_tests::chat::{oracle, scripted, Collector, Input, OracleRules, Outputs, Workload};
 use chatpipe_tests::{chatpipe_binary, TestBroker};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 const PARTITIONS: usize = 4;
 
@@ -129,99 +124,6 @@ async fn produce(broker: &TestBroker, w: &Workload) {
         });
     }
     futures::future::join_all(all).await;
-}
-
-/// Reads every output topic from the beginning into a [`Folder`], in the background.
-struct Collector {
-    folder: Arc<Mutex<Folder>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Collector {
-    fn start(broker: &TestBroker) -> Self {
-        let folder = Arc::new(Mutex::new(Folder::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let consumer: BaseConsumer = broker
-            .kafka_args()
-            .client_config("collector")
-            .set("group.id", "collector")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for topic in ["chat.rows", "chat.agg.session.1m", "chat.agg.global.1m", "chat.unread", "chat.dlq"] {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-            for p in md.topics()[0].partitions() {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
-            }
-        }
-        consumer.assign(&tpl).unwrap();
-        let (f, s) = (folder.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
-                let mut f = f.lock().unwrap();
-                match m.topic() {
-                    "chat.rows" => f.row(m.payload().unwrap_or_default()),
-                    "chat.agg.session.1m" => f.session_agg(m.key().unwrap(), m.payload().unwrap()),
-                    "chat.agg.global.1m" => f.global_agg(m.key().unwrap(), m.payload().unwrap()),
-                    "chat.unread" => f.unread(m.key().unwrap(), m.payload()),
-                    "chat.dlq" => {
-                        let header = |name: &str| {
-                            m.headers()
-                                .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
-                                .map(|v| String::from_utf8_lossy(v).into_owned())
-                                .unwrap_or_default()
-                        };
-                        f.dlq(&header(dlq::REASON), (header(dlq::PARTITION), header(dlq::OFFSET)));
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Collector { folder, stop, thread: Some(thread) }
-    }
-
-    fn snapshot(&self) -> Outputs {
-        self.folder.lock().unwrap().out.clone()
-    }
-
-    fn rows(&self) -> usize {
-        self.folder.lock().unwrap().out.rows.len()
-    }
-
-    /// Waits until the outputs equal `expected`; panics with a diff after `timeout`.
-    async fn wait_for(&self, expected: &Outputs, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.snapshot();
-            if &got == expected {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("outputs differ from the oracle:\n{}", diff(expected, &got));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn wait_rows(&self, at_least: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.rows() < at_least {
-            assert!(Instant::now() < deadline, "only {} of {at_least} rows appeared", self.rows());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 async fn setup(broker: &TestBroker) {
