@@ -131,3 +131,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     shutdown.await;
     tokio::task::spawn_blocking(move || handle.stop()).await.map_err(|e| Error::Task(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    fn assert_send<T: Send + 'static>(_: T) {}
+
+    #[test]
+    fn public_types_can_cross_threads_and_tasks() {
+        assert_send_sync::<Error>();
+        assert_send_sync::<EmulatorHandle>();
+        // The future of `run` can be spawned on a multi-threaded runtime (it is not polled).
+        assert_send(run(Config::in_memory("127.0.0.1:0".parse().unwrap()), async {}));
+    }
+
+    #[test]
+    fn run_serves_until_shutdown_and_start_rejects_bad_config() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(run(Config::in_memory("127.0.0.1:0".parse().unwrap()), async {
+            let _ = rx.await;
+        }));
+        tx.send(()).unwrap();
+        rt.block_on(task).unwrap().unwrap();
+
+        let none = Config { in_memory: false, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+        assert!(matches!(start(none), Err(Error::Config(_))));
+        let zero = Config { max_connections: 0, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+        assert!(matches!(start(zero), Err(Error::Config(_))));
+    }
+}

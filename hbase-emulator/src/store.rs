@@ -520,11 +520,21 @@ fn commit_group(db: &Database, group: &[WriteRequest]) -> Result<(), StoreError>
         for req in group {
             let mut w = Writer { rows: &mut table, meta: &req.meta };
             for rm in &req.rows {
-                let mut row = w.load(&rm.row)?;
+                // Most rows written are new: write them as if they were (one B-tree walk
+                // instead of a lookup and an insert), and redo the few that were not.
+                let mut row = Row::default();
                 for op in &rm.ops {
                     w.apply(&mut row, op, req.ts);
                 }
-                w.save(&rm.row, &row)?;
+                let key = keys::row_key(req.meta.id, &rm.row);
+                let previous = w.rows.insert(key.as_slice(), row.encode().as_slice())?.map(|old| old.value().to_vec());
+                if let Some(previous) = previous {
+                    let mut row = decode_row(&previous)?;
+                    for op in &rm.ops {
+                        w.apply(&mut row, op, req.ts);
+                    }
+                    w.save(&rm.row, &row)?;
+                }
             }
         }
     }
