@@ -87,9 +87,17 @@ pub struct IngestHandle {
     producer: Arc<producer::EventProducer>,
     stop_http: CancellationToken,
     stop_watch: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
-    watcher: JoinHandle<()>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    watcher: Option<JoinHandle<()>>,
     drain_timeout: Duration,
+}
+
+/// Dropping the handle without [`IngestHandle::shutdown`] stops serving at once (no drain).
+impl Drop for IngestHandle {
+    fn drop(&mut self) {
+        self.stop_http.cancel();
+        self.stop_watch.cancel();
+    }
 }
 
 impl std::fmt::Debug for IngestHandle {
@@ -128,24 +136,27 @@ impl IngestHandle {
 
     /// Drains: not ready, stop accepting connections, finish in-flight requests, flush the
     /// producer; within `--drain-timeout` overall.
-    pub async fn shutdown(self) -> Result<(), Error> {
+    pub async fn shutdown(mut self) -> Result<(), Error> {
         let deadline = Instant::now() + self.drain_timeout;
         self.telemetry.health.set(HTTP_HEALTH_COMPONENT, false);
         self.stop_http.cancel();
         tracing::info!("ingest shutting down: finishing in-flight requests");
         let mut result = Ok(());
-        let mut server = self.server;
-        match tokio::time::timeout(self.drain_timeout, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => result = Err(Error::Server(e)),
-            Ok(Err(join)) => result = Err(Error::Server(std::io::Error::other(join.to_string()))),
-            Err(_) => {
-                server.abort();
-                result = Err(Error::DrainTimeout { what: "in-flight requests" });
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(self.drain_timeout, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => result = Err(Error::Server(e)),
+                Ok(Err(join)) => result = Err(Error::Server(std::io::Error::other(join.to_string()))),
+                Err(_) => {
+                    server.abort();
+                    result = Err(Error::DrainTimeout { what: "in-flight requests" });
+                }
             }
         }
         self.stop_watch.cancel();
-        let _ = self.watcher.await;
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.await;
+        }
         self.producer.mark_stopping();
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
         if let Err(e) = self.producer.flush(left).await {
@@ -250,8 +261,8 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<IngestHandle,
         producer,
         stop_http,
         stop_watch,
-        server,
-        watcher,
+        server: Some(server),
+        watcher: Some(watcher),
         drain_timeout: config.drain_timeout,
     })
 }
