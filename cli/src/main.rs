@@ -9,6 +9,11 @@ use anyhow::Result;
 use chatpipe_common::telemetry::LogFormat;
 use clap::{Parser, Subcommand};
 
+// mimalloc: the processor and sink allocate many small, short-lived buffers per record;
+// it is markedly faster than the system allocator for that pattern (processor bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// chatpipe: a streaming pipeline for chat events (ingest → Kafka → processor → HBase).
 #[derive(Parser, Debug)]
 #[command(name = "chatpipe", version, about, long_about = None)]

@@ -151,6 +151,20 @@ impl KafkaArgs {
         cfg
     }
 
+    /// A client configuration with chatpipe's `defaults` for a role, which the user's
+    /// `--kafka-option`s override.
+    pub fn client_config_with(&self, role: &str, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.brokers).set("client.id", format!("{}-{role}", self.client_id));
+        for (k, v) in defaults {
+            cfg.set(*k, *v);
+        }
+        for o in &self.options {
+            cfg.set(&o.key, &o.value);
+        }
+        cfg
+    }
+
     /// A producer configuration with the delivery guarantee of DESIGN §7: idempotent,
     /// `acks=all`, lz4. `linger_ms` trades latency for batching.
     pub fn producer_config(&self, role: &str, linger_ms: u64) -> ClientConfig {

@@ -9,8 +9,6 @@
 //! The salt count is part of every table's identity: changing it is a migration. The HBase
 //! pre-split list ([`split_points`]) derives from the same constant.
 
-use std::fmt::Write as _;
-
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Number of salt buckets (and pre-split regions). Part of the tables' identity.
@@ -49,22 +47,44 @@ pub fn encode(id: u64, message_id: u64) -> String {
     out
 }
 
+/// Appends `SALT|ID|` (the salt as three digits).
+#[inline]
+fn push_prefix(id: u64, out: &mut String) {
+    let s = salt(id);
+    out.push(char::from(b'0' + (s / 100) as u8));
+    out.push(char::from(b'0' + (s / 10 % 10) as u8));
+    out.push(char::from(b'0' + (s % 10) as u8));
+    out.push(SEP);
+    out.push_str(itoa::Buffer::new().format(id));
+    out.push(SEP);
+}
+
 /// Appends the row key to `out` (no allocation if `out` has room).
 #[inline]
 pub fn encode_into(id: u64, message_id: u64, out: &mut String) {
-    // write! into a String cannot fail.
-    let _ = write!(out, "{:03}{SEP}{id}{SEP}{:019}", salt(id), reverse(message_id));
+    push_prefix(id, out);
+    let mut buf = itoa::Buffer::new();
+    let rev = buf.format(reverse(message_id));
+    for _ in rev.len()..REVERSE_WIDTH {
+        out.push('0');
+    }
+    out.push_str(rev);
 }
 
 /// The key of a pair row (`chat:members` `salt|session|user`, `chat:user_sessions`
 /// `salt|user|session`): salted by the first id, the second decimal and unpadded.
 pub fn encode_pair(id: u64, other: u64) -> String {
-    format!("{:03}{SEP}{id}{SEP}{other}", salt(id))
+    let mut out = String::with_capacity(48);
+    push_prefix(id, &mut out);
+    out.push_str(itoa::Buffer::new().format(other));
+    out
 }
 
 /// The scan prefix of everything under `id`: `SALT|ID|`.
 pub fn prefix(id: u64) -> String {
-    format!("{:03}{SEP}{id}{SEP}", salt(id))
+    let mut out = String::with_capacity(28);
+    push_prefix(id, &mut out);
+    out
 }
 
 /// The first row of messages strictly older than `message_id` under `id` ("load older"),

@@ -14,6 +14,10 @@ use chatpipe_common::event::{ChatEvent, EventType, MessageContent, MessageKind, 
 use chatpipe_processor::core::{PartitionCore, Rules};
 use chatpipe_processor::state::{ChangeRecord, PartitionState, StateKey};
 
+// the allocator the chatpipe binary uses
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {

@@ -172,8 +172,31 @@ pub struct PartitionCore {
     unread_ingested: i64,
 }
 
-fn cell(col: &str, v: impl ToString) -> Cell {
-    Cell::new(col, v.to_string().into_bytes())
+/// A cell holding a decimal number (DESIGN §6: numbers as decimal ASCII).
+fn num<N: itoa::Integer>(col: &str, v: N) -> Cell {
+    Cell::new(col, itoa::Buffer::new().format(v).as_bytes().to_vec())
+}
+
+/// A cell holding text.
+fn text(col: &str, v: &str) -> Cell {
+    Cell::new(col, v.as_bytes().to_vec())
+}
+
+/// `{"user_id":"…","session_id":"…","unread":N,"last_read_message_id":"…"}` (ids are
+/// digits, so no escaping is needed; written by hand because it is the hottest output).
+fn unread_json(user: u64, session: u64, unread: u64, last_read: u64) -> String {
+    let mut b = itoa::Buffer::new();
+    let mut s = String::with_capacity(112);
+    s.push_str("{\"user_id\":\"");
+    s.push_str(b.format(user));
+    s.push_str("\",\"session_id\":\"");
+    s.push_str(b.format(session));
+    s.push_str("\",\"unread\":");
+    s.push_str(b.format(unread));
+    s.push_str(",\"last_read_message_id\":\"");
+    s.push_str(b.format(last_read));
+    s.push_str("\"}");
+    s
 }
 
 impl PartitionCore {
@@ -316,10 +339,10 @@ impl PartitionCore {
             s.seq
         };
         // timeline row
-        let mut cells = vec![cell("m:sender", ev.sender_id), cell("m:kind", msg.kind.as_str())];
+        let mut cells = vec![num("m:sender", ev.sender_id), text("m:kind", msg.kind.as_str())];
         self.body_cells(&msg.body, &mut cells);
-        cells.push(cell("m:sent_at", ev.sent_at_ms));
-        cells.push(cell("m:seq", seq));
+        cells.push(num("m:sent_at", ev.sent_at_ms));
+        cells.push(num("m:seq", seq));
         self.out.rows.push(RowMutation {
             table: Self::timeline_table(kind).to_owned(),
             row: row_key::encode(session, ev.message_id).into_bytes(),
@@ -344,9 +367,9 @@ impl PartitionCore {
                     table: tables::INBOX.to_owned(),
                     row: row_key::encode(user, ev.message_id).into_bytes(),
                     cells: vec![
-                        cell("i:session", session),
-                        cell("i:sender", ev.sender_id),
-                        cell("i:kind", msg.kind.as_str()),
+                        num("i:session", session),
+                        num("i:sender", ev.sender_id),
+                        text("i:kind", msg.kind.as_str()),
                         Cell::new("i:preview", preview.clone().into_bytes()),
                     ],
                     delete: false,
@@ -376,16 +399,16 @@ impl PartitionCore {
         let mut delete_enc = false;
         if ev.event_type == EventType::Edit {
             let Some(msg) = &ev.message else { return };
-            cells.push(cell("m:kind", msg.kind.as_str()));
+            cells.push(text("m:kind", msg.kind.as_str()));
             delete_enc = !self.body_cells(&msg.body, &mut cells);
             let n = {
                 let e = self.state.edits.entry_or((ev.session_id, target), || 0);
                 *e += 1;
                 *e
             };
-            cells.push(cell("m:edited", n));
+            cells.push(num("m:edited", n));
         } else {
-            cells.push(cell("m:recalled", 1));
+            cells.push(num("m:recalled", 1));
         }
         let row = row_key::encode(ev.session_id, target).into_bytes();
         let table = Self::timeline_table(ev.session_kind).to_owned();
@@ -445,14 +468,14 @@ impl PartitionCore {
         self.out.rows.push(RowMutation {
             table: tables::MEMBERS.to_owned(),
             row: row_key::encode_pair(session, user).into_bytes(),
-            cells: vec![cell("f:joined_at", at_ms)],
+            cells: vec![num("f:joined_at", at_ms)],
             delete: false,
             ingested_at_ms,
         });
         self.out.rows.push(RowMutation {
             table: tables::USER_SESSIONS.to_owned(),
             row: row_key::encode_pair(user, session).into_bytes(),
-            cells: vec![cell("f:joined_at", at_ms), cell("f:unread", 0)],
+            cells: vec![num("f:joined_at", at_ms), num("f:unread", 0)],
             delete: false,
             ingested_at_ms,
         });
@@ -629,13 +652,13 @@ impl PartitionCore {
         });
         self.out.session_aggs.push((format!("{session}|{}", rfc3339_ms(start)), value.to_string()));
         let mut cells = vec![
-            cell("c:window_start", start),
-            cell("c:messages", w.messages),
-            cell("c:senders", w.senders.len()),
-            cell("c:revision", w.revision),
+            num("c:window_start", start),
+            num("c:messages", w.messages),
+            num("c:senders", w.senders.len()),
+            num("c:revision", w.revision),
         ];
         for (k, n) in &w.by_kind {
-            cells.push(cell(&format!("c:{}", k.as_str()), n));
+            cells.push(num(&format!("c:{}", k.as_str()), *n));
         }
         self.out.rows.push(RowMutation {
             table: tables::COUNTS.to_owned(),
@@ -694,17 +717,11 @@ impl PartitionCore {
             let key = format!("{user}|{session}");
             match self.state.unread.get(&(user, session)) {
                 Some(u) => {
-                    let value = json!({
-                        "user_id": user.to_string(),
-                        "session_id": session.to_string(),
-                        "unread": u.count,
-                        "last_read_message_id": u.last_read.to_string(),
-                    });
-                    self.out.unread.push((key, Some(value.to_string())));
+                    self.out.unread.push((key, Some(unread_json(user, session, u.count, u.last_read))));
                     self.out.rows.push(RowMutation {
                         table: tables::USER_SESSIONS.to_owned(),
                         row: row_key::encode_pair(user, session).into_bytes(),
-                        cells: vec![cell("f:unread", u.count)],
+                        cells: vec![num("f:unread", u.count)],
                         delete: false,
                         ingested_at_ms: ingested,
                     });
