@@ -158,6 +158,11 @@ impl Buffer {
         self.bytes
     }
 
+    /// When the oldest buffered record arrived.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.records.front().map(|r| r.arrived)
+    }
+
     /// Whether a batch should be written now: a full batch is there, or the oldest record
     /// has waited `interval`.
     pub fn is_due(&self, now: Instant, rows: usize, bytes: usize, interval: Duration) -> bool {

@@ -168,12 +168,13 @@ impl Config {
         }
     }
 
-    /// Rows a partition buffers (beyond its in-flight batch) before it is paused.
+    /// Rows a partition buffers (beyond its in-flight batch) before the loop stops taking
+    /// records.
     pub(crate) fn max_buffered_rows(&self) -> usize {
         (2 * self.batch_rows).max(1024)
     }
 
-    /// Bytes a partition buffers before it is paused.
+    /// Bytes a partition buffers before the loop stops taking records.
     pub(crate) fn max_buffered_bytes(&self) -> usize {
         2 * self.batch_bytes
     }

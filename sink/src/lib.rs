@@ -26,8 +26,8 @@
 //! * Transient HBase errors (transport errors, `IOError`) reconnect and retry with
 //!   exponential backoff and jitter, forever by default or up to `--max-retries`, after
 //!   which the rows go to the DLQ (`retries_exhausted`) and
-//!   `chatpipe_sink_retries_exhausted_total` counts it. Meanwhile the partition's buffer
-//!   fills and the partition is paused; `/readyz` reports `hbase` not ready.
+//!   `chatpipe_sink_retries_exhausted_total` counts it. Meanwhile the partition is paused
+//!   in the consumer (the others go on) and `/readyz` reports `hbase` not ready.
 //! * Permanent errors (`IllegalArgument`, unknown table or family) send the records HBase
 //!   refuses (found by bisecting the call) to `chat.dlq` with the reason in headers, and the
 //!   partition moves on. Undecodable and malformed records go there too, without a call.
@@ -38,7 +38,8 @@
 //! * `config.rs` — [`Config`] (flags, `CHATPIPE_*` env), [`HbaseArgs`];
 //! * `batch.rs` — decoding, per-partition buffers, the write plan (pure, unit-tested);
 //! * `hbase.rs` — the Thrift client, the bounded connection pool, error classification;
-//! * `sink.rs` — the consume / flush / commit loop and the batch writer;
+//! * `sink.rs` — the consumer, one worker per partition (buffer, flush), rebalances;
+//! * `writer.rs` — one batch: DLQ, HBase calls with retries, the offset;
 //! * `tables.rs` — `chatpipe tables` (create over Thrift, or HBase shell DDL);
 //! * `query.rs` — `chatpipe query timeline | inbox`;
 //! * `metrics.rs` — every metric name.
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod query;
 mod sink;
 pub mod tables;
+mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,8 +71,9 @@ pub use tables::TablesArgs;
 
 use crate::hbase::{HbaseError, HbasePool};
 use crate::metrics::SinkMetrics;
-use crate::sink::{Pipeline, Shared, SinkConsumer, SinkContext, Writer};
+use crate::sink::{Pipeline, Shared, SinkConsumer, SinkContext};
 use crate::tables::TablesError;
+use crate::writer::Writer;
 
 /// Why the sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -196,11 +199,14 @@ async fn start_and_run(
 
     // Kafka clients.
     let shared = Arc::new(Shared::default());
+    let (assignments_tx, assignments) = tokio::sync::mpsc::unbounded_channel();
     let context = SinkContext {
         shared: Arc::clone(&shared),
         topic: config.rows_topic.clone(),
         lag: metrics.consumer_lag.clone(),
         drain_timeout: config.drain_timeout,
+        consumer: std::sync::OnceLock::new(),
+        assignments: assignments_tx,
     };
     let mut cc = config.kafka.client_config("sink");
     set_default(&mut cc, "auto.offset.reset", "earliest");
@@ -210,9 +216,13 @@ async fn start_and_run(
     // Not overridable: the guarantee rests on storing offsets only after HBase acknowledged.
     cc.set("group.id", &config.group_id);
     cc.set("enable.auto.offset.store", "false");
-    let consumer: SinkConsumer = cc.create_with_context(context)?;
+    let from_earliest = matches!(cc.get("auto.offset.reset"), Some("earliest" | "smallest" | "beginning"));
+    let consumer: Arc<SinkConsumer> = Arc::new(cc.create_with_context(context)?);
+    // the context splits assigned partitions into queues of their own: it needs the consumer
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     consumer.subscribe(&[config.rows_topic.as_str()])?;
-    let consumer = Arc::new(consumer);
+    // ready once subscribed; a consumer error marks Kafka not ready until the next record
+    health.set("kafka", true);
     let producer: FutureProducer = config.kafka.producer_config("sink-dlq", 5).create()?;
     tracing::info!(topic = %config.rows_topic, group = %config.group_id, hbase = %config.hbase.addr, "sink started");
 
@@ -229,7 +239,7 @@ async fn start_and_run(
         retry_max_backoff: config.retry_max_backoff,
         max_retries: config.max_retries,
     });
-    let pipeline = Pipeline::new(config, consumer, shared, writer);
+    let pipeline = Pipeline::new(config, consumer, shared, writer, assignments, from_earliest);
     // On a worker thread of its own, so that the rebalance callback may block in place.
     tokio::spawn(pipeline.run(stop.cancelled_owned())).await.map_err(|e| Error::BatchTask(e.to_string()))?
 }
@@ -259,7 +269,7 @@ where
                 if failures.is_power_of_two() {
                     tracing::warn!(error = %e, failures, "{what} failed; retrying");
                 }
-                let delay = sink::backoff(config.retry_backoff, config.retry_max_backoff, failures);
+                let delay = writer::backoff(config.retry_backoff, config.retry_max_backoff, failures);
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(delay) => {}

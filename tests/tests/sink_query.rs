@@ -31,7 +31,7 @@ enum Command {
 }
 
 fn message(session: u64, id: u64, seq: u64) -> (RowMutation, String) {
-    let body = if seq % 5 == 0 { format!("long body {seq} ").repeat(60) } else { format!("hello {seq}") };
+    let body = if seq.is_multiple_of(5) { format!("long body {seq} ").repeat(60) } else { format!("hello {seq}") };
     let mut cells = vec![
         Cell::new("m:sender", (1000 + seq % 3).to_string()),
         Cell::new("m:kind", "text"),
@@ -174,7 +174,7 @@ async fn timeline_pages_newest_first_and_before_continues_exactly() {
     let got: Vec<u64> =
         first.iter().chain(second.iter()).map(|m| m["message_id"].as_str().unwrap().parse().unwrap()).collect();
     assert_eq!(got, ids[..40].to_vec());
-    let long = first.iter().find(|m| m["seq"].as_u64().is_some_and(|s| s % 5 == 0)).unwrap();
+    let long = first.iter().find(|m| m["seq"].as_u64().is_some_and(|s| s.is_multiple_of(5))).unwrap();
     assert!(long["body"].as_str().unwrap().starts_with("long body"), "compressed bodies are decompressed");
 
     // the inbox reads the same way
