@@ -205,7 +205,6 @@ async fn start_and_run(
         topic: config.rows_topic.clone(),
         lag: metrics.consumer_lag.clone(),
         drain_timeout: config.drain_timeout,
-        consumer: std::sync::OnceLock::new(),
         assignments: assignments_tx,
     };
     let mut cc = config.kafka.client_config("sink");
@@ -218,8 +217,6 @@ async fn start_and_run(
     cc.set("enable.auto.offset.store", "false");
     let from_earliest = matches!(cc.get("auto.offset.reset"), Some("earliest" | "smallest" | "beginning"));
     let consumer: Arc<SinkConsumer> = Arc::new(cc.create_with_context(context)?);
-    // the context splits assigned partitions into queues of their own: it needs the consumer
-    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     consumer.subscribe(&[config.rows_topic.as_str()])?;
     // ready once subscribed; a consumer error marks Kafka not ready until the next record
     health.set("kafka", true);

@@ -2,9 +2,9 @@
 //!
 //! # Shape
 //!
-//! The consumer is subscribed to `chat.rows`; on every assignment each assigned partition's
-//! messages are split into a queue of their own (librdkafka partition queues) and served by
-//! a **partition worker** task, which owns the partition's [`Buffer`]. When the buffer is
+//! The consumer is subscribed to `chat.rows`; on every assignment the main task splits each
+//! assigned partition's messages into a queue of their own (librdkafka partition queues),
+//! served by a **partition worker** task, which owns the partition's [`Buffer`]. When the buffer is
 //! due (rows, bytes or age) and the partition has no batch in flight, the worker takes a
 //! batch and spawns a **batch task** ([`Writer`]) that writes it, bounded by
 //! `--max-in-flight` permits over all partitions. One batch per partition at a time keeps
@@ -45,9 +45,10 @@
 //! middle of a record batch with the next batch, which would silently skip records.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chatpipe_common::kafka::record_consumer_lag;
@@ -205,22 +206,19 @@ impl Drop for FinishGuard {
 // Consumer context: lag metrics, partition queues, the rebalance drain
 // ---------------------------------------------------------------------------------------
 
-/// A newly assigned partition and its own message queue.
+/// A newly assigned partition.
 pub(crate) struct Assignment {
     partition: i32,
     generation: u64,
-    queue: StreamPartitionQueue<SinkContext>,
 }
 
-/// The consumer's context: records lag from statistics, splits assigned partitions into
-/// queues of their own, drains revoked partitions.
+/// The consumer's context: records lag from statistics, announces assigned partitions,
+/// drains revoked partitions.
 pub(crate) struct SinkContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) topic: String,
     pub(crate) lag: prometheus::IntGaugeVec,
     pub(crate) drain_timeout: Duration,
-    /// Set once the consumer exists (it owns this context, hence weak).
-    pub(crate) consumer: OnceLock<Weak<SinkConsumer>>,
     /// New assignments for the main task (at most one message per assigned partition per
     /// rebalance, so unbounded is bounded by the partition count).
     pub(crate) assignments: mpsc::UnboundedSender<Assignment>,
@@ -261,16 +259,9 @@ impl ConsumerContext for SinkContext {
         let Rebalance::Assign(tpl) = rebalance else { return };
         let partitions = self.partitions(tpl);
         tracing::info!(?partitions, "partitions assigned");
-        // Split right after the assignment, before anything is fetched for them.
-        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else { return };
         for partition in partitions {
-            match consumer.split_partition_queue(&self.topic, partition) {
-                Some(queue) => {
-                    let generation = self.shared.generation(partition);
-                    let _ = self.assignments.send(Assignment { partition, generation, queue });
-                }
-                None => tracing::error!(partition, "cannot split the partition's queue; it will not be consumed"),
-            }
+            let generation = self.shared.generation(partition);
+            let _ = self.assignments.send(Assignment { partition, generation });
         }
     }
 }
@@ -323,6 +314,12 @@ pub(crate) struct Pipeline {
     env: Arc<WorkerEnv>,
     assignments: mpsc::UnboundedReceiver<Assignment>,
     workers: JoinSet<(i32, Result<(), Error>)>,
+    /// Partitions with a worker task (maybe a revoked one finishing).
+    alive: HashSet<i32>,
+    /// Assignments waiting for the revoked worker of the same partition to finish: its
+    /// queue handle must be dropped before the partition's queue is split again (dropping
+    /// it disables the queue's wake-up callback).
+    pending: HashMap<i32, Assignment>,
 }
 
 impl Pipeline {
@@ -337,7 +334,13 @@ impl Pipeline {
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let env =
             WorkerEnv { config, consumer, shared, writer, permits, drain: CancellationToken::new(), from_earliest };
-        Pipeline { env: Arc::new(env), assignments, workers: JoinSet::new() }
+        Pipeline {
+            env: Arc::new(env),
+            assignments,
+            workers: JoinSet::new(),
+            alive: HashSet::new(),
+            pending: HashMap::new(),
+        }
     }
 
     /// Consumes until `shutdown`, then drains and commits.
@@ -350,7 +353,12 @@ impl Pipeline {
                 biased;
                 Some(a) = self.assignments.recv() => self.start_worker(a),
                 Some(done) = self.workers.join_next(), if !self.workers.is_empty() => match done {
-                    Ok((_, Ok(()))) => {}
+                    Ok((partition, Ok(()))) => {
+                        self.alive.remove(&partition);
+                        if let Some(a) = self.pending.remove(&partition) {
+                            self.start_worker(a);
+                        }
+                    }
                     Ok((partition, Err(e))) => {
                         tracing::error!(partition, error = %e, "partition worker failed; stopping");
                         break Err(e);
@@ -381,16 +389,27 @@ impl Pipeline {
     }
 
     fn start_worker(&mut self, a: Assignment) {
+        if self.alive.contains(&a.partition) {
+            self.pending.insert(a.partition, a);
+            return;
+        }
         let stop = CancellationToken::new();
         if !self.env.shared.register_worker(a.partition, a.generation, stop.clone()) {
             return; // revoked again meanwhile
         }
+        // Messages fetched before the split would sit on the main queue; the worker's fetch
+        // check fetches them again.
+        let Some(queue) = self.env.consumer.split_partition_queue(&self.env.config.rows_topic, a.partition) else {
+            tracing::error!(partition = a.partition, "cannot split the partition's queue; it is not consumed");
+            return;
+        };
         self.env.writer.health.set("kafka", true);
         let env = Arc::clone(&self.env);
-        let partition = a.partition;
+        let (partition, generation) = (a.partition, a.generation);
+        self.alive.insert(partition);
         self.workers.spawn(async move {
-            let worker = Worker { env: &env, partition, generation: a.generation, state: PartitionState::default() };
-            (partition, worker.run(a.queue, stop).await)
+            let worker = Worker { env: &env, partition, generation, state: PartitionState::default() };
+            (partition, worker.run(queue, stop).await)
         });
     }
 
