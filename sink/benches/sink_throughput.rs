@@ -5,7 +5,8 @@
 //!
 //! * **sink**: produced to an 8-partition topic on tansu first, then consumed and written
 //!   by `chatpipe_sink::run_with_telemetry` with `--batch-rows` = the batch size,
-//!   `--hbase-connections` = `--max-in-flight` = `CONNECTIONS`. Rate = rows acknowledged
+//!   `--hbase-connections` = `CONNECTIONS` (and `--max-in-flight` = 2 × `CONNECTIONS`, the
+//!   default ratio: batches being planned or acknowledged do not hold a connection). Rate = rows acknowledged
 //!   per second between the first and the last acknowledgement (`rows_written_total`), so
 //!   consumer-group start-up is not counted;
 //! * **raw**: the rows as ready `BatchMutation`s, `CONNECTIONS` threads each with its own
@@ -120,7 +121,7 @@ async fn sink_rate(broker: &TestBroker, batch: usize, ms: &[RowMutation]) -> (f6
     config.batch_rows = batch;
     config.batch_bytes = 64 * 1024 * 1024;
     config.hbase_connections = CONNECTIONS;
-    config.max_in_flight = CONNECTIONS;
+    config.max_in_flight = 2 * CONNECTIONS; // batches queue for the CONNECTIONS connections
     config.create_tables = true;
     let telemetry = Telemetry::new();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

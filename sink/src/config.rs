@@ -15,8 +15,11 @@ pub const DEFAULT_BATCH_ROWS: usize = 1_000;
 pub const DEFAULT_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Default flush interval: the latency budget a batch may add (the 100 ms).
 pub const DEFAULT_FLUSH_INTERVAL: &str = "100ms";
-/// Default Thrift connections: one per in-flight batch, enough to keep a small cluster busy.
+/// Default Thrift connections: enough to keep a small cluster busy.
 pub const DEFAULT_HBASE_CONNECTIONS: usize = 8;
+/// Default in-flight batches: twice the connections, so that a connection goes straight to
+/// the next batch while the previous one is being planned or acknowledged.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 2 * DEFAULT_HBASE_CONNECTIONS;
 
 /// Parses a humantime duration (`100ms`, `5s`, `1m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -110,8 +113,8 @@ pub struct Config {
     pub flush_interval: Duration,
 
     /// Batches being written at once, over all partitions (one per partition at most, so
-    /// that one row's mutations are never reordered).
-    #[arg(long, env = "CHATPIPE_SINK_MAX_IN_FLIGHT", default_value_t = DEFAULT_HBASE_CONNECTIONS,
+    /// that one row's mutations are never reordered); they share the connections.
+    #[arg(long, env = "CHATPIPE_SINK_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     pub max_in_flight: usize,
 
@@ -158,7 +161,7 @@ impl Config {
             batch_rows: DEFAULT_BATCH_ROWS,
             batch_bytes: DEFAULT_BATCH_BYTES,
             flush_interval: Duration::from_millis(100),
-            max_in_flight: DEFAULT_HBASE_CONNECTIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             retry_backoff: Duration::from_millis(100),
             retry_max_backoff: Duration::from_secs(10),
             max_retries: 0,

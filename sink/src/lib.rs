@@ -235,6 +235,7 @@ async fn start_and_run(
         retry_backoff: config.retry_backoff,
         retry_max_backoff: config.retry_max_backoff,
         max_retries: config.max_retries,
+        hbase_ok: std::sync::atomic::AtomicBool::new(true),
     });
     let pipeline = Pipeline::new(config, consumer, shared, writer, assignments, from_earliest);
     // On a worker thread of its own, so that the rebalance callback may block in place.

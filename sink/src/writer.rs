@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +73,8 @@ pub(crate) struct Writer {
     pub(crate) retry_backoff: Duration,
     pub(crate) retry_max_backoff: Duration,
     pub(crate) max_retries: u32,
+    /// Last readiness reported for `hbase` (the health registry is only touched on changes).
+    pub(crate) hbase_ok: AtomicBool,
 }
 
 /// The backoff before retry number `attempt` (1-based): exponential, capped, with jitter
@@ -100,6 +103,12 @@ struct BatchRun<'a> {
 }
 
 impl Writer {
+    fn hbase_ready(&self, ok: bool) {
+        if self.hbase_ok.swap(ok, Ordering::Relaxed) != ok {
+            self.health.set("hbase", ok);
+        }
+    }
+
     /// Writes one batch of a partition (spawned; holds an in-flight permit).
     pub(crate) async fn run_batch(
         self: Arc<Self>,
@@ -311,12 +320,12 @@ impl BatchRun<'_> {
                     if failures > 0 {
                         tracing::info!(partition = self.partition, failures, "HBase call succeeded after retries");
                     }
-                    w.health.set("hbase", true);
+                    w.hbase_ready(true);
                     return Ok(Ok(v));
                 }
                 Err(e) if e.is_retriable() => {
                     w.metrics.error(kind::HBASE_TRANSIENT);
-                    w.health.set("hbase", false);
+                    w.hbase_ready(false);
                     failures += 1;
                     if w.max_retries > 0 && failures > w.max_retries {
                         w.metrics.retries_exhausted.inc();
