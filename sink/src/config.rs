@@ -171,13 +171,13 @@ impl Config {
         }
     }
 
-    /// Rows a partition buffers (beyond its in-flight batch) before the loop stops taking
-    /// records.
+    /// Rows a partition buffers (beyond its in-flight batch) before its worker stops
+    /// reading.
     pub(crate) fn max_buffered_rows(&self) -> usize {
         (2 * self.batch_rows).max(1024)
     }
 
-    /// Bytes a partition buffers before the loop stops taking records.
+    /// Bytes a partition buffers before its worker stops reading.
     pub(crate) fn max_buffered_bytes(&self) -> usize {
         2 * self.batch_bytes
     }

@@ -26,8 +26,9 @@
 //! * Transient HBase errors (transport errors, `IOError`) reconnect and retry with
 //!   exponential backoff and jitter, forever by default or up to `--max-retries`, after
 //!   which the rows go to the DLQ (`retries_exhausted`) and
-//!   `chatpipe_sink_retries_exhausted_total` counts it. Meanwhile the partition is paused
-//!   in the consumer (the others go on) and `/readyz` reports `hbase` not ready.
+//!   `chatpipe_sink_retries_exhausted_total` counts it. Meanwhile the partition stops
+//!   reading once its bounded buffer is full (the others go on) and `/readyz` reports
+//!   `hbase` not ready.
 //! * Permanent errors (`IllegalArgument`, unknown table or family) send the records HBase
 //!   refuses (found by bisecting the call) to `chat.dlq` with the reason in headers, and the
 //!   partition moves on. Undecodable and malformed records go there too, without a call.

@@ -26,7 +26,7 @@ pub const CONSUMER_LAG: &str = "chatpipe_sink_consumer_lag_messages";
 pub const ERRORS: &str = "chatpipe_sink_errors_total";
 /// Batches being written now.
 pub const IN_FLIGHT_BATCHES: &str = "chatpipe_sink_in_flight_batches";
-/// Partitions paused in the consumer while their batch retries HBase errors.
+/// Partitions not reading because their buffer is full (HBase slower than Kafka, or failing).
 pub const PAUSED_PARTITIONS: &str = "chatpipe_sink_paused_partitions";
 
 /// Label names.
@@ -113,7 +113,7 @@ impl SinkMetrics {
             consumer_lag: m.gauge_vec(CONSUMER_LAG, "Consumer lag per partition.", &[label::TOPIC, label::PARTITION]),
             errors: m.counter_vec(ERRORS, "Errors by kind.", &[label::KIND]),
             in_flight: m.gauge(IN_FLIGHT_BATCHES, "Batches being written now."),
-            paused: m.gauge(PAUSED_PARTITIONS, "Partitions paused while their batch retries HBase errors."),
+            paused: m.gauge(PAUSED_PARTITIONS, "Partitions not reading because their buffer is full."),
         }
     }
 
