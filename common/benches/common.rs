@@ -5,6 +5,10 @@ use chatpipe_common::event::{parse_body, BodyFormat, ChatEvent, ParseLimits};
 use chatpipe_common::{envelope, row_key};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
+// the allocator of the chatpipe binary, so the numbers are the product's
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENT: &str = r#"{"type":"message","session_id":"1234567890123456789","session_kind":"group","sender_id":987654321,"client_msg_id":"c-7f3e2a9b-0001","sent_at":"2026-11-21T10:15:30.123Z","message":{"kind":"text","body":"RC is up on staging. Please run the checklist and report anything odd before five.","mentions":["42","43"]}}"#;
 
 fn benches(c: &mut Criterion) {

@@ -298,13 +298,9 @@ class MatchesTheBinary(unittest.TestCase):
                     else:
                         self.assertTrue(running, f"{role} exited with {code}:\n{stderr[-2000:]}")
 
-    @unittest.expectedFailure
     def test_binary_supports_sasl_ssl_and_scram(self):
-        """KNOWN GAP, not a chart bug: the workspace builds rdkafka without its `ssl`
-        feature, so librdkafka refuses security.protocol=SASL_SSL and SCRAM ("OpenSSL not
-        available at build time"): only PLAINTEXT and SASL PLAIN over plaintext work.
-        docs/OPERATIONS.md says so. When rdkafka gets `features = ["tokio", "ssl"]`, this
-        test passes, unittest reports an unexpected success, and this marker must go."""
+        """The production values use SASL_SSL with SCRAM: the binary (rdkafka built with
+        its `ssl` feature against the system OpenSSL) must start with them."""
         prod = chartlib.load_values(chartlib.PRODUCTION_VALUES)
         prod["kafka"]["tls"]["caSecret"] = ""  # the system CA bundle
         for role, running, code, stderr in run_roles(chartlib.render(prod), ["processor"]):
