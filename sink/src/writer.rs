@@ -100,6 +100,8 @@ struct BatchRun<'a> {
     written: Vec<bool>,
     /// Records for the DLQ, with why.
     rejected: Vec<(usize, Rejection)>,
+    /// A call used up `--max-retries`.
+    exhausted: AtomicBool,
 }
 
 impl Writer {
@@ -127,6 +129,7 @@ impl Writer {
             last_delete_ack,
             written: vec![false; records.len()],
             rejected: Vec::new(),
+            exhausted: AtomicBool::new(false),
         };
         let outcome = match run.execute().await {
             Ok(()) => Outcome::Done,
@@ -312,6 +315,14 @@ impl BatchRun<'_> {
             if self.cancel.is_cancelled() {
                 return Err(Abandoned);
             }
+            if self.exhausted.load(Ordering::Relaxed) {
+                // HBase stayed unavailable for a whole retry budget: the rest of the batch
+                // goes to the DLQ too, without another budget per call
+                return Ok(Err(HbaseError::Io {
+                    message: "an earlier call of this batch used up --max-retries".into(),
+                    retriable: true,
+                }));
+            }
             let started = Instant::now();
             let result = w.pool.call(make()).await;
             w.metrics.hbase_write_latency.observe(started.elapsed().as_secs_f64());
@@ -328,6 +339,7 @@ impl BatchRun<'_> {
                     w.hbase_ready(false);
                     failures += 1;
                     if w.max_retries > 0 && failures > w.max_retries {
+                        self.exhausted.store(true, Ordering::Relaxed);
                         w.metrics.retries_exhausted.inc();
                         tracing::error!(partition = self.partition, failures, error = %e,
                             "HBase call failed after --max-retries; its rows go to the DLQ");
