@@ -10,7 +10,8 @@ pub const ROWS_WRITTEN: &str = "chatpipe_sink_rows_written_total";
 pub const BATCH_ROWS: &str = "chatpipe_sink_batch_rows";
 /// Approximate bytes per batch.
 pub const BATCH_BYTES: &str = "chatpipe_sink_batch_bytes";
-/// Latency of one HBase write call (mutateRows, deleteAllRow), successful or not.
+/// Latency of one successful HBase write call (mutateRows, deleteAllRow) on its
+/// connection; waiting for a free connection is not included.
 pub const HBASE_WRITE_LATENCY: &str = "chatpipe_sink_hbase_write_latency_seconds";
 /// HBase calls retried after a transient error.
 pub const RETRIES: &str = "chatpipe_sink_retries_total";

@@ -323,9 +323,19 @@ impl BatchRun<'_> {
                     retriable: true,
                 }));
             }
-            let started = Instant::now();
-            let result = w.pool.call(make()).await;
-            w.metrics.hbase_write_latency.observe(started.elapsed().as_secs_f64());
+            // the latency of the call itself, on its connection (not the wait for one)
+            let f = make();
+            let result = w
+                .pool
+                .call(move |c| {
+                    let started = Instant::now();
+                    f(c).map(|v| (v, started.elapsed()))
+                })
+                .await
+                .map(|(v, took)| {
+                    w.metrics.hbase_write_latency.observe(took.as_secs_f64());
+                    v
+                });
             match result {
                 Ok(v) => {
                     if failures > 0 {
