@@ -52,6 +52,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use chatpipe_common::kafka::record_consumer_lag;
+use futures::StreamExt;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -477,6 +478,10 @@ impl Worker<'_> {
         let mut kafka_ok = false;
         let mut tick = tokio::time::interval(CHECK_IDLE / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // one stream and one timer for the worker's life (not one per message)
+        let mut messages = queue.stream();
+        let mut flush_timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut flush_deadline: Option<Instant> = None;
         let result = loop {
             let st = &self.state;
             let has_room = st.buffer.len() < cfg.max_buffered_rows() && st.buffer.bytes() < cfg.max_buffered_bytes();
@@ -491,6 +496,12 @@ impl Worker<'_> {
             };
             if draining && batch.is_none() && st.buffer.is_empty() {
                 break Ok(());
+            }
+            if flush_at != flush_deadline {
+                if let Some(t) = flush_at {
+                    flush_timer.as_mut().reset(t.into());
+                }
+                flush_deadline = flush_at;
             }
             tokio::select! {
                 biased;
@@ -541,21 +552,22 @@ impl Worker<'_> {
                         permit,
                     )));
                 }
-                msg = queue.recv(), if has_room && !draining => match msg {
-                    Ok(m) => {
+                msg = messages.next(), if has_room && !draining => match msg {
+                    None => break Ok(()), // the consumer is gone
+                    Some(Ok(m)) => {
                         if !kafka_ok {
                             env.writer.health.set("kafka", true);
                             kafka_ok = true;
                         }
                         self.on_message(m.offset(), m.key(), m.payload());
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         kafka_ok = false;
                         env.writer.metrics.error(kind::KAFKA);
                         tracing::debug!(partition = self.partition, error = %e, "partition queue error");
                     }
                 },
-                _ = sleep_until_opt(flush_at) => {}
+                () = &mut flush_timer, if flush_deadline.is_some() => flush_deadline = None,
                 _ = tick.tick() => self.check_idle_fetch(),
             }
         };
@@ -664,13 +676,6 @@ async fn join_opt(
 ) -> Result<BatchReport, tokio::task::JoinError> {
     match batch {
         Some(b) => b.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
 }
