@@ -2,11 +2,11 @@
 //! them for async callers ([`HbasePool`]), and the classification of every error as
 //! transient (retry) or permanent (DLQ).
 //!
-//! Thrift calls block, so the pool runs each call on tokio's blocking thread pool, never on
-//! an async worker thread. A semaphore caps the calls in progress at the pool size, which is
-//! also the number of TCP connections. A connection that saw a transport or protocol error
+//! Thrift calls block, so the pool runs each call on a thread of its own (one per
+//! connection), never on an async worker thread; the pool size caps both the calls in
+//! progress and the TCP connections. A connection that saw a transport or protocol error
 //! is dropped (its stream may hold half a reply) and, since that usually means the server
-//! went away, so are the idle ones; the next call connects anew.
+//! went away, the others are remade before their next call too.
 //!
 //! Classification follows what HBase's Thrift server raises (`ThriftHBaseServiceHandler`):
 //! transport errors and `IOError`s are transient unless the message names an exception
@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,7 +36,6 @@ use thrift::transport::{
     TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport, TIoChannel,
     TTcpChannel,
 };
-use tokio::sync::Semaphore;
 
 use crate::batch::{reason, Entry, EntryOp};
 
@@ -360,65 +360,118 @@ pub fn batch_mutation(entry: &Entry) -> Option<BatchMutation> {
     Some(BatchMutation { row: Some(entry.row.clone()), mutations: Some(mutations) })
 }
 
-/// A bounded pool of [`HbaseClient`]s for async code.
+/// A call waiting for a connection thread.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// One connection thread's connection (made on first use, remade after a failure).
+struct Connection {
+    config: HbaseConfig,
+    client: Option<HbaseClient>,
+    /// The pool's `dead_epoch` when this connection was made.
+    epoch: u64,
+    shared: Arc<PoolShared>,
+}
+
+impl Connection {
+    fn run<T>(&mut self, f: impl FnOnce(&mut HbaseClient) -> Result<T, HbaseError>) -> Result<T, HbaseError> {
+        let shared = Arc::clone(&self.shared);
+        let dead_epoch = shared.dead_epoch.load(Ordering::Relaxed);
+        if self.epoch < dead_epoch {
+            self.client = None; // another connection saw the server go away
+        }
+        let client = match &mut self.client {
+            Some(c) => c,
+            None => {
+                let result = HbaseClient::connect(&self.config);
+                let c = result.inspect_err(|_| {
+                    shared.dead_epoch.fetch_add(1, Ordering::Relaxed);
+                })?;
+                self.epoch = dead_epoch;
+                self.client.insert(c)
+            }
+        };
+        let result = f(client);
+        if let Err(e) = &result {
+            if !e.keeps_connection() {
+                // the stream may hold half a reply; the server probably went away
+                self.client = None;
+                shared.dead_epoch.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+struct PoolShared {
+    /// The queue of calls; a connection thread takes the next one as soon as it is free.
+    jobs: Mutex<std::sync::mpsc::Receiver<Job>>,
+    /// Bumped when a call finds the server gone: older connections are remade.
+    dead_epoch: AtomicU64,
+}
+
+/// A bounded pool of HBase connections for async code: `size` threads, each owning one
+/// connection, take calls from one queue. Thrift calls block, so they run on these threads,
+/// never on the async runtime's workers; a connection goes straight from one call to the
+/// next queued one. The queue is bounded by its callers (each in-flight batch has at most
+/// one call outstanding). The threads end when the last clone of the pool is dropped.
 #[derive(Clone)]
 pub struct HbasePool {
     config: HbaseConfig,
-    idle: Arc<Mutex<Vec<HbaseClient>>>,
-    permits: Arc<Semaphore>,
+    size: usize,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for HbasePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HbasePool").field("config", &self.config).field("size", &self.size()).finish()
+        f.debug_struct("HbasePool").field("config", &self.config).field("size", &self.size).finish()
     }
 }
 
 impl HbasePool {
-    /// A pool of at most `size` connections (made on demand).
+    /// A pool of `size` connections (made on first use).
     pub fn new(config: HbaseConfig, size: usize) -> Self {
         let size = size.max(1);
-        HbasePool {
-            config,
-            idle: Arc::new(Mutex::new(Vec::with_capacity(size))),
-            permits: Arc::new(Semaphore::new(size)),
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let shared = Arc::new(PoolShared { jobs: Mutex::new(rx), dead_epoch: AtomicU64::new(0) });
+        for i in 0..size {
+            let shared = Arc::clone(&shared);
+            let mut conn = Connection { config: config.clone(), client: None, epoch: 0, shared: Arc::clone(&shared) };
+            let spawned = std::thread::Builder::new().name(format!("hbase-conn-{i}")).spawn(move || loop {
+                let job = {
+                    let rx = shared.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                    match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => return, // the pool is gone
+                    }
+                };
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                    conn.client = None; // the caller sees its call dropped
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an HBase connection thread");
+            }
         }
+        HbasePool { config, size, jobs: tx }
     }
 
-    /// Connections available right now (idle or not yet made).
+    /// Connections (threads) in the pool.
     pub fn size(&self) -> usize {
-        self.permits.available_permits()
+        self.size
     }
 
-    /// Runs `f` on a pooled connection on the blocking thread pool. Waits for a free
-    /// connection first; connects if none is idle.
+    /// Runs `f` on the next free connection, on the connection's thread.
     pub async fn call<T, F>(&self, f: F) -> Result<T, HbaseError>
     where
         F: FnOnce(&mut HbaseClient) -> Result<T, HbaseError> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(|e| HbaseError::Task(e.to_string()))?;
-        let idle = Arc::clone(&self.idle);
-        let config = self.config.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut client = match pooled {
-                Some(c) => c,
-                None => HbaseClient::connect(&config)?,
-            };
-            let result = f(&mut client);
-            match &result {
-                Err(e) if !e.keeps_connection() => {
-                    // the server probably went away: the idle connections are dead too
-                    idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                }
-                _ => idle.lock().unwrap_or_else(|p| p.into_inner()).push(client),
-            }
-            result
-        })
-        .await
-        .map_err(|e| HbaseError::Task(e.to_string()))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            let _ = tx.send(conn.run(f));
+        });
+        self.jobs.send(job).map_err(|_| HbaseError::Task("the HBase connection threads are gone".into()))?;
+        rx.await.map_err(|_| HbaseError::Task("the HBase call was dropped (its thread panicked)".into()))?
     }
 }
 
