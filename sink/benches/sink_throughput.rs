@@ -13,10 +13,11 @@
 //!   Thrift connection calling `mutateRows` with chunks of the batch size, as fast as they
 //!   can. Rate = rows / wall time.
 //!
-//! Each pair runs twice, alternating, and the best of each is shown (the machine is shared).
+//! Each pair runs three times, alternating, and the best of each is shown (the machine is
+//! shared).
 //!
 //! Run: `cargo bench -p chatpipe-sink --bench sink_throughput` (needs tansu: `scripts/setup`);
-//! `SINK_BENCH_BATCH=100` runs one batch size, `SINK_BENCH_ROUNDS=3` more rounds.
+//! `SINK_BENCH_BATCH=100` runs one batch size, `SINK_BENCH_ROUNDS=N` sets the rounds.
 //! Not a criterion benchmark: each sample needs a broker and an emulator and takes seconds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -214,8 +215,8 @@ fn main() {
             "batch", "rows", "sink rows/s", "raw rows/s", "ratio", "sink call ms", "raw call ms"
         );
         let only: Option<usize> = std::env::var("SINK_BENCH_BATCH").ok().and_then(|v| v.parse().ok());
-        let rounds: usize = std::env::var("SINK_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-        for (batch, n) in [(1usize, 10_000usize), (100, 100_000), (1000, 200_000)] {
+        let rounds: usize = std::env::var("SINK_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        for (batch, n) in [(1usize, 10_000usize), (100, 150_000), (1000, 400_000)] {
             if only.is_some_and(|b| b != batch) {
                 continue;
             }
