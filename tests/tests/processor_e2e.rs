@@ -184,20 +184,32 @@ async fn killed_three_times_mid_run_outputs_still_equal_the_oracle() {
         collector.wait_rows(total_rows * 3 / 8, Duration::from_secs(180)).await;
         tokio::task::block_in_place(|| second.kill());
         // 3: a separate OS process, killed with SIGKILL
-        let mut child = std::process::Command::new(chatpipe_binary().unwrap())
-            .args(config_args(&cfg, &rules))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            std::process::Command::new(chatpipe_binary().unwrap())
+                .args(config_args(&cfg, &rules))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         collector.wait_rows(total_rows * 5 / 8, Duration::from_secs(180)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.0.kill().unwrap(); // SIGKILL
+        child.0.wait().unwrap();
     };
     tokio::join!(produce_all, crashes);
     let last = chatpipe_processor::start(cfg, Telemetry::new()).await.unwrap();
     collector.wait_for(&expected, Duration::from_secs(240)).await;
     last.shutdown().await.unwrap();
+}
+
+/// A child process that is SIGKILLed when the test ends, even when it fails early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn assigned(t: &Telemetry) -> i64 {
