@@ -223,6 +223,9 @@ impl PartitionCore {
 
     /// Records an input that could not be decoded or validated.
     pub fn reject(&mut self, offset: i64, reason: &'static str, detail: String) {
+        if offset <= self.state.meta.applied_offset {
+            return; // replayed input, handled before
+        }
         self.out.dlq.push(DlqEntry { offset, reason, detail });
         self.count(Outcome::Dlq);
         self.state.meta.applied_offset = offset;

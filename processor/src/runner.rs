@@ -289,11 +289,56 @@ fn poll_loop(
             tracing::debug!(error = %e, "offset commit failed");
         }
     };
+    // Partitions whose first record after assignment is not yet known to start at or
+    // before the committed offset, with how far back the last seek went. tansu answers a
+    // fetch from inside a record batch with the *next* batch, silently skipping records;
+    // seeking back until the first record is at or before the committed offset (records at
+    // or below the applied offset are skipped by the task) makes the start exact on any
+    // broker.
+    let mut unverified: HashMap<i32, i64> = HashMap::new();
+    let mut known: std::collections::HashSet<i32> = std::collections::HashSet::new();
     while !stop.load(Ordering::SeqCst) {
         commit(&consumer, &mut commits);
+        let assigned: std::collections::HashSet<i32> = shared.tasks().keys().copied().collect();
+        for p in assigned.difference(&known) {
+            unverified.insert(*p, 0);
+        }
+        unverified.retain(|p, _| assigned.contains(p));
+        known = assigned;
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
+                if let Some(back) = unverified.get(&m.partition()).copied() {
+                    let mut tpl = TopicPartitionList::new();
+                    let _ = tpl.add_partition(&topic, m.partition());
+                    let committed = consumer
+                        .committed_offsets(tpl, Duration::from_secs(10))
+                        .ok()
+                        .and_then(|c| c.elements().first().map(|e| e.offset()));
+                    match committed {
+                        // (once a seek reached offset 0, whatever comes first is the start:
+                        // earlier records are gone by retention)
+                        Some(Offset::Offset(c)) if m.offset() > c && (back == 0 || c - back > 0) => {
+                            let back = if back == 0 { 16 } else { back * 4 };
+                            let to = (c - back).max(0);
+                            tracing::debug!(
+                                partition = m.partition(),
+                                first = m.offset(),
+                                committed = c,
+                                seek = to,
+                                "fetch started past the committed offset; seeking back"
+                            );
+                            if consumer.seek(&topic, m.partition(), Offset::Offset(to), Duration::from_secs(10)).is_ok()
+                            {
+                                unverified.insert(m.partition(), back);
+                                continue;
+                            }
+                            shared.metrics.errors.with_label_values(&["seek"]).inc();
+                        }
+                        _ => {}
+                    }
+                    unverified.remove(&m.partition());
+                }
                 let tx = shared.tasks().get(&m.partition()).map(|t| t.tx.clone());
                 if let Some(tx) = tx {
                     // blocks when the partition's queue is full: backpressure on polling
