@@ -399,6 +399,37 @@ impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
     }
 }
 
+/// Visitor methods that record a scalar (or null) as `$wrap(Loose::…)`: the shared part of
+/// the "expected X, got Y" wrappers below.
+macro_rules! other_scalars {
+    ($wrap:path) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::Bool))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::U64(v)))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::Negative))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::F64(v)))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::Str(Cow::Borrowed(""))))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::Null))
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok($wrap(Loose::Null))
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    };
+}
+
 /// A value that must be an object, or the type it was instead.
 #[derive(Debug)]
 enum ObjectOr<'a, T> {
@@ -417,30 +448,7 @@ impl<'de: 'a, 'a, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<'a, T> {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 T::deserialize(de::value::MapAccessDeserializer::new(map)).map(ObjectOr::Object)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::Bool))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::U64(v)))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::Negative))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::F64(v)))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::Str(Cow::Borrowed(""))))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::Null))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(ObjectOr::Other(Loose::Null))
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_any(self)
-            }
+            other_scalars!(ObjectOr::Other);
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(ObjectOr::Other(Loose::Array))
@@ -481,30 +489,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ArrayOr<'a> {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 LooseVisitor.visit_map(map).map(ArrayOr::Other)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::Bool))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::U64(v)))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::Negative))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::F64(v)))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::Str(Cow::Borrowed(""))))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::Null))
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(ArrayOr::Other(Loose::Null))
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_any(self)
-            }
+            other_scalars!(ArrayOr::Other);
         }
         d.deserialize_any(V).map(|v| match v {
             ArrayOr::Array(a) => ArrayOr::Array(a),
