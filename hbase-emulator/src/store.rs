@@ -32,7 +32,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::filter::Filter;
 use crate::keys;
-use crate::row::Row;
+use crate::row::{Reader, Row};
 
 /// Rows (`row.rs` encoding), keyed as [`crate::keys`] describes.
 const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rows");
@@ -258,32 +258,6 @@ impl TableMeta {
 fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
     w.extend_from_slice(&(b.len() as u32).to_be_bytes());
     w.extend_from_slice(b);
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<Vec<u8>> {
-        let n = self.u32()? as usize;
-        self.take(n).map(<[u8]>::to_vec)
-    }
 }
 
 /// Checks a table name as HBase's `TableName` does: `[namespace:]qualifier`, namespace of
