@@ -12,6 +12,11 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bincode::de::read::Reader;
+use bincode::de::Decoder;
+use bincode::error::DecodeError;
+use bincode::Decode;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -24,7 +29,7 @@ pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
 pub const MAX_MENTIONS: usize = 1024;
 
 /// What happened in a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     /// A new message.
@@ -42,7 +47,9 @@ pub enum EventType {
 }
 
 /// The kind of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionKind {
     /// One-to-one: members are the sender and the recipient.
@@ -54,7 +61,9 @@ pub enum SessionKind {
 }
 
 /// The kind of a message body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// Plain text.
@@ -97,7 +106,7 @@ names!(SessionKind { Direct => "direct", Group => "group", Channel => "channel" 
 names!(MessageKind { Text => "text", Image => "image", Audio => "audio", Video => "video", File => "file", Card => "card", System => "system" });
 
 /// A message body with its kind and mentions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode)]
 pub struct MessageContent {
     /// What the body is.
     pub kind: MessageKind,
@@ -133,7 +142,7 @@ pub struct EventInput {
 }
 
 /// An event as published on `chat.events` (bincode, in the [`crate::envelope`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode)]
 pub struct ChatEvent {
     /// Snowflake id assigned by ingest; for a `message` it is the message's id.
     pub message_id: u64,
@@ -160,6 +169,68 @@ pub struct ChatEvent {
     /// The member joining or leaving.
     pub user_id: Option<u64>,
 }
+
+// `Decode` is written out for the two event structs (field order = the derived `Encode`)
+// so their strings are copied straight from the input slice: bincode's own `String`
+// decode zero-fills a buffer first, a third of the envelope's decode time.
+
+/// Reads a length-prefixed UTF-8 string, copying from the input slice when the reader
+/// exposes it. Lengths are claimed against the decoder's limit before anything is allocated.
+fn decode_string<D: Decoder>(decoder: &mut D) -> Result<String, DecodeError> {
+    let len = u64::decode(decoder)?;
+    let len = usize::try_from(len).map_err(|_| DecodeError::OutsideUsizeRange(len))?;
+    decoder.claim_container_read::<u8>(len)?;
+    let reader = decoder.reader();
+    if let Some(bytes) = reader.peek_read(len) {
+        let text = std::str::from_utf8(bytes).map_err(|inner| DecodeError::Utf8 { inner })?.to_owned();
+        reader.consume(len);
+        return Ok(text);
+    }
+    let mut bytes = vec![0u8; len];
+    reader.read(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|e| DecodeError::Utf8 { inner: e.utf8_error() })
+}
+
+impl<Context> Decode<Context> for MessageContent {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(MessageContent {
+            kind: Decode::decode(decoder)?,
+            body: decode_string(decoder)?,
+            mentions: Decode::decode(decoder)?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(MessageContent);
+
+impl<Context> Decode<Context> for ChatEvent {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(ChatEvent {
+            message_id: Decode::decode(decoder)?,
+            ingested_at_ms: Decode::decode(decoder)?,
+            sent_at_ms: Decode::decode(decoder)?,
+            event_type: Decode::decode(decoder)?,
+            session_id: Decode::decode(decoder)?,
+            session_kind: Decode::decode(decoder)?,
+            sender_id: Decode::decode(decoder)?,
+            recipient_id: Decode::decode(decoder)?,
+            client_msg_id: match u8::decode(decoder)? {
+                0 => None,
+                1 => Some(decode_string(decoder)?),
+                found => {
+                    return Err(DecodeError::UnexpectedVariant {
+                        type_name: "Option<String>",
+                        allowed: &bincode::error::AllowedEnumVariants::Range { min: 0, max: 1 },
+                        found: found.into(),
+                    })
+                }
+            },
+            message: Decode::decode(decoder)?,
+            target_id: Decode::decode(decoder)?,
+            user_id: Decode::decode(decoder)?,
+        })
+    }
+}
+bincode::impl_borrow_decode!(ChatEvent);
 
 impl ChatEvent {
     /// Stamps a validated input with its id and ingest time. A `sent_at` more than

@@ -27,7 +27,7 @@ pub mod tables {
 }
 
 /// One cell of a put (`family:qualifier` → value).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Cell {
     /// `family:qualifier`, e.g. `m:body`.
     pub column: String,
@@ -43,7 +43,7 @@ impl Cell {
 }
 
 /// A change to one HBase row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct RowMutation {
     /// `namespace:table`.
     pub table: String,

@@ -110,7 +110,7 @@ pub struct DlqEntry {
 }
 
 /// One partition's contribution to a global window.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode)]
 pub struct WindowPartial {
     /// Window start, epoch ms.
     pub window_start_ms: i64,
@@ -129,7 +129,7 @@ pub struct WindowPartial {
 }
 
 /// A partition's progress report for the global merge (`chatpipe.processor.partials`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Progress {
     /// Input partition.
     pub partition: i32,

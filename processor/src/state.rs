@@ -100,7 +100,7 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Tracked<K, V> {
 }
 
 /// Per-session counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Session {
     /// Kind as first seen.
     pub kind: SessionKind,
@@ -109,14 +109,14 @@ pub struct Session {
 }
 
 /// A member of a session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Member {
     /// When they joined (event time, epoch ms).
     pub joined_at_ms: i64,
 }
 
 /// Unread state of one (user, session).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, bincode::Encode, bincode::Decode)]
 pub struct Unread {
     /// Highest message id the user has read.
     pub last_read: u64,
@@ -127,7 +127,7 @@ pub struct Unread {
 }
 
 /// One message in a session's log (what a read mark moving over it needs to know).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct LogEntry {
     /// Who sent it.
     pub sender: u64,
@@ -136,7 +136,7 @@ pub struct LogEntry {
 }
 
 /// A producer retry key seen recently.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Seen {
     /// The id the first delivery got.
     pub message_id: u64,
@@ -145,7 +145,7 @@ pub struct Seen {
 }
 
 /// Counts of one session in one window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct WindowAgg {
     /// The session's kind.
     pub session_kind: SessionKind,
@@ -160,7 +160,7 @@ pub struct WindowAgg {
 }
 
 /// Progress of the partition.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, bincode::Encode, bincode::Decode)]
 pub struct Meta {
     /// Last input offset applied (−1: none).
     pub applied_offset: i64,
@@ -173,7 +173,7 @@ pub struct Meta {
 }
 
 /// A changelog key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum StateKey {
     /// Partition progress (the batch commit record).
     Meta,
@@ -194,7 +194,7 @@ pub enum StateKey {
 }
 
 /// A changelog value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum StateValue {
     /// See [`Meta`].
     Meta(Meta),
@@ -215,7 +215,7 @@ pub enum StateValue {
 }
 
 /// One changelog record value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ChangeRecord {
     /// Input offset of the batch that wrote it (for `Meta`: the applied offset).
     pub batch_offset: i64,
