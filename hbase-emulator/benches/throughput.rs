@@ -1,5 +1,6 @@
 //! Write and scan throughput of the emulator through a real Thrift client over TCP, on disk
-//! (every call is a durable redb commit, as in production use).
+//! (every call is a redb commit acknowledged once the operating system has it, the default
+//! `--durability os`).
 //!
 //! * `mutate_rows/batch_<rows>x3/<conns>conn`: one iteration is one `mutateRows` call of
 //!   `<rows>` rows × 3 cells (~200 B values) on each of `<conns>` connections at once;
@@ -7,7 +8,9 @@
 //! * `scan/prefix`: a full prefix scan (`scannerOpenWithPrefix` + `scannerGetList(1000)`) of
 //!   30,000 rows × 3 cells.
 //!
-//! `CHATPIPE_BENCH_IN_MEMORY=1` runs the same against the in-memory store. Run briefly: `cargo bench -p chatpipe-hbase-emulator --bench throughput -- --warm-up-time 1
+//! `CHATPIPE_BENCH_IN_MEMORY=1` runs the same against the in-memory store,
+//! `CHATPIPE_BENCH_FSYNC=1` with `--durability fsync`. Run briefly:
+//! `cargo bench -p chatpipe-hbase-emulator --bench throughput -- --warm-up-time 1
 //! --measurement-time 5 --sample-size 10`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,13 +18,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chatpipe_hbase_emulator::{start, Config};
+use chatpipe_hbase_emulator::{start, Config, Durability};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hbase_thrift::hbase::{BatchMutation, ColumnDescriptor, HbaseSyncClient, Mutation, THbaseSyncClient};
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{
     ReadHalf, TBufferedReadTransport, TBufferedWriteTransport, TIoChannel, TTcpChannel, WriteHalf,
 };
+
+// the allocator of the chatpipe binary, so the numbers are the product's
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Client = HbaseSyncClient<
     TBinaryInputProtocol<TBufferedReadTransport<ReadHalf<TTcpChannel>>>,
@@ -84,6 +91,11 @@ fn bench(c: &mut Criterion) {
     let config = match std::env::var("CHATPIPE_BENCH_IN_MEMORY").as_deref() {
         Ok("1") => Config::in_memory(listen),
         _ => Config::on_disk(listen, dir.path()),
+    };
+    // CHATPIPE_BENCH_FSYNC=1: every commit also waits for the disk (--durability fsync).
+    let config = match std::env::var("CHATPIPE_BENCH_FSYNC").as_deref() {
+        Ok("1") => Config { durability: Durability::Fsync, ..config },
+        _ => config,
     };
     let emu = start(config).unwrap();
     let addr = emu.local_addr();

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::store::Durability;
+
 /// Default Thrift port of `hbase thrift start`.
 const fn default_port() -> u16 {
     9090
@@ -37,6 +39,12 @@ pub struct Config {
     /// Directory of the store (created if missing); holds `hbase-emulator.redb`.
     #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_DATA_DIR", required_unless_present = "in_memory")]
     pub data_dir: Option<PathBuf>,
+
+    /// When a write is acknowledged: `os` once the operating system has it (survives a kill
+    /// of the emulator, like HBase's default WAL hflush), `fsync` once it is on disk
+    /// (survives a power loss; one disk flush per commit).
+    #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_DURABILITY", value_enum, default_value_t = Durability::Os)]
+    pub durability: Durability,
 
     /// Keep everything in memory, nothing on disk (tests); conflicts with --data-dir.
     #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_IN_MEMORY", conflicts_with = "data_dir")]
@@ -87,6 +95,7 @@ impl Config {
             listen,
             data_dir: None,
             in_memory: true,
+            durability: Durability::Os,
             framed: false,
             compact: false,
             presplit_salt: None,

@@ -1,9 +1,12 @@
 //! The storage and the HBase semantics, without Thrift: tables with column families, cells
 //! with versions, delete markers, TTL, counters, row-range scans.
 //!
-//! **Durability.** Every mutating call is one redb write transaction committed with redb's
-//! default `Durability::Immediate` (fsync) before it returns, so a write acknowledged to a
-//! client survives a kill -9. Reads use redb's MVCC snapshots and never block writes.
+//! **Durability.** Every mutating call is committed in a redb write transaction before it
+//! returns. With [`Durability::Os`] (the default) the commit has reached the operating
+//! system when the client is answered: it survives a kill -9 of the emulator, as a write
+//! HBase acknowledges by default (WAL `hflush`, not `hsync`) survives a RegionServer crash,
+//! but not a power loss. [`Durability::Fsync`] also waits for the disk (fsync) and survives
+//! a power loss. Reads use redb's MVCC snapshots and never block writes.
 //!
 //! **Semantics, as HBase has them.** Rows, families and qualifiers sort bytewise; versions
 //! newest first. A delete is a marker ("every version of this column / family with a
@@ -23,6 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::fs::OpenOptions;
+use std::io;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -522,10 +527,64 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// When an acknowledged write is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Durability {
+    /// Written to the operating system before the reply: survives a crash or kill of the
+    /// emulator, not of the machine.
+    #[default]
+    Os,
+    /// Also fsync'd before the reply: survives a power loss; costs a disk flush per commit.
+    Fsync,
+}
+
+/// redb's file backend, with the per-commit fsync skipped under [`Durability::Os`].
+///
+/// Skipping it keeps redb's write order for a process crash (every completed write is in
+/// the page cache, in order); only a machine crash can lose the tail.
+#[derive(Debug)]
+struct StoreFile {
+    file: redb::backends::FileBackend,
+    durability: Durability,
+}
+
+impl redb::StorageBackend for StoreFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+        self.file.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
+        match self.durability {
+            Durability::Os => Ok(()),
+            Durability::Fsync => self.file.sync_data(eventual),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.file.write(offset, data)
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the store file at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        Store::init(Database::create(path)?)
+    /// Opens (or creates) the store file at `path`; the file is locked while open.
+    pub fn open(path: &Path, durability: Durability) -> Result<Store, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+        let file = redb::backends::FileBackend::new(file)?;
+        Store::init(Database::builder().create_with_backend(StoreFile { file, durability })?)
     }
 
     /// A store that lives in memory only (tests).

@@ -18,9 +18,9 @@ use common::*;
 use hbase_thrift::hbase::THbaseSyncClient;
 
 /// Starts the emulator binary; returns it with the address it printed.
-fn spawn_server(data_dir: &Path, listen: &str) -> (Child, SocketAddr) {
+fn spawn_server(data_dir: &Path, listen: &str, durability: &str) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatpipe-hbase-emulator"))
-        .args(["--listen", listen, "--data-dir"])
+        .args(["--listen", listen, "--durability", durability, "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -40,8 +40,17 @@ fn spawn_server(data_dir: &Path, listen: &str) -> (Child, SocketAddr) {
 
 #[test]
 fn acknowledged_writes_survive_kill_9_and_restart() {
+    kill_9_and_restart("os");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_and_restart_with_fsync() {
+    kill_9_and_restart("fsync");
+}
+
+fn kill_9_and_restart(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, addr) = spawn_server(dir.path(), "127.0.0.1:0");
+    let (mut server, addr) = spawn_server(dir.path(), "127.0.0.1:0", durability);
     let mut c = connect(addr);
     create_table(&mut c, "chat:messages", &["m"]);
     c.create_table("counts".into(), vec![family("c", 1, -1)]).unwrap();
@@ -98,7 +107,7 @@ fn acknowledged_writes_survive_kill_9_and_restart() {
     assert!(acked.len() >= 2_000);
 
     // Restart on the same data dir and port.
-    let (mut server, addr2) = spawn_server(dir.path(), &addr.to_string());
+    let (mut server, addr2) = spawn_server(dir.path(), &addr.to_string(), durability);
     assert_eq!(addr2, addr);
     let mut c = connect(addr);
     let mut names = c.get_table_names().unwrap();
