@@ -31,6 +31,13 @@ pub mod dlq {
     pub const OFFSET: &str = "chatpipe.source.offset";
 }
 
+/// `fetch.wait.max.ms` of chatpipe's consumers: how long a broker may hold a fetch that
+/// found too little data. Kafka answers as soon as data arrives, so there this only sets how
+/// often an idle consumer asks (20 small requests a second per broker). tansu 0.6 holds every
+/// fetch for up to about this long even when data is there, so librdkafka's default of 500 ms
+/// would add up to half a second per consumer hop (two on the way to HBase).
+pub const FETCH_WAIT_MAX_MS: &str = "50";
+
 /// Default topic names (DESIGN §3).
 pub mod topics {
     /// Chat events from ingest.
@@ -149,6 +156,12 @@ impl KafkaArgs {
             cfg.set(&o.key, &o.value);
         }
         cfg
+    }
+
+    /// A consumer configuration: [`Self::client_config`] with chatpipe's consumer defaults
+    /// ([`FETCH_WAIT_MAX_MS`]), which the user's `--kafka-option`s override.
+    pub fn consumer_config(&self, role: &str) -> ClientConfig {
+        self.client_config_with(role, &[("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)])
     }
 
     /// A client configuration with chatpipe's `defaults` for a role, which the user's

@@ -208,7 +208,7 @@ async fn start_and_run(
         drain_timeout: config.drain_timeout,
         assignments: assignments_tx,
     };
-    let mut cc = config.kafka.client_config("sink");
+    let mut cc = config.kafka.consumer_config("sink");
     set_default(&mut cc, "auto.offset.reset", "earliest");
     set_default(&mut cc, "auto.commit.interval.ms", "1000");
     set_default(&mut cc, "statistics.interval.ms", "5000");

@@ -644,7 +644,7 @@ impl Collector {
         let stop = Arc::new(AtomicBool::new(false));
         let consumer: BaseConsumer = broker
             .kafka_args()
-            .client_config("collector")
+            .consumer_config("collector")
             .set("group.id", "collector")
             .set("enable.auto.commit", "false")
             .create()
