@@ -4,9 +4,10 @@
 //! messages of a configurable kind mix and body sizes, and reads), at a target rate or as
 //! fast as the pipeline accepts, from a bounded number of concurrent workers. Reports
 //! events/s, HTTP latency percentiles, end-to-end latency percentiles (from the sink's
-//! `/metrics` histogram) and errors by status. `--ledger` writes every accepted message;
-//! `--verify` waits for the pipeline to drain and checks every accepted message is in HBase
-//! exactly once. A request that fails is counted, never retried with a new id, so the ledger
+//! `/metrics` histogram, read before and after the run so only this run's rows count) and
+//! errors by status. `--ledger` writes every accepted message; `--verify` waits for the
+//! pipeline to drain, checks every accepted message is in HBase exactly once, and reports
+//! the end-to-end rate (accepted events over the time until the last one is in HBase). A request that fails is counted, never retried with a new id, so the ledger
 //! holds exactly what ingest acknowledged.
 
 use std::collections::{BTreeMap, HashMap};

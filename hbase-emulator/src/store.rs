@@ -540,12 +540,22 @@ pub enum Durability {
 
 /// redb's file backend, with the per-commit fsync skipped under [`Durability::Os`].
 ///
-/// Skipping it keeps redb's write order for a process crash (every completed write is in
-/// the page cache, in order); only a machine crash can lose the tail.
+/// A process crash keeps every completed write (they are in the page cache, in order), so
+/// redb recovers to the last commit. A machine crash can lose recent commits and, without
+/// the ordering fsync gives, leave the file for redb's repair or worse: `Fsync` is for
+/// data that must outlive the machine. The file is synced once when the store closes.
 #[derive(Debug)]
 struct StoreFile {
     file: redb::backends::FileBackend,
     durability: Durability,
+}
+
+impl Drop for StoreFile {
+    fn drop(&mut self) {
+        if let Err(e) = redb::StorageBackend::sync_data(&self.file, false) {
+            tracing::warn!(error = %e, "syncing the store file on close failed");
+        }
+    }
 }
 
 impl redb::StorageBackend for StoreFile {
