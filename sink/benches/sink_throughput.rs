@@ -1,7 +1,9 @@
 //! Sink throughput into the HBase emulator against a raw `mutateRows` loop, same run.
 //!
 //! For each batch size (1, 100, 1000 rows), the same pre-encoded rows (message-shaped puts,
-//! one row each) are written twice into a fresh on-disk emulator:
+//! one row each) are written twice into a fresh on-disk emulator, by default with
+//! `--durability fsync` (every commit waits for the disk, a per-call cost closer to HBase's
+//! WAL sync than the default `os` mode; `SINK_BENCH_DURABILITY=os` measures that one):
 //!
 //! * **sink**: produced to an 8-partition topic on tansu first, then consumed and written
 //!   by `chatpipe_sink::run_with_telemetry` with `--batch-rows` = the batch size,
@@ -30,6 +32,7 @@ use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::TopicSpec;
 use chatpipe_common::row_key;
 use chatpipe_common::rows::{tables, Cell, RowMutation};
+use chatpipe_hbase_emulator::Durability;
 use chatpipe_sink::batch::plan_mutations;
 use chatpipe_sink::hbase::{batch_mutation, HbaseClient, HbaseConfig};
 use chatpipe_sink::{metrics, Config};
@@ -108,8 +111,16 @@ async fn produce(broker: &TestBroker, topic: &str, ms: &[RowMutation]) {
     }
 }
 
+/// `SINK_BENCH_DURABILITY=os|fsync` (default `fsync`): the emulator's `--durability`.
+fn durability() -> Durability {
+    match std::env::var("SINK_BENCH_DURABILITY").as_deref() {
+        Ok("os") => Durability::Os,
+        _ => Durability::Fsync,
+    }
+}
+
 async fn sink_rate(broker: &TestBroker, batch: usize, ms: &[RowMutation]) -> (f64, f64) {
-    let hbase = TestHbase::start();
+    let hbase = TestHbase::start_with(durability());
     static RUN: AtomicUsize = AtomicUsize::new(0);
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let topic = format!("bench.rows.{batch}.{run}");
@@ -160,7 +171,7 @@ async fn sink_rate(broker: &TestBroker, batch: usize, ms: &[RowMutation]) -> (f6
 }
 
 fn raw_rate(batch: usize, ms: &[RowMutation]) -> (f64, f64) {
-    let hbase = TestHbase::start();
+    let hbase = TestHbase::start_with(durability());
     let config = HbaseConfig::new(hbase.thrift());
     chatpipe_sink::tables::create_all(&mut HbaseClient::connect(&config).unwrap()).unwrap();
     // pre-encoded: every row a ready BatchMutation, in chunks of `batch`
@@ -209,7 +220,10 @@ fn main() {
     }
     runtime.block_on(async {
         let broker = TestBroker::start();
-        println!("sink vs raw mutateRows into the emulator, {CONNECTIONS} connections, {PARTITIONS} partitions");
+        println!(
+            "sink vs raw mutateRows into the emulator (--durability {:?}), {CONNECTIONS} connections, {PARTITIONS} partitions",
+            durability()
+        );
         println!(
             "{:>6} {:>8} {:>12} {:>12} {:>7} {:>14} {:>13}",
             "batch", "rows", "sink rows/s", "raw rows/s", "ratio", "sink call ms", "raw call ms"

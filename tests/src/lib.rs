@@ -181,16 +181,25 @@ pub mod chat;
 pub struct TestHbase {
     addr: std::net::SocketAddr,
     dir: tempfile::TempDir,
+    durability: chatpipe_hbase_emulator::Durability,
     handle: Option<chatpipe_hbase_emulator::EmulatorHandle>,
 }
 
 impl TestHbase {
-    /// Starts an emulator on a free port.
+    /// Starts an emulator on a free port (default `--durability os`).
     pub fn start() -> Self {
+        Self::start_with(chatpipe_hbase_emulator::Durability::Os)
+    }
+
+    /// Starts an emulator on a free port with the given `--durability`.
+    pub fn start_with(durability: chatpipe_hbase_emulator::Durability) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = chatpipe_hbase_emulator::Config::on_disk(([127, 0, 0, 1], 0).into(), dir.path());
+        let config = chatpipe_hbase_emulator::Config {
+            durability,
+            ..chatpipe_hbase_emulator::Config::on_disk(([127, 0, 0, 1], 0).into(), dir.path())
+        };
         let handle = chatpipe_hbase_emulator::start(config).unwrap_or_else(|e| panic!("start the emulator: {e}"));
-        TestHbase { addr: handle.local_addr(), dir, handle: Some(handle) }
+        TestHbase { addr: handle.local_addr(), dir, durability, handle: Some(handle) }
     }
 
     /// `127.0.0.1:PORT`, for `--hbase-thrift`.
@@ -221,7 +230,10 @@ impl TestHbase {
         self.stop();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let config = chatpipe_hbase_emulator::Config::on_disk(self.addr, self.dir.path());
+            let config = chatpipe_hbase_emulator::Config {
+                durability: self.durability,
+                ..chatpipe_hbase_emulator::Config::on_disk(self.addr, self.dir.path())
+            };
             match chatpipe_hbase_emulator::start(config) {
                 Ok(h) => {
                     self.handle = Some(h);
