@@ -36,6 +36,21 @@ pub struct Family {
     pub columns: Vec<Column>,
 }
 
+impl Family {
+    /// The column `qualifier`, created empty (no marker, no version) where it is missing.
+    fn column_mut(&mut self, qualifier: &[u8]) -> &mut Column {
+        let i = match self.columns.binary_search_by(|c| c.qualifier.as_slice().cmp(qualifier)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.columns
+                    .insert(i, Column { qualifier: qualifier.to_vec(), marker: None, versions: Vec::with_capacity(1) });
+                i
+            }
+        };
+        &mut self.columns[i]
+    }
+}
+
 /// A row: its families, sorted by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Row {
@@ -79,15 +94,7 @@ impl Row {
         if masks(fam.marker, ts) {
             return;
         }
-        let i = match fam.columns.binary_search_by(|c| c.qualifier.as_slice().cmp(qualifier)) {
-            Ok(i) => i,
-            Err(i) => {
-                fam.columns
-                    .insert(i, Column { qualifier: qualifier.to_vec(), marker: None, versions: Vec::with_capacity(1) });
-                i
-            }
-        };
-        let col = &mut fam.columns[i];
+        let col = fam.column_mut(qualifier);
         if !masks(col.marker, ts) {
             match col.versions.binary_search_by(|v| ts.cmp(&v.ts)) {
                 Ok(j) => col.versions[j].value = value.to_vec(),
@@ -104,14 +111,7 @@ impl Row {
             // The family marker already covers everything this one would.
             return;
         }
-        let i = match fam.columns.binary_search_by(|c| c.qualifier.as_slice().cmp(qualifier)) {
-            Ok(i) => i,
-            Err(i) => {
-                fam.columns.insert(i, Column { qualifier: qualifier.to_vec(), marker: None, versions: Vec::new() });
-                i
-            }
-        };
-        let col = &mut fam.columns[i];
+        let col = fam.column_mut(qualifier);
         col.marker = Some(col.marker.map_or(ts, |m| m.max(ts)));
         col.versions.retain(|v| v.ts > ts);
     }
