@@ -1,7 +1,7 @@
 //! Benchmarks of the hot pure functions: JSON parse + validate of a ~300-byte message event,
 //! envelope encode + decode, row key encode. Run: `cargo bench -p chatpipe-common`.
 
-use chatpipe_common::event::{parse_body, BodyFormat, ChatEvent, ParseLimits};
+use chatpipe_common::event::{parse_body, parse_body_serde, BodyFormat, ChatEvent, ParseLimits};
 use chatpipe_common::{envelope, row_key};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
@@ -16,6 +16,9 @@ fn benches(c: &mut Criterion) {
     let limits = ParseLimits::default();
     c.bench_function("json_parse_validate_300B", |b| {
         b.iter(|| parse_body(black_box(EVENT.as_bytes()), BodyFormat::Json, limits))
+    });
+    c.bench_function("json_parse_validate_300B_serde_only", |b| {
+        b.iter(|| parse_body_serde(black_box(EVENT.as_bytes()), BodyFormat::Json, limits))
     });
     let input = parse_body(EVENT.as_bytes(), BodyFormat::Json, limits).ok().and_then(|mut v| v.pop());
     let Some(input) = input else { panic!("bench event must be valid") };

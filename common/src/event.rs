@@ -314,9 +314,37 @@ impl Default for ParseLimits {
     }
 }
 
+mod fast;
+
 /// Parses and validates a whole request body. Either every event is valid (`Ok`) or the
 /// errors of all invalid events, capped at `limits.max_errors`, are returned (`Err`).
+///
+/// A body of plain valid events is read by a scanner (`fast`); anything it is not sure
+/// of, and every invalid body, goes through [`parse_body_serde`], so the result is always
+/// the one `parse_body_serde` gives.
 pub fn parse_body(body: &[u8], format: BodyFormat, limits: ParseLimits) -> Result<Vec<EventInput>, Vec<FieldError>> {
+    if let Some(events) = fast_path(body, format, limits) {
+        return Ok(events);
+    }
+    parse_body_serde(body, format, limits)
+}
+
+/// The events of a body the scanner could read and that are all valid.
+fn fast_path(body: &[u8], format: BodyFormat, limits: ParseLimits) -> Option<Vec<EventInput>> {
+    let raws = fast::parse(body, format, limits.max_events)?;
+    if raws.is_empty() {
+        return None;
+    }
+    raws.into_iter().enumerate().map(|(i, raw)| raw.validate(Some(i)).ok()).collect()
+}
+
+/// [`parse_body`] with serde_json alone: the reference the fast path is tested against, and
+/// the path of every body it does not read.
+pub fn parse_body_serde(
+    body: &[u8],
+    format: BodyFormat,
+    limits: ParseLimits,
+) -> Result<Vec<EventInput>, Vec<FieldError>> {
     let items: Vec<(Option<usize>, Result<RawItem<'_>, FieldError>)> = match format {
         BodyFormat::Json => {
             let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
@@ -625,9 +653,16 @@ impl Check {
     }
 
     fn id(&mut self, field: &str, v: &Option<Loose<'_>>, required: bool) -> Option<u64> {
+        self.id_named(|| Cow::Borrowed(field), v, required)
+    }
+
+    /// [`Check::id`] with the field's name made only when there is an error (a mention's
+    /// name is formatted from its position).
+    fn id_named<'f>(&mut self, name: impl Fn() -> Cow<'f, str>, v: &Option<Loose<'_>>, required: bool) -> Option<u64> {
         let Some(v) = Self::present(v) else {
             if required {
-                self.err(field, "missing", format!("{field} is required"));
+                let field = name();
+                self.err(&field, "missing", format!("{field} is required"));
             }
             return None;
         };
@@ -643,12 +678,14 @@ impl Check {
         };
         match parsed {
             Ok(0) => {
-                self.err(field, "out_of_range", format!("{field} must be a positive 64-bit id"));
+                let field = name();
+                self.err(&field, "out_of_range", format!("{field} must be a positive 64-bit id"));
                 None
             }
             Ok(n) => Some(n),
             Err((code, msg)) => {
-                self.err(field, code, format!("{field} {msg}"));
+                let field = name();
+                self.err(&field, code, format!("{field} {msg}"));
                 None
             }
         }
@@ -846,8 +883,7 @@ fn validate_message(c: &mut Check, m: RawMessage<'_>) -> Option<MessageContent> 
         }
         Some(ArrayOr::Array(items)) => {
             for (i, item) in items.into_iter().enumerate() {
-                let field = format!("message.mentions[{i}]");
-                if let Some(id) = c.id(&field, &Some(item), true) {
+                if let Some(id) = c.id_named(|| Cow::Owned(format!("message.mentions[{i}]")), &Some(item), true) {
                     mentions.push(id);
                 }
             }
@@ -1072,6 +1108,158 @@ pub(crate) mod tests {
                     }
                 },
             )
+    }
+
+    /// JSON text of one field value: the plain forms the fast path reads and odd ones it
+    /// leaves to serde.
+    fn arb_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[0-9]{1,21}",
+            4 => "\"[a-z0-9 _.:-]{0,12}\"",
+            2 => prop::sample::select(vec![
+                "\"message\"", "\"edit\"", "\"recall\"", "\"read\"", "\"join\"", "\"leave\"", "\"direct\"",
+                "\"group\"", "\"channel\"", "\"text\"", "\"card\"", "\"2026-01-02T03:04:05.678Z\"",
+            ])
+            .prop_map(str::to_owned),
+            2 => prop::sample::select(vec![
+                "true", "false", "null", "-1", "-0", "1.5", "1e3", "0.0", "0", "00", "01", "18446744073709551615",
+                "18446744073709551616", "\"a\\\"b\"", "\"\\u0041\"", "\"\u{e9}t\u{e9}\"", "\"tab\there\"", "[]",
+                "{}", "[1,2]", "{\"a\":1}", "nul", "tru", "\"\"", "\"unterminated",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn arb_ws() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", "", "", " ", "\n", "\t", "\r\n", "\u{c}"])
+    }
+
+    /// An object of random keys (mostly the right ones, sometimes repeated) and values.
+    fn arb_fields(keys: Vec<&'static str>, value: BoxedStrategy<String>) -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            8 => prop::sample::select(keys).prop_map(|k| format!("\"{k}\"")),
+            1 => prop::sample::select(vec!["\"x\"", "\"Type\"", "\"t\\u0079pe\"", "\"kind\"", "\"\""])
+                .prop_map(str::to_owned),
+        ];
+        prop::collection::vec((key, value, arb_ws(), arb_ws()), 0..12).prop_map(|fields| {
+            let fields: Vec<String> = fields.iter().map(|(k, v, w1, w2)| format!("{w1}{k}{w2}:{w1}{v}{w2}")).collect();
+            format!("{{{}}}", fields.join(","))
+        })
+    }
+
+    fn arb_object() -> impl Strategy<Value = String> {
+        let ids = prop::collection::vec(arb_value(), 0..4).prop_map(|v| format!("[{}]", v.join(",")));
+        let message_value = prop_oneof![4 => arb_value(), 1 => ids].boxed();
+        let message = arb_fields(vec!["kind", "body", "mentions"], message_value);
+        let value = prop_oneof![6 => arb_value(), 1 => message].boxed();
+        arb_fields(
+            vec![
+                "type", "session_id", "session_kind", "sender_id", "recipient_id", "client_msg_id", "sent_at",
+                "message", "target_id", "user_id",
+            ],
+            value,
+        )
+    }
+
+    /// Valid events whose strings need no escape (what the fast path reads).
+    fn arb_plain_input() -> impl Strategy<Value = EventInput> {
+        (arb_input(), "[^\"\\\\\\x00-\\x1f]{0,100}").prop_map(|(mut input, body)| {
+            if let Some(m) = input.message.as_mut() {
+                m.body = body;
+            }
+            input
+        })
+    }
+
+    /// A plain valid event with one change: an odd value in one field (or inside `message`),
+    /// a repeated key, or an unknown key.
+    fn arb_mutated_event() -> impl Strategy<Value = String> {
+        let change = (0..4u8, any::<prop::sample::Index>(), arb_value(), arb_ws());
+        (arb_plain_input(), change).prop_map(|(input, (how, at, value, ws))| {
+            let object = |fields: &[(String, String)]| {
+                let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{ws}\"{k}\"{ws}:{ws}{v}")).collect();
+                format!("{{{}}}", fields.join(","))
+            };
+            let fields_of = |v: serde_json::Value| -> Vec<(String, String)> {
+                v.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.to_string())).collect()
+            };
+            let mut fields = fields_of(serde_json::from_str(&input.to_json()).unwrap());
+            let i = at.index(fields.len());
+            match how {
+                0 => fields[i].1 = value,
+                1 => fields.push(fields[i].clone()),
+                2 => fields.insert(i, ("x".to_owned(), value)),
+                _ => {
+                    if let Some(m) = fields.iter_mut().find(|(k, _)| k == "message") {
+                        let mut inner = fields_of(serde_json::from_str(&m.1).unwrap());
+                        let j = at.index(inner.len());
+                        inner[j].1 = if inner[j].0 == "mentions" { format!("[{value}]") } else { value };
+                        m.1 = object(&inner);
+                    }
+                }
+            }
+            object(&fields)
+        })
+    }
+
+    /// Request bodies: valid events (as producers write them) and random objects, as one
+    /// object, an array or NDJSON lines.
+    fn arb_body() -> impl Strategy<Value = (Vec<u8>, BodyFormat, usize)> {
+        let object = prop_oneof![
+            2 => arb_plain_input().prop_map(|i| i.to_json()),
+            1 => arb_input().prop_map(|i| i.to_json()),
+            2 => arb_mutated_event(),
+            1 => arb_object(),
+        ];
+        (prop::collection::vec(object, 1..4), 0..3u8, arb_ws(), 1..5usize).prop_map(|(objects, form, ws, max)| {
+            match form {
+                0 => (format!("{ws}{}{ws}", objects[0]).into_bytes(), BodyFormat::Json, max),
+                1 => (format!("{ws}[{}]{ws}", objects.join(&format!("{ws},"))).into_bytes(), BodyFormat::Json, max),
+                _ => (objects.join(&format!("{ws}\n")).into_bytes(), BodyFormat::Ndjson, max),
+            }
+        })
+    }
+
+    #[test]
+    fn fast_path_reads_plain_events() {
+        let bodies = [
+            r#"{"type":"message","session_id":"1234567890123456789","session_kind":"group","sender_id":987654321,"client_msg_id":"c-1","sent_at":"2026-11-21T10:15:30.123Z","message":{"kind":"text","body":"see you at five","mentions":["42",43]}}"#,
+            r#"[ {"type": "join", "session_id": 1, "session_kind": "group", "sender_id": 2, "user_id": 2, "sent_at": 1790000000000},
+                {"type":"read","session_id":1,"session_kind":"group","sender_id":2,"target_id":"9","message":null} ]"#,
+        ];
+        for body in bodies {
+            let fast = fast_path(body.as_bytes(), BodyFormat::Json, ParseLimits::default());
+            assert!(fast.is_some(), "the fast path should read {body}");
+            assert_eq!(fast.ok_or(()), parse_body_serde(body.as_bytes(), BodyFormat::Json, ParseLimits::default()).map_err(|_| ()));
+        }
+        let escaped = br#"{"type":"join","session_id":1,"session_kind":"group","sender_id":2,"user_id":2,"client_msg_id":"a"b"}"#;
+        assert!(fast_path(escaped, BodyFormat::Json, ParseLimits::default()).is_none(), "escapes go to serde");
+        let unknown = br#"{"type":"join","session_id":1,"session_kind":"group","sender_id":2,"user_id":2,"extra":1}"#;
+        assert!(fast_path(unknown, BodyFormat::Json, ParseLimits::default()).is_none(), "unknown keys go to serde");
+        assert!(parse_body(unknown, BodyFormat::Json, ParseLimits::default()).is_ok(), "and serde ignores them");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn fast_path_agrees_with_serde((body, format, max_events) in arb_body()) {
+            let limits = ParseLimits { max_events, max_errors: 100 };
+            let serde = parse_body_serde(&body, format, limits);
+            if let Some(fast) = fast_path(&body, format, limits) {
+                prop_assert_eq!(Ok(fast), serde.clone(), "{}", String::from_utf8_lossy(&body));
+            }
+            prop_assert_eq!(parse_body(&body, format, limits), serde);
+        }
+
+        #[test]
+        fn fast_path_reads_every_plain_valid_event(
+            input in arb_plain_input(),
+            ws in prop::sample::select(vec!["", " ", "\n", "\t", "\r\n"]),
+        ) {
+            let body = format!("[{ws}{}{ws}]", input.to_json());
+            let fast = fast_path(body.as_bytes(), BodyFormat::Json, ParseLimits::default());
+            prop_assert_eq!(fast, Some(vec![input]));
+        }
     }
 
     proptest! {

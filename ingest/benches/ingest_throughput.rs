@@ -11,7 +11,8 @@
 //! Run: `cargo bench -p chatpipe-ingest --bench ingest_throughput`. Knobs (env):
 //! `BENCH_EVENTS` (events per throughput round, default 200000), `BENCH_ROUNDS` (3),
 //! `BENCH_CONCURRENCY` (HTTP requests in flight, 64), `BENCH_LATENCY_SECS` (20),
-//! `BENCH_LINGER_MS` (5). No assertions: numbers are printed, not judged.
+//! `BENCH_LINGER_MS` (5), `BENCH_ONLY` (`raw` or `http`: one path, for profiling). No assertions: numbers
+//! are printed, not judged.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -121,6 +122,34 @@ async fn http_round(client: &reqwest::Client, url: &str, bodies: Arc<Vec<String>
     events as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A server that only reads each request's body and answers 202 with a body the size of
+/// ingest's answer to a batch of 100: what HTTP alone costs on this machine, client
+/// included, before any event is parsed or produced.
+async fn http_floor_server() -> String {
+    use axum::routing::post;
+    let answer: &'static str = Box::leak(
+        format!(
+            "{{\"results\":[{}]}}",
+            (0..100)
+                .map(|i| format!("{{\"index\":{i},\"message_id\":\"1234567890123456789\",\"status\":\"accepted\"}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .into_boxed_str(),
+    );
+    let app = axum::Router::new().route(
+        "/v1/events",
+        post(move |body: axum::body::Bytes| async move {
+            std::hint::black_box(body);
+            (axum::http::StatusCode::ACCEPTED, [("content-type", "application/json")], answer)
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -167,6 +196,7 @@ fn main() {
     let concurrency = env("BENCH_CONCURRENCY", 64) as usize;
     let latency_secs = env("BENCH_LATENCY_SECS", 20);
     let linger = Duration::from_millis(env("BENCH_LINGER_MS", 5));
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let broker = TestBroker::start();
@@ -202,10 +232,20 @@ fn main() {
         let _ = http_round(&client, &url, Arc::new(bodies[..20.min(bodies.len())].to_vec()), concurrency).await;
         let _ = raw_round(&raw, "bench.raw", &payloads[..2000.min(payloads.len())]).await;
         let (mut raw_rates, mut http_rates) = (Vec::new(), Vec::new());
+        let floor_url = http_floor_server().await;
         for round in 1..=rounds {
-            let r = raw_round(&raw, "bench.raw", &payloads).await;
-            let h = http_round(&client, &url, bodies.clone(), concurrency).await;
-            println!("round {round}: raw producer {r:>9.0} ev/s | HTTP ingest {h:>9.0} ev/s | ratio {:.2}", h / r);
+            let r = if only.is_empty() || only == "raw" { raw_round(&raw, "bench.raw", &payloads).await } else { f64::NAN };
+            let h = if only.is_empty() || only == "http" { http_round(&client, &url, bodies.clone(), concurrency).await } else { f64::NAN };
+            let f = if only.is_empty() || only == "floor" {
+                http_round(&client, &floor_url, bodies.clone(), concurrency).await
+            } else {
+                f64::NAN
+            };
+            println!(
+                "round {round}: raw producer {r:>9.0} ev/s | HTTP ingest {h:>9.0} ev/s | ratio {:.2} | HTTP alone \
+                 (no parsing, no Kafka) {f:>9.0} ev/s",
+                h / r
+            );
             raw_rates.push(r);
             http_rates.push(h);
         }
