@@ -110,10 +110,25 @@ impl<C: Clock> Snowflake<C> {
 
     /// The next id.
     pub fn next_id(&self) -> Result<u64, SnowflakeError> {
+        let mut id = 0;
+        self.issue(1, |next| id = next)?;
+        Ok(id)
+    }
+
+    /// `n` ids at once, appended to `out` in increasing order: one lock for all, and one
+    /// clock reading per millisecond they span (a request's events are numbered together).
+    pub fn next_ids(&self, n: usize, out: &mut Vec<u64>) -> Result<(), SnowflakeError> {
+        out.reserve(n);
+        self.issue(n, |id| out.push(id))
+    }
+
+    /// Issues `n` ids to `sink`. On an error, the ids issued so far stay used.
+    fn issue(&self, n: usize, mut sink: impl FnMut(u64)) -> Result<(), SnowflakeError> {
         // A std Mutex: the critical section is a few instructions, except while waiting
         // out the clock, when every caller must wait anyway.
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
+        let mut left = n as u64;
+        while left > 0 {
             let now = self.clock.now_ms() - EPOCH_MS;
             if !(0..=MAX_TIME).contains(&now) {
                 return Err(SnowflakeError::OutOfRange(now + EPOCH_MS));
@@ -126,19 +141,25 @@ impl<C: Clock> Snowflake<C> {
                 self.clock.sleep(Duration::from_millis(behind.unsigned_abs().min(5)));
                 continue;
             }
-            if now == st.last_ms {
+            let first = if now == st.last_ms {
                 if st.sequence >= MAX_SEQUENCE {
                     // 4096 ids in this millisecond: wait for the next one.
                     self.clock.sleep(Duration::from_micros(100));
                     continue;
                 }
-                st.sequence += 1;
+                st.sequence + 1
             } else {
-                st.last_ms = now;
-                st.sequence = 0;
+                0
+            };
+            let last = (first + left - 1).min(MAX_SEQUENCE);
+            for seq in first..=last {
+                sink(compose(now as u64, self.worker, seq));
             }
-            return Ok(compose(now as u64, self.worker, st.sequence));
+            left -= last - first + 1;
+            st.last_ms = now;
+            st.sequence = last;
         }
+        Ok(())
     }
 }
 
@@ -255,6 +276,50 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(timestamp_ms(ids[4095]), EPOCH_MS + 1);
         assert_eq!(timestamp_ms(ids[4096]), EPOCH_MS + 2);
+    }
+
+    #[test]
+    fn batches_continue_the_sequence_and_span_milliseconds() {
+        let clock = Arc::new(StepClock::default());
+        clock.now.store(EPOCH_MS + 1, Ordering::SeqCst);
+        let gen = Snowflake::with_clock(3, Duration::ZERO, clock.clone()).unwrap();
+        let mut ids = vec![gen.next_id().unwrap()];
+        gen.next_ids(4000, &mut ids).unwrap();
+        ids.push(gen.next_id().unwrap());
+        gen.next_ids(1000, &mut ids).unwrap();
+        assert_eq!(ids.len(), 5002);
+        assert!(ids.windows(2).all(|w| w[0] + 1 == w[1] || timestamp_ms(w[1]) > timestamp_ms(w[0])));
+        assert!(ids.iter().all(|id| worker_of(*id) == 3));
+        assert_eq!(timestamp_ms(ids[4095]), EPOCH_MS + 1, "a millisecond holds 4096 ids");
+        assert_eq!(timestamp_ms(ids[4096]), EPOCH_MS + 2);
+        assert_eq!(ids[4096] & MAX_SEQUENCE, 0);
+        assert_eq!(clock.sleeps.load(Ordering::SeqCst), 1);
+        gen.next_ids(0, &mut ids).unwrap();
+        assert_eq!(ids.len(), 5002);
+    }
+
+    #[test]
+    fn batches_from_four_threads_are_distinct() {
+        let gen = Arc::new(Snowflake::new(9, Duration::from_millis(100)).unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let gen = gen.clone();
+                std::thread::spawn(move || {
+                    let mut ids = Vec::new();
+                    for _ in 0..2_500 {
+                        gen.next_ids(100, &mut ids).unwrap();
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut all = HashSet::new();
+        for h in handles {
+            let ids = h.join().unwrap();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids must increase within a thread");
+            assert!(ids.into_iter().all(|id| all.insert(id)), "duplicate id");
+        }
+        assert_eq!(all.len(), 1_000_000);
     }
 
     #[test]

@@ -57,8 +57,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[derive(Debug, Serialize)]
 pub(crate) struct EventResult {
     index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<String>,
+    /// A decimal string (64-bit ids exceed JavaScript's precision), written without an
+    /// intermediate `String`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_id")]
+    message_id: Option<u64>,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
@@ -66,6 +68,13 @@ pub(crate) struct EventResult {
     message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retriable: Option<bool>,
+}
+
+fn ser_opt_id<S: serde::Serializer>(id: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(itoa::Buffer::new().format(*id)),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Serialize)]
@@ -331,15 +340,17 @@ async fn handle(state: &AppState, request: Request) -> Result<Accepted, Rejectio
     drop(bytes);
 
     let ingested_at = chrono::Utc::now().timestamp_millis();
-    let mut events: Vec<ChatEvent> = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let id = state.ids.next_id().map_err(|e| {
-            state.metrics.error(crate::metrics::kind::CLOCK);
-            tracing::warn!(error = %e, "snowflake generator refused; answering 503");
-            Rejection::Clock(e.to_string())
-        })?;
-        events.push(ChatEvent::from_input(input, id, ingested_at, state.max_skew_ms));
-    }
+    let mut ids = Vec::with_capacity(inputs.len());
+    state.ids.next_ids(inputs.len(), &mut ids).map_err(|e| {
+        state.metrics.error(crate::metrics::kind::CLOCK);
+        tracing::warn!(error = %e, "snowflake generator refused; answering 503");
+        Rejection::Clock(e.to_string())
+    })?;
+    let events: Vec<ChatEvent> = inputs
+        .into_iter()
+        .zip(ids)
+        .map(|(input, id)| ChatEvent::from_input(input, id, ingested_at, state.max_skew_ms))
+        .collect();
 
     let deliveries = state.producer.publish(&events).await;
     let all_accepted = deliveries.iter().all(|d| matches!(d, Delivery::Accepted { .. }));
@@ -350,7 +361,7 @@ async fn handle(state: &AppState, request: Request) -> Result<Accepted, Rejectio
         .map(|(index, (ev, d))| match d {
             Delivery::Accepted { .. } => EventResult {
                 index,
-                message_id: Some(ev.message_id.to_string()),
+                message_id: Some(ev.message_id),
                 status: "accepted",
                 code: None,
                 message: None,

@@ -24,8 +24,8 @@
 //! broker answers. A failed delivery marks it not ready at once; the next good probe or
 //! acknowledged delivery marks it ready again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chatpipe_common::envelope;
@@ -35,9 +35,11 @@ use chatpipe_common::kafka::{ensure_topics, KafkaArgs, TopicSpec};
 use rdkafka::config::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{kind, outcome, IngestMetrics};
@@ -189,12 +191,82 @@ impl ClientContext for IngestContext {
     }
 }
 
+/// Delivery reports go straight into the request's [`Deliveries`] (no channel and no future
+/// per event).
+impl ProducerContext for IngestContext {
+    type DeliveryOpaque = Box<Slot>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, mut slot: Box<Slot>) {
+        slot.report(match result {
+            Ok(message) => Delivery::Accepted { partition: message.partition(), offset: message.offset() },
+            Err((error, _)) => Delivery::Failed(Failure::from_kafka(error)),
+        });
+    }
+}
+
+/// The statuses of one request's events, filled in by the producer's polling thread.
+struct Deliveries {
+    statuses: Mutex<Vec<Option<Delivery>>>,
+    /// Events without a status yet.
+    remaining: AtomicUsize,
+    /// Signalled when `remaining` reaches 0 (the permit is kept if nobody waits yet).
+    done: Notify,
+}
+
+impl Deliveries {
+    fn new(events: usize) -> Arc<Self> {
+        Arc::new(Deliveries {
+            statuses: Mutex::new(vec![None; events]),
+            remaining: AtomicUsize::new(events),
+            done: Notify::new(),
+        })
+    }
+
+    /// Records event `index`'s status; called once per event.
+    fn set(&self, index: usize, status: Delivery) {
+        if let Some(s) = self.statuses.lock().unwrap_or_else(|p| p.into_inner()).get_mut(index) {
+            *s = Some(status);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    /// The statuses; `None` for events not reported yet.
+    fn take(&self) -> Vec<Option<Delivery>> {
+        std::mem::take(&mut *self.statuses.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One enqueued event: reports its status exactly once, from its delivery report or, should
+/// librdkafka drop it unreported, as `producer_closed` when dropped.
+pub(crate) struct Slot {
+    deliveries: Arc<Deliveries>,
+    index: usize,
+    reported: bool,
+}
+
+impl Slot {
+    fn report(&mut self, status: Delivery) {
+        if !self.reported {
+            self.reported = true;
+            self.deliveries.set(self.index, status);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.report(Delivery::Failed(Failure::new("producer_closed", "the producer was closed", true)));
+    }
+}
+
 /// The librdkafka producer in use and its generation (incremented by each replacement).
 struct Current {
     generation: u64,
     /// In an `Arc` so that the replaced producer can be destroyed (which blocks: it purges
     /// and joins threads) on a blocking thread once no request holds it any more.
-    producer: Arc<FutureProducer<IngestContext>>,
+    producer: Arc<ThreadedProducer<IngestContext>>,
 }
 
 /// The producer of `chat.events`.
@@ -274,7 +346,7 @@ impl EventProducer {
     }
 
     /// The producer in use.
-    fn current(&self) -> (u64, Arc<FutureProducer<IngestContext>>) {
+    fn current(&self) -> (u64, Arc<ThreadedProducer<IngestContext>>) {
         let c = self.current.read().unwrap_or_else(|p| p.into_inner());
         (c.generation, c.producer.clone())
     }
@@ -287,7 +359,7 @@ impl EventProducer {
             if c.generation != generation {
                 return;
             }
-            match self.client_config.create_with_context::<_, FutureProducer<IngestContext>>(self.context.clone()) {
+            match self.client_config.create_with_context::<_, ThreadedProducer<IngestContext>>(self.context.clone()) {
                 Ok(new) => {
                     c.generation += 1;
                     std::mem::replace(&mut c.producer, Arc::new(new))
@@ -328,27 +400,25 @@ impl EventProducer {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.produce_timeout;
         let (generation, producer) = self.current();
-        let mut statuses: Vec<Option<Delivery>> = vec![None; events.len()];
-        let mut pending = Vec::with_capacity(events.len());
+        let deliveries = Deliveries::new(events.len());
         let mut gave_up: Option<Failure> = None;
         let mut payload = Vec::with_capacity(512);
         for (i, ev) in events.iter().enumerate() {
             if let Some(f) = &gave_up {
-                statuses[i] = Some(Delivery::Failed(f.clone()));
+                deliveries.set(i, Delivery::Failed(f.clone()));
                 continue;
             }
             if let Err(e) = envelope::encode_into(ev, &mut payload) {
-                statuses[i] = Some(Delivery::Failed(Failure::new("encode", e.to_string(), false)));
+                deliveries.set(i, Delivery::Failed(Failure::new("encode", e.to_string(), false)));
                 continue;
             }
-            let key = ev.session_id.to_string();
-            let mut record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            let mut key = itoa::Buffer::new();
+            let key = key.format(ev.session_id);
+            let slot = Box::new(Slot { deliveries: deliveries.clone(), index: i, reported: false });
+            let mut record = BaseRecord::with_opaque_to(&self.topic, slot).key(key).payload(&payload);
             loop {
-                match producer.send_result(record) {
-                    Ok(fut) => {
-                        pending.push((i, fut));
-                        break;
-                    }
+                match producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         if tokio::time::Instant::now() >= deadline {
                             // Nothing later in the request is enqueued either: a retry then
@@ -358,55 +428,43 @@ impl EventProducer {
                                 "the producer queue stayed full for the produce timeout",
                                 true,
                             );
-                            statuses[i] = Some(Delivery::Failed(f.clone()));
+                            let mut slot = back.delivery_opaque;
+                            slot.report(Delivery::Failed(f.clone()));
                             gave_up = Some(f);
                             break;
                         }
                         record = back;
                         tokio::time::sleep(QUEUE_FULL_PAUSE).await;
                     }
-                    Err((e, _)) => {
-                        statuses[i] = Some(Delivery::Failed(Failure::from_kafka(&e)));
+                    Err((e, back)) => {
+                        let mut slot = back.delivery_opaque;
+                        slot.report(Delivery::Failed(Failure::from_kafka(&e)));
                         break;
                     }
                 }
             }
         }
-        // One timer for the whole request (not one per event): after it fires, reports that
-        // are already in are still taken, the rest are timeouts.
-        let timer = tokio::time::sleep_until(deadline);
-        tokio::pin!(timer);
-        let mut timed_out = false;
-        for (i, mut fut) in pending {
-            let report = if timed_out {
-                poll_once(&mut fut)
-            } else {
-                tokio::select! {
-                    biased;
-                    r = &mut fut => Some(r),
-                    () = &mut timer => {
-                        timed_out = true;
-                        poll_once(&mut fut)
-                    }
-                }
-            };
-            let status = match report {
-                Some(Ok(Ok(d))) => Delivery::Accepted { partition: d.partition, offset: d.offset },
-                Some(Ok(Err((e, _)))) => Delivery::Failed(Failure::from_kafka(&e)),
-                Some(Err(_canceled)) => {
-                    Delivery::Failed(Failure::new("producer_closed", "the producer was closed", true))
-                }
-                None => Delivery::Failed(Failure::new(
-                    "timeout",
-                    "no acknowledgement from Kafka within the produce timeout",
-                    true,
-                )),
-            };
-            statuses[i] = Some(status);
+        // One wait for the whole request; what has not been reported by the deadline is a
+        // timeout (a report arriving later changes nothing).
+        if deliveries.remaining.load(Ordering::Acquire) > 0 {
+            tokio::select! {
+                biased;
+                () = deliveries.done.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
         }
+        let statuses = deliveries.take();
         let statuses: Vec<Delivery> = statuses
             .into_iter()
-            .map(|s| s.unwrap_or_else(|| Delivery::Failed(Failure::new("internal", "no status", true))))
+            .map(|s| {
+                s.unwrap_or_else(|| {
+                    Delivery::Failed(Failure::new(
+                        "timeout",
+                        "no acknowledgement from Kafka within the produce timeout",
+                        true,
+                    ))
+                })
+            })
             .collect();
         let mut accepted = 0u64;
         let mut failed = 0u64;
@@ -549,16 +607,6 @@ impl EventProducer {
     pub(crate) fn mark_stopping(&self) {
         self.readiness.broker.store(false, Ordering::Release);
         self.readiness.publish(&self.health);
-    }
-}
-
-/// Polls a future once: its output if it is ready.
-fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    match std::pin::Pin::new(fut).poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
     }
 }
 
