@@ -20,6 +20,10 @@ fn benches(c: &mut Criterion) {
     c.bench_function("json_parse_validate_300B_serde_only", |b| {
         b.iter(|| parse_body_serde(black_box(EVENT.as_bytes()), BodyFormat::Json, limits))
     });
+    let batch = format!("[{}]", [EVENT; 100].join(","));
+    c.bench_function("json_parse_validate_batch_of_100", |b| {
+        b.iter(|| parse_body(black_box(batch.as_bytes()), BodyFormat::Json, limits))
+    });
     let input = parse_body(EVENT.as_bytes(), BodyFormat::Json, limits).ok().and_then(|mut v| v.pop());
     let Some(input) = input else { panic!("bench event must be valid") };
     let event = ChatEvent::from_input(input, 123_456_789_012_345, 1_790_000_000_000, 60_000);

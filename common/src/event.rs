@@ -331,11 +331,8 @@ pub fn parse_body(body: &[u8], format: BodyFormat, limits: ParseLimits) -> Resul
 
 /// The events of a body the scanner could read and that are all valid.
 fn fast_path(body: &[u8], format: BodyFormat, limits: ParseLimits) -> Option<Vec<EventInput>> {
-    let raws = fast::parse(body, format, limits.max_events)?;
-    if raws.is_empty() {
-        return None;
-    }
-    raws.into_iter().enumerate().map(|(i, raw)| raw.validate(Some(i)).ok()).collect()
+    let events = fast::parse(body, format, limits.max_events, |i, raw| raw.validate(Some(i)).ok())?;
+    (!events.is_empty()).then_some(events)
 }
 
 /// [`parse_body`] with serde_json alone: the reference the fast path is tested against, and
