@@ -1151,8 +1151,16 @@ pub(crate) mod tests {
         let value = prop_oneof![6 => arb_value(), 1 => message].boxed();
         arb_fields(
             vec![
-                "type", "session_id", "session_kind", "sender_id", "recipient_id", "client_msg_id", "sent_at",
-                "message", "target_id", "user_id",
+                "type",
+                "session_id",
+                "session_kind",
+                "sender_id",
+                "recipient_id",
+                "client_msg_id",
+                "sent_at",
+                "message",
+                "target_id",
+                "user_id",
             ],
             value,
         )
@@ -1227,9 +1235,13 @@ pub(crate) mod tests {
         for body in bodies {
             let fast = fast_path(body.as_bytes(), BodyFormat::Json, ParseLimits::default());
             assert!(fast.is_some(), "the fast path should read {body}");
-            assert_eq!(fast.ok_or(()), parse_body_serde(body.as_bytes(), BodyFormat::Json, ParseLimits::default()).map_err(|_| ()));
+            assert_eq!(
+                fast.ok_or(()),
+                parse_body_serde(body.as_bytes(), BodyFormat::Json, ParseLimits::default()).map_err(|_| ())
+            );
         }
-        let escaped = br#"{"type":"join","session_id":1,"session_kind":"group","sender_id":2,"user_id":2,"client_msg_id":"a"b"}"#;
+        let escaped =
+            br#"{"type":"join","session_id":1,"session_kind":"group","sender_id":2,"user_id":2,"client_msg_id":"a"b"}"#;
         assert!(fast_path(escaped, BodyFormat::Json, ParseLimits::default()).is_none(), "escapes go to serde");
         let unknown = br#"{"type":"join","session_id":1,"session_kind":"group","sender_id":2,"user_id":2,"extra":1}"#;
         assert!(fast_path(unknown, BodyFormat::Json, ParseLimits::default()).is_none(), "unknown keys go to serde");

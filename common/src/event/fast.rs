@@ -288,7 +288,8 @@ fn special_byte(s: &[u8]) -> Option<usize> {
     for chunk in chunks.by_ref() {
         let Ok(bytes) = <[u8; 8]>::try_from(chunk) else { break };
         let w = u64::from_le_bytes(bytes);
-        let marks = (below(w ^ (ONES * u64::from(b'"')), 1) | below(w ^ (ONES * u64::from(b'\\')), 1) | below(w, 0x20)) & HIGH;
+        let marks =
+            (below(w ^ (ONES * u64::from(b'"')), 1) | below(w ^ (ONES * u64::from(b'\\')), 1) | below(w, 0x20)) & HIGH;
         if marks != 0 {
             return Some(at + marks.trailing_zeros() as usize / 8);
         }
