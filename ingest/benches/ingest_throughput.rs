@@ -152,6 +152,26 @@ async fn http_floor_server() -> String {
     url
 }
 
+/// CPU seconds (user + system) a process has used so far, from `/proc` (0 where there is
+/// none).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces):
+    // utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: f64 = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
+    ticks / 100.0 // USER_HZ
+}
+
+/// Runs one round and returns its events/s and the CPU microseconds per event spent by
+/// this process and by the broker.
+async fn measured<F: std::future::Future<Output = f64>>(events: u64, broker_pid: &str, round: F) -> [f64; 3] {
+    let (me0, broker0) = (cpu_seconds("self"), cpu_seconds(broker_pid));
+    let rate = round.await;
+    let per_event = |s: f64| s * 1e6 / events as f64;
+    [rate, per_event(cpu_seconds("self") - me0), per_event(cpu_seconds(broker_pid) - broker0)]
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -238,24 +258,38 @@ fn main() {
         let _ = raw_round(&raw, "bench.raw", &payloads[..warm * 100]).await;
         let (mut raw_rates, mut http_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let floor_url = http_floor_server().await;
+        let broker_pid = broker.pid().map(|p| p.to_string()).unwrap_or_default();
+        let skip = [f64::NAN; 3];
+        let (mut raw_cpu, mut http_cpu, mut floor_cpu) = ([0.0; 2], [0.0; 2], [0.0; 2]);
         for round in 1..=rounds {
-            let r =
-                if only.is_empty() || only == "raw" { raw_round(&raw, "bench.raw", &payloads).await } else { f64::NAN };
-            let h = if only.is_empty() || only == "http" {
-                http_round(&client, &url, bodies.clone(), concurrency).await
+            let [r, r_me, r_broker] = if only.is_empty() || only == "raw" {
+                measured(events, &broker_pid, raw_round(&raw, "bench.raw", &payloads)).await
             } else {
-                f64::NAN
+                skip
             };
-            let f = if only.is_empty() || only == "floor" {
-                http_round(&client, &floor_url, bodies.clone(), concurrency).await
+            let [h, h_me, h_broker] = if only.is_empty() || only == "http" {
+                measured(events, &broker_pid, http_round(&client, &url, bodies.clone(), concurrency)).await
             } else {
-                f64::NAN
+                skip
+            };
+            let [f, f_me, _] = if only.is_empty() || only == "floor" {
+                measured(events, &broker_pid, http_round(&client, &floor_url, bodies.clone(), concurrency)).await
+            } else {
+                skip
             };
             println!(
-                "round {round}: raw producer {r:>9.0} ev/s | HTTP ingest {h:>9.0} ev/s | ratio {:.2} | HTTP alone \
-                 (no parsing, no Kafka) {f:>9.0} ev/s",
+                "round {round}: raw producer {r:>7.0} ev/s | HTTP ingest {h:>7.0} ev/s | ratio {:.2} | HTTP alone \
+                 (no parsing, no Kafka) {f:>7.0} ev/s",
                 h / r
             );
+            println!(
+                "         CPU us/event (this process + broker): raw {r_me:.2} + {r_broker:.2} | HTTP {h_me:.2} + \
+                 {h_broker:.2} | HTTP alone {f_me:.2}"
+            );
+            for (sum, v) in [(&mut raw_cpu, [r_me, r_broker]), (&mut http_cpu, [h_me, h_broker]), (&mut floor_cpu, [f_me, 0.0])] {
+                sum[0] += v[0] / rounds as f64;
+                sum[1] += v[1] / rounds as f64;
+            }
             raw_rates.push(r);
             http_rates.push(h);
             ratios.push(h / r);
@@ -270,6 +304,17 @@ fn main() {
              rounds' ratios {:.2} (target >= 0.85)",
             h / r,
             median(&ratios)
+        );
+        let (raw_total, http_total) = (raw_cpu[0] + raw_cpu[1], http_cpu[0] + http_cpu[1]);
+        println!(
+            "mean CPU us/event: raw {raw_total:.2} ({:.2} + broker {:.2}), HTTP {http_total:.2} ({:.2} + broker {:.2}), \
+             of which HTTP alone {:.2}; raw/HTTP CPU {:.2}",
+            raw_cpu[0],
+            raw_cpu[1],
+            http_cpu[0],
+            http_cpu[1],
+            floor_cpu[0],
+            raw_total / http_total
         );
 
         // Where the HTTP path's extra CPU goes: the per-event work ingest does that the raw
