@@ -27,8 +27,11 @@ use chatpipe_common::kafka::TopicSpec;
 use chatpipe_ingest::Config;
 use chatpipe_tests::TestBroker;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 
 // the allocator of the chatpipe binary, so the numbers are the product's
 #[global_allocator]
@@ -87,6 +90,54 @@ async fn raw_round(producer: &FutureProducer, topic: &str, payloads: &[(String, 
     }
     for f in pending {
         f.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    payloads.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Counts delivery reports: the raw loop's second form, with the delivery callbacks ingest
+/// itself uses instead of a future per message.
+#[derive(Clone, Default)]
+struct Counting {
+    acked: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let counter = if result.is_ok() { &self.acked } else { &self.failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn raw_round_callbacks(
+    producer: &ThreadedProducer<Counting>,
+    topic: &str,
+    payloads: &[(String, Vec<u8>)],
+) -> f64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let started = Instant::now();
+    let context = producer.context();
+    let target = context.acked.load(Relaxed) + payloads.len() as u64;
+    for (key, value) in payloads {
+        let mut record = BaseRecord::to(topic).key(key.as_str()).payload(value.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => panic!("raw produce failed: {e}"),
+            }
+        }
+    }
+    while context.acked.load(Relaxed) < target {
+        assert_eq!(context.failed.load(Relaxed), 0, "raw deliveries failed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     payloads.len() as f64 / started.elapsed().as_secs_f64()
 }
@@ -247,6 +298,11 @@ fn main() {
         let avg_value = payloads.iter().map(|p| p.1.len()).sum::<usize>() / payloads.len();
         let raw: FutureProducer =
             broker.kafka_args().producer_config("bench-raw", linger.as_millis() as u64).create().unwrap();
+        let raw_cb: ThreadedProducer<Counting> = broker
+            .kafka_args()
+            .producer_config("bench-raw-cb", linger.as_millis() as u64)
+            .create_with_context(Counting::default())
+            .unwrap();
 
         println!("ingest benchmark: tansu (memory) on loopback, linger {linger:?}, {events} events per round");
         println!("event: {avg_json} B of JSON, {avg_value} B envelope; HTTP: batches of 100, {concurrency} in flight");
@@ -256,11 +312,12 @@ fn main() {
         let warm = (bodies.len() / 10).max(1);
         let _ = http_round(&client, &url, Arc::new(bodies[..warm].to_vec()), concurrency).await;
         let _ = raw_round(&raw, "bench.raw", &payloads[..warm * 100]).await;
+        let _ = raw_round_callbacks(&raw_cb, "bench.raw", &payloads[..warm * 100]).await;
         let (mut raw_rates, mut http_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let floor_url = http_floor_server().await;
         let broker_pid = broker.pid().map(|p| p.to_string()).unwrap_or_default();
         let skip = [f64::NAN; 3];
-        let (mut raw_cpu, mut http_cpu, mut floor_cpu) = ([0.0; 2], [0.0; 2], [0.0; 2]);
+        let (mut raw_cpu, mut http_cpu, mut cb_cpu, mut floor_cpu) = ([0.0; 2], [0.0; 2], [0.0; 2], [0.0; 2]);
         for round in 1..=rounds {
             let [r, r_me, r_broker] = if only.is_empty() || only == "raw" {
                 measured(events, &broker_pid, raw_round(&raw, "bench.raw", &payloads)).await
@@ -272,21 +329,31 @@ fn main() {
             } else {
                 skip
             };
+            let [c, c_me, c_broker] = if only.is_empty() || only == "raw" {
+                measured(events, &broker_pid, raw_round_callbacks(&raw_cb, "bench.raw", &payloads)).await
+            } else {
+                skip
+            };
             let [f, f_me, _] = if only.is_empty() || only == "floor" {
                 measured(events, &broker_pid, http_round(&client, &floor_url, bodies.clone(), concurrency)).await
             } else {
                 skip
             };
             println!(
-                "round {round}: raw producer {r:>7.0} ev/s | HTTP ingest {h:>7.0} ev/s | ratio {:.2} | HTTP alone \
-                 (no parsing, no Kafka) {f:>7.0} ev/s",
+                "round {round}: raw producer {r:>7.0} ev/s | HTTP ingest {h:>7.0} ev/s | ratio {:.2} | raw with \
+                 callbacks {c:>7.0} ev/s | HTTP alone (no parsing, no Kafka) {f:>7.0} ev/s",
                 h / r
             );
             println!(
                 "         CPU us/event (this process + broker): raw {r_me:.2} + {r_broker:.2} | HTTP {h_me:.2} + \
-                 {h_broker:.2} | HTTP alone {f_me:.2}"
+                 {h_broker:.2} | raw with callbacks {c_me:.2} + {c_broker:.2} | HTTP alone {f_me:.2}"
             );
-            for (sum, v) in [(&mut raw_cpu, [r_me, r_broker]), (&mut http_cpu, [h_me, h_broker]), (&mut floor_cpu, [f_me, 0.0])] {
+            for (sum, v) in [
+                (&mut raw_cpu, [r_me, r_broker]),
+                (&mut http_cpu, [h_me, h_broker]),
+                (&mut cb_cpu, [c_me, c_broker]),
+                (&mut floor_cpu, [f_me, 0.0]),
+            ] {
                 sum[0] += v[0] / rounds as f64;
                 sum[1] += v[1] / rounds as f64;
             }
@@ -308,13 +375,16 @@ fn main() {
         let (raw_total, http_total) = (raw_cpu[0] + raw_cpu[1], http_cpu[0] + http_cpu[1]);
         println!(
             "mean CPU us/event: raw {raw_total:.2} ({:.2} + broker {:.2}), HTTP {http_total:.2} ({:.2} + broker {:.2}), \
-             of which HTTP alone {:.2}; raw/HTTP CPU {:.2}",
+             of which HTTP alone {:.2}; raw/HTTP CPU {:.2}; raw with callbacks {:.2} ({:.2} + broker {:.2})",
             raw_cpu[0],
             raw_cpu[1],
             http_cpu[0],
             http_cpu[1],
             floor_cpu[0],
-            raw_total / http_total
+            raw_total / http_total,
+            cb_cpu[0] + cb_cpu[1],
+            cb_cpu[0],
+            cb_cpu[1],
         );
 
         // Where the HTTP path's extra CPU goes: the per-event work ingest does that the raw
