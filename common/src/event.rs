@@ -4,7 +4,9 @@
 //! [`EventInput`]s or a list of [`FieldError`]s naming the array index, the field path and a
 //! machine-readable code. Parsing is two-step: a lenient serde pass that accepts any JSON type
 //! for every field (so a wrong type is reported by field name, not as a serde message), then
-//! validation. Nothing here panics on input.
+//! validation. A body of plain valid events is first tried by a faster scanner (`fast`),
+//! which builds the same raw events and answers "not sure" for anything else; the result is
+//! always the serde pass's. Nothing here panics on input.
 //!
 //! [`ChatEvent`] is what ingest publishes on `chat.events`: the validated input plus the
 //! snowflake `message_id` and `ingested_at` it assigned.
