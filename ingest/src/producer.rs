@@ -618,6 +618,35 @@ fn duration_ms(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn every_event_gets_one_status_and_the_request_is_woken_once_all_are_in() {
+        let deliveries = Deliveries::new(3);
+        let slot = |index| Box::new(Slot { deliveries: deliveries.clone(), index, reported: false });
+        let (mut acked, unreported) = (slot(0), slot(1));
+        acked.report(Delivery::Accepted { partition: 2, offset: 7 });
+        acked.report(Delivery::Failed(Failure::new("rejected", "a second report", false)));
+        drop(acked);
+        drop(unreported); // dropped by librdkafka without a report
+        assert_eq!(deliveries.remaining.load(Ordering::Acquire), 1);
+        deliveries.set(2, Delivery::Failed(Failure::new("encode", "bad", false)));
+        // the permit is kept although nobody was waiting yet
+        tokio::time::timeout(Duration::from_secs(1), deliveries.done.notified()).await.unwrap();
+        let statuses = deliveries.take();
+        assert_eq!(statuses[0], Some(Delivery::Accepted { partition: 2, offset: 7 }));
+        assert!(matches!(&statuses[1], Some(Delivery::Failed(f)) if f.code == "producer_closed"));
+        assert!(matches!(&statuses[2], Some(Delivery::Failed(f)) if f.code == "encode"));
+    }
+
+    #[test]
+    fn a_report_after_the_request_timed_out_is_dropped() {
+        let deliveries = Deliveries::new(1);
+        let mut late = Box::new(Slot { deliveries: deliveries.clone(), index: 0, reported: false });
+        assert_eq!(deliveries.take(), vec![None]); // the request answers "timeout"
+        late.report(Delivery::Accepted { partition: 0, offset: 1 });
+        assert!(deliveries.take().is_empty());
+        assert_eq!(deliveries.remaining.load(Ordering::Acquire), 0);
+    }
+
     #[test]
     fn failures_are_classified_with_retry_hints() {
         let t = Failure::from_kafka(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
