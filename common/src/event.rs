@@ -23,6 +23,20 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// The JSON fields of an event (DESIGN §4); `message` holds `kind`, `body` and `mentions`.
+pub const EVENT_FIELDS: [&str; 10] = [
+    "type",
+    "session_id",
+    "session_kind",
+    "sender_id",
+    "recipient_id",
+    "client_msg_id",
+    "sent_at",
+    "message",
+    "target_id",
+    "user_id",
+];
+
 /// Largest message body in bytes (DESIGN §4).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest `client_msg_id` in bytes (DESIGN §4).
@@ -1151,21 +1165,7 @@ pub(crate) mod tests {
         let message_value = prop_oneof![4 => arb_value(), 1 => ids].boxed();
         let message = arb_fields(vec!["kind", "body", "mentions"], message_value);
         let value = prop_oneof![6 => arb_value(), 1 => message].boxed();
-        arb_fields(
-            vec![
-                "type",
-                "session_id",
-                "session_kind",
-                "sender_id",
-                "recipient_id",
-                "client_msg_id",
-                "sent_at",
-                "message",
-                "target_id",
-                "user_id",
-            ],
-            value,
-        )
+        arb_fields(EVENT_FIELDS.to_vec(), value)
     }
 
     /// Valid events whose strings need no escape (what the fast path reads).

@@ -9,25 +9,12 @@ mod ingest_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use chatpipe_common::event::EVENT_FIELDS;
 use ingest_support::{event, Ingest, TOPIC};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use rdkafka::mocking::MockCluster;
 use serde_json::Value;
-
-const FIELDS: &[&str] = &[
-    "type",
-    "session_id",
-    "session_kind",
-    "sender_id",
-    "recipient_id",
-    "client_msg_id",
-    "sent_at",
-    "message",
-    "target_id",
-    "user_id",
-    "extra",
-];
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -67,8 +54,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
 
 /// A valid event with one field (or `message.*` field) replaced or removed.
 fn arb_mutated_event() -> impl Strategy<Value = Value> {
-    (0u64..60, prop::sample::select(FIELDS), prop::option::of(arb_json()), any::<bool>()).prop_map(
-        |(i, field, value, nested)| {
+    (
+        0u64..60,
+        prop::sample::select(EVENT_FIELDS.iter().copied().chain(["extra"]).collect::<Vec<_>>()),
+        prop::option::of(arb_json()),
+        any::<bool>(),
+    )
+        .prop_map(|(i, field, value, nested)| {
             let mut ev = event(i);
             let target = if nested && ev.get("message").is_some() { &mut ev["message"] } else { &mut ev };
             let obj = target.as_object_mut().unwrap();
@@ -82,8 +74,7 @@ fn arb_mutated_event() -> impl Strategy<Value = Value> {
                 }
             }
             ev
-        },
-    )
+        })
 }
 
 #[derive(Debug, Clone)]
