@@ -162,17 +162,29 @@ impl<'a> Scanner<'a> {
         }))
     }
 
-    /// Calls `field` for each key of an object, which must read the key's value.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+    /// Reads an object whose keys are all known to `key` (which numbers them, below 16), calling
+    /// `field` with each key's number to read its value. A repeated key is "not sure": serde
+    /// reports it.
+    fn object(
+        &mut self,
+        key: fn(&[u8]) -> Option<u32>,
+        mut field: impl FnMut(&mut Self, u32) -> Option<()>,
+    ) -> Option<()> {
         self.expect(b'{')?;
         if self.peek()? == b'}' {
             self.i += 1;
             return Some(());
         }
+        let mut seen = 0u16;
         loop {
-            let key = self.raw_string()?;
+            let number = key(self.raw_string()?)?;
+            let bit = 1u16.checked_shl(number)?;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
             self.expect(b':')?;
-            field(self, key)?;
+            field(self, number)?;
             match self.next()? {
                 b',' => {}
                 b'}' => return Some(()),
@@ -183,26 +195,8 @@ impl<'a> Scanner<'a> {
 
     fn event(&mut self) -> Option<RawEvent<'a>> {
         let mut ev = RawEvent::default();
-        let mut seen = 0u16;
-        self.object(|s, key| {
-            let bit = match key {
-                b"type" => 0,
-                b"session_id" => 1,
-                b"session_kind" => 2,
-                b"sender_id" => 3,
-                b"recipient_id" => 4,
-                b"client_msg_id" => 5,
-                b"sent_at" => 6,
-                b"message" => 7,
-                b"target_id" => 8,
-                b"user_id" => 9,
-                _ => return None,
-            };
-            if seen & (1 << bit) != 0 {
-                return None; // serde reports the duplicate
-            }
-            seen |= 1 << bit;
-            let slot = match bit {
+        self.object(event_key, |s, number| {
+            let slot = match number {
                 0 => &mut ev.event_type,
                 1 => &mut ev.session_id,
                 2 => &mut ev.session_kind,
@@ -229,19 +223,8 @@ impl<'a> Scanner<'a> {
             return Some(None);
         }
         let mut m = RawMessage::default();
-        let mut seen = 0u8;
-        self.object(|s, key| {
-            let bit = match key {
-                b"kind" => 0,
-                b"body" => 1,
-                b"mentions" => 2,
-                _ => return None,
-            };
-            if seen & (1 << bit) != 0 {
-                return None;
-            }
-            seen |= 1 << bit;
-            match bit {
+        self.object(message_key, |s, number| {
+            match number {
                 0 => m.kind = s.scalar()?,
                 1 => m.body = s.scalar()?,
                 _ => m.mentions = s.mentions()?,
@@ -277,6 +260,33 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The number of an event key (its place in [`super::EVENT_FIELDS`]).
+fn event_key(key: &[u8]) -> Option<u32> {
+    Some(match key {
+        b"type" => 0,
+        b"session_id" => 1,
+        b"session_kind" => 2,
+        b"sender_id" => 3,
+        b"recipient_id" => 4,
+        b"client_msg_id" => 5,
+        b"sent_at" => 6,
+        b"message" => 7,
+        b"target_id" => 8,
+        b"user_id" => 9,
+        _ => return None,
+    })
+}
+
+/// The number of a key of `message`.
+fn message_key(key: &[u8]) -> Option<u32> {
+    Some(match key {
+        b"kind" => 0,
+        b"body" => 1,
+        b"mentions" => 2,
+        _ => return None,
+    })
+}
+
 /// The position of the first `"`, `\\` or control character (below 0x20), eight bytes at a
 /// time: in a word `w`, `(w - 0x01…01 * c) & !w & 0x80…80` marks bytes below `c`, and its
 /// lowest mark is exact (a borrow can only mark bytes above a real one).
@@ -303,6 +313,14 @@ fn special_byte(s: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn event_keys_are_numbered_in_the_order_of_event_fields() {
+        for (i, name) in super::super::EVENT_FIELDS.iter().enumerate() {
+            assert_eq!(event_key(name.as_bytes()), u32::try_from(i).ok(), "{name}");
+        }
+        assert_eq!(event_key(b"extra"), None);
+    }
 
     proptest! {
         #[test]
