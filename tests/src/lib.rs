@@ -70,10 +70,21 @@ pub fn tansu_binary() -> Result<PathBuf> {
     bail!("the `tansu` broker is not installed: run `{SETUP_COMMAND}` (it runs `cargo install --locked tansu --version 0.6.0 --features libsql,dynostore`)")
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
+/// A free TCP port on 127.0.0.1 (bound and released), never one this process handed out
+/// before: the kernel may give a just-released port to the next caller, and two tests of one
+/// binary starting brokers at once would then share a port (the second broker fails to bind,
+/// and its test talks to the first test's broker).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 impl TestBroker {
@@ -86,7 +97,16 @@ impl TestBroker {
     pub fn start_with(storage: Storage) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut b = TestBroker { port: free_port(), storage, dir, child: None };
-        b.spawn().unwrap_or_else(|e| panic!("{e:#}"));
+        // A port taken by another process in between makes tansu exit: try a fresh one.
+        let mut attempts = 3;
+        while let Err(e) = b.spawn() {
+            attempts -= 1;
+            if attempts == 0 {
+                panic!("{e:#}");
+            }
+            b.stop();
+            b.port = free_port();
+        }
         b
     }
 
@@ -122,6 +142,12 @@ impl TestBroker {
                 }
             }
             if consumer.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
+                // The answer must come from our broker: one that lost the port to another
+                // process exits at once, so look again after a moment.
+                std::thread::sleep(Duration::from_millis(300));
+                if let Some(status) = self.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
+                    bail!("tansu exited with {status} during start-up; log:\n{}", self.log());
+                }
                 return Ok(());
             }
             if Instant::now() > deadline {
