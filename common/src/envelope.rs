@@ -1,8 +1,10 @@
 //! The versioned bincode envelope of every internal topic.
 //!
-//! Layout: `MAGIC` (1 byte) · schema version (1 byte) · bincode body. Version 2 (written
-//! now) uses fixed-width little-endian integers; version 1 (written by earlier builds,
-//! still read so topics and changelogs written before an upgrade restore) used varints.
+//! Layout: `MAGIC` (1 byte) · schema version (1 byte) · bincode body. Version 3 (written
+//! now) and version 2 use fixed-width little-endian integers; version 1 (written by earlier
+//! builds, still read so topics and changelogs written before an upgrade restore) used
+//! varints. Version 3 marks the `chat.rows` value change from one `RowMutation` to a
+//! `RowBatch` (see [`crate::rows::decode_record`]); every other type is the same in 2 and 3.
 //! Fixed-width integers cost a few bytes per record (the topics are lz4-compressed) and
 //! halve the integer coding time. Decoding checks the magic, refuses versions newer than
 //! this build understands, caps allocation at [`MAX_BODY`] and refuses trailing bytes, so
@@ -19,7 +21,7 @@ use bincode::{Decode, Encode};
 /// First byte of every envelope.
 pub const MAGIC: u8 = 0xC7;
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u8 = 2;
+pub const SCHEMA_VERSION: u8 = 3;
 /// Largest body decoded; bounds what a corrupt length prefix can make us allocate.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -96,7 +98,7 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, EnvelopeError> {
     }
     match *version {
         1 => decode_body(body, V1),
-        2 => decode_body(body, V2),
+        2 | 3 => decode_body(body, V2),
         v => Err(EnvelopeError::FutureVersion(v)),
     }
 }
@@ -155,7 +157,7 @@ mod tests {
             bincode::encode_into_std_write(&ev, &mut v1, V1).unwrap();
             prop_assert_eq!(decode::<ChatEvent>(&v1).unwrap(), ev.clone());
             let v2 = encode(&ev).unwrap();
-            prop_assert_eq!(v2[1], 2);
+            prop_assert_eq!(v2[1], SCHEMA_VERSION);
             prop_assert_ne!(v1, v2);
         }
     }
