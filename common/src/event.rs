@@ -19,6 +19,8 @@ use bincode::de::Decoder;
 use bincode::error::DecodeError;
 use bincode::Decode;
 
+use crate::envelope::Version;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -242,8 +244,11 @@ impl<Context> Decode<Context> for MessageContent {
 }
 bincode::impl_borrow_decode!(MessageContent);
 
-impl<Context> Decode<Context> for ChatEvent {
-    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+impl Decode<Version> for ChatEvent {
+    fn decode<D: Decoder<Context = Version>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        // schema version 3 added `read_seq`, `name` and `avatar_url`; records of versions 1
+        // and 2 (written before) end after `user_id`
+        let tail = decoder.context().0 >= 3;
         Ok(ChatEvent {
             message_id: Decode::decode(decoder)?,
             ingested_at_ms: Decode::decode(decoder)?,
@@ -257,21 +262,13 @@ impl<Context> Decode<Context> for ChatEvent {
             message: Decode::decode(decoder)?,
             target_id: Decode::decode(decoder)?,
             user_id: Decode::decode(decoder)?,
-            // added after the first release: records written before end here
-            read_seq: if at_end(decoder) { None } else { Decode::decode(decoder)? },
-            name: if at_end(decoder) { None } else { decode_opt_string(decoder)? },
-            avatar_url: if at_end(decoder) { None } else { decode_opt_string(decoder)? },
+            read_seq: if tail { Decode::decode(decoder)? } else { None },
+            name: if tail { decode_opt_string(decoder)? } else { None },
+            avatar_url: if tail { decode_opt_string(decoder)? } else { None },
         })
     }
 }
-bincode::impl_borrow_decode!(ChatEvent);
-
-/// Whether the input is used up. Events are decoded from slices (the envelope), whose
-/// reader answers `peek_read`; fields added after the first release are read only when
-/// bytes remain, so records written by earlier builds still decode.
-fn at_end<D: Decoder>(decoder: &mut D) -> bool {
-    decoder.reader().peek_read(1).is_none()
-}
+bincode::impl_borrow_decode_with_context!(ChatEvent, Version);
 
 /// An `Option<String>` (bincode's tag byte, then the string).
 fn decode_opt_string<D: Decoder>(decoder: &mut D) -> Result<Option<String>, DecodeError> {
@@ -1187,7 +1184,7 @@ pub(crate) mod tests {
             (
                 prop::option::of(id.clone()),
                 prop::option::of(id),
-                prop::option::of(".{1,40}"),
+                prop::option::of("[a-zA-Z0-9 ]{1,40}"),
                 prop::option::of("https://[a-z]{1,20}\\.example/[a-z0-9]{1,20}"),
             ),
         )
