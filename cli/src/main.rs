@@ -61,8 +61,12 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Command::Completions { shell } = cli.command {
         // before tracing: the script is the only output
-        clap_complete::generate(shell, &mut Cli::command(), "chatpipe", &mut std::io::stdout());
-        return Ok(());
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "chatpipe", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout().lock(), &script) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()), // `| head`
+            r => Ok(r?),
+        };
     }
     let default_format =
         if matches!(cli.command, Command::Dev(_) | Command::Load(_)) { LogFormat::Text } else { LogFormat::Json };

@@ -41,18 +41,18 @@ fn number_at(s: &str) -> Option<String> {
 /// The section numbers a text cites after `prefix` (`DESIGN`, or empty for bare `§n`).
 fn references(text: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
+    // a bare reference is found by its `§`, a prefixed one by its prefix
+    let needle = if prefix.is_empty() { "§" } else { prefix };
     let mut rest = text;
-    while let Some(i) = rest.find(prefix) {
-        rest = &rest[i + prefix.len()..];
-        let mut s = rest;
+    while let Some(i) = rest.find(needle) {
+        let mut s = &rest[i + prefix.len()..];
+        rest = &rest[i + needle.len()..];
         if !prefix.is_empty() {
             s = s.strip_prefix(".md").unwrap_or(s);
             s = s.trim_start_matches([' ', '`', '\u{a0}']);
             if !s.starts_with('§') {
                 continue;
             }
-        } else if !s.starts_with('§') {
-            continue;
         }
         // `§3`, `§§3, 6`, `§3 and §6`, `§3, §6`
         loop {
@@ -99,6 +99,10 @@ fn every_design_reference_names_a_section_of_docs_design_md() {
     files(&root, &mut all);
     let (mut cited, mut broken) = (0, Vec::new());
     for path in &all {
+        // this file's own examples are made-up references
+        if path.ends_with("tests/tests/design_refs.rs") {
+            continue;
+        }
         let Ok(text) = std::fs::read_to_string(path) else { continue };
         let rel = path.strip_prefix(&root).unwrap().display().to_string();
         let mut refs = references(&text, "DESIGN");
@@ -112,7 +116,11 @@ fn every_design_reference_names_a_section_of_docs_design_md() {
             }
         }
     }
-    assert!(broken.is_empty(), "references to sections docs/DESIGN.md does not have (it has {have:?}):\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "references to sections docs/DESIGN.md does not have (it has {have:?}):\n{}",
+        broken.join("\n")
+    );
     // the code cites the contract dozens of times: finding few means the scanner is broken
     assert!(cited >= 30, "only {cited} DESIGN § references found in {} files", all.len());
     eprintln!("{cited} DESIGN § references in {} files resolve to docs/DESIGN.md", all.len());

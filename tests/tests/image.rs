@@ -188,6 +188,13 @@ async fn image_builds_and_runs_every_role_and_a_pipeline() {
     for role in ["ingest", "process", "sink", "hbase-emulator", "tables", "query", "dev", "load", "completions"] {
         assert!(roles.iter().any(|r| r == role), "`chatpipe --help` in the image lacks {role}: {roles:?}");
     }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = ok(&run_args(&tag, &[], &["completions", shell]));
+        assert!(
+            script.contains("hbase-emulator") && script.contains("kafka-brokers"),
+            "{shell} completions:\n{script}"
+        );
+    }
     for role in &roles {
         let out = ok(&run_args(&tag, &[], &[role, "--help"]));
         assert!(out.contains("Usage: chatpipe"), "`chatpipe {role} --help`:\n{out}");
@@ -242,7 +249,11 @@ async fn run_pipeline(tag: &str) {
         "1s",
     ]);
     process.extend(s(&kafka_opts));
-    roles.push(("process".into(), s(&["--mount", "type=tmpfs,destination=/var/lib/chatpipe/processor,tmpfs-mode=1777"]), process));
+    roles.push((
+        "process".into(),
+        s(&["--mount", "type=tmpfs,destination=/var/lib/chatpipe/processor,tmpfs-mode=1777"]),
+        process,
+    ));
     let mut sink = s(&[
         "sink",
         "--kafka-brokers",
@@ -286,11 +297,7 @@ async fn run_pipeline(tag: &str) {
         let mut out = String::new();
         for c in &containers.0 {
             let l = podman(&["logs", "--tail", "40", c]);
-            out += &format!(
-                "--- {c}:\n{}{}",
-                String::from_utf8_lossy(&l.stdout),
-                String::from_utf8_lossy(&l.stderr)
-            );
+            out += &format!("--- {c}:\n{}{}", String::from_utf8_lossy(&l.stdout), String::from_utf8_lossy(&l.stderr));
         }
         out + &format!("--- tansu:\n{}", broker.log())
     };
@@ -330,15 +337,26 @@ async fn run_pipeline(tag: &str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
-    let query = run_args(tag, &["--network", "host"], &["query", "timeline", "--hbase-thrift", &thrift_addr, "--session", "4242", "--json"]);
+    let query = run_args(
+        tag,
+        &["--network", "host"],
+        &["query", "timeline", "--hbase-thrift", &thrift_addr, "--session", "4242", "--json"],
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
     let row = loop {
         let out = podman(&query);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(v) = text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["body"] == json!(body)) {
+        if let Some(v) =
+            text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["body"] == json!(body))
+        {
             break v;
         }
-        assert!(Instant::now() < deadline, "the event never reached HBase (last query: {text}{})\n{}", String::from_utf8_lossy(&out.stderr), logs());
+        assert!(
+            Instant::now() < deadline,
+            "the event never reached HBase (last query: {text}{})\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(row["message_id"], json!(message_id), "{row}");

@@ -120,7 +120,8 @@ fn the_schema_check_rejects_records_that_break_the_contract() {
         "window_end":"2026-01-01T00:01:00.000Z","messages":2,"by_kind":{"text":2},"senders":1,"revision":1});
     let good_dlq = json!({"chatpipe.reason":"undecodable","chatpipe.detail":"x","chatpipe.stage":"sink",
         "chatpipe.source.topic":"chat.rows","chatpipe.source.partition":"0","chatpipe.source.offset":"12"});
-    let good = BTreeMap::from([(topics::AGG_SESSION, vec![good_session.clone()]), (topics::DLQ, vec![good_dlq.clone()])]);
+    let good =
+        BTreeMap::from([(topics::AGG_SESSION, vec![good_session.clone()]), (topics::DLQ, vec![good_dlq.clone()])]);
     validate(&good).unwrap_or_else(|r| panic!("a record of the documented shape was refused:\n{r}"));
 
     let mut id_as_number = good_session.clone();
@@ -344,9 +345,8 @@ async fn records_of_a_real_run_match_the_published_json_schemas() {
                     seen.tombstones += 1;
                     continue;
                 }
-                Some(p) => serde_json::from_slice(p).unwrap_or_else(|e| {
-                    panic!("{topic} record is not JSON ({e}): {}", String::from_utf8_lossy(p))
-                }),
+                Some(p) => serde_json::from_slice(p)
+                    .unwrap_or_else(|e| panic!("{topic} record is not JSON ({e}): {}", String::from_utf8_lossy(p))),
             }
         };
         seen.records.entry(topic).or_default().push(value);
