@@ -143,7 +143,9 @@ impl ApiError {
             ApiError::BadParam { parameter, message } => format!("invalid parameter `{parameter}`: {message}"),
             ApiError::NotFound(what) => format!("{what} not found"),
             ApiError::NoRoute => "no such route; see /openapi.json".into(),
-            ApiError::Unauthorized(AuthFailure::Missing) => "an `Authorization: Bearer <key>` header is required".into(),
+            ApiError::Unauthorized(AuthFailure::Missing) => {
+                "an `Authorization: Bearer <key>` header is required".into()
+            }
             ApiError::Unauthorized(AuthFailure::Invalid) => "the API key is not valid".into(),
             ApiError::RateLimited(_) => "too many requests for this API key; retry after the given delay".into(),
             ApiError::Overloaded => "too many requests in progress; retry shortly".into(),
@@ -205,10 +207,7 @@ pub(crate) fn parse_id(parameter: &str, raw: &str) -> Result<u64, ApiError> {
 }
 
 /// The query parameters of a request, each at most once and each in `allowed`.
-pub(crate) fn parse_query<'q>(
-    raw: Option<&'q str>,
-    allowed: &[&str],
-) -> Result<BTreeMap<&'q str, &'q str>, ApiError> {
+pub(crate) fn parse_query<'q>(raw: Option<&'q str>, allowed: &[&str]) -> Result<BTreeMap<&'q str, &'q str>, ApiError> {
     let mut out = BTreeMap::new();
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -465,7 +464,8 @@ async fn get_inbox(
     let preview_chars = st.preview_chars;
     let pages: Vec<Vec<Entry>> = futures::stream::iter(large)
         .map(|(session, joined_seq)| async move {
-            let (messages, _) = store.timeline(calls_ref, store::timeline_table("group"), session, from, None, limit).await?;
+            let (messages, _) =
+                store.timeline(calls_ref, store::timeline_table("group"), session, from, None, limit).await?;
             Ok::<_, HbaseError>(
                 messages
                     .into_iter()
@@ -667,11 +667,10 @@ pub fn route_table() -> Vec<(&'static str, &'static [&'static str])> {
 /// Authentication, rate limit and an in-flight slot (held until the response head is
 /// ready, so a push stream does not keep one).
 async fn authorize(State(st): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let client =
-        match st.auth.authenticate(request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
-            Ok(c) => c,
-            Err(f) => return ApiError::Unauthorized(f).into_response(),
-        };
+    let client = match st.auth.authenticate(request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes)) {
+        Ok(c) => c,
+        Err(f) => return ApiError::Unauthorized(f).into_response(),
+    };
     if let Some(limits) = &st.limits {
         if let Err(wait) = limits.check(client) {
             return ApiError::RateLimited(wait).into_response();

@@ -123,8 +123,9 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ServeHandle, 
         }
     };
     // bind first: a taken port fails before anything is registered on `telemetry`
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
     let limits = RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst, auth.clients());
     let metrics = metrics::ServeMetrics::new(&telemetry.registry);

@@ -98,7 +98,11 @@ impl ServeMetrics {
     pub fn new(registry: &Registry) -> Self {
         let m = Metrics(registry);
         ServeMetrics {
-            requests: m.counter_vec(REQUESTS_TOTAL, "HTTP requests by route and status", &[label::ROUTE, label::STATUS]),
+            requests: m.counter_vec(
+                REQUESTS_TOTAL,
+                "HTTP requests by route and status",
+                &[label::ROUTE, label::STATUS],
+            ),
             request_duration: m.histogram_vec(
                 REQUEST_DURATION_SECONDS,
                 "Request handling time in seconds",

@@ -319,7 +319,11 @@ impl Hub {
                         }),
                     ));
                 } else {
-                    out.push((user, "update", json!({ "message_id": message_id.to_string(), "preview": preview, "recalled": recalled })));
+                    out.push((
+                        user,
+                        "update",
+                        json!({ "message_id": message_id.to_string(), "preview": preview, "recalled": recalled }),
+                    ));
                 }
             }
             tables::MESSAGES if !m.delete => {
@@ -333,9 +337,8 @@ impl Hub {
                         continue;
                     }
                     let recalled = cell(m, "m:recalled") == Some(b"1");
-                    let body = cell(m, "m:body").and_then(|b| {
-                        chatpipe_sink::query::decode_body(b, cell(m, "m:enc")).ok()
-                    });
+                    let body =
+                        cell(m, "m:body").and_then(|b| chatpipe_sink::query::decode_body(b, cell(m, "m:enc")).ok());
                     let preview = if recalled { None } else { preview(body.as_deref(), self.preview_chars) };
                     match cell_num(m, "m:seq") {
                         Some(seq) if seq > t.joined_seq => out.push((
@@ -353,7 +356,11 @@ impl Hub {
                             }),
                         )),
                         Some(_) => {}
-                        None => out.push((user, "update", json!({ "message_id": message_id.to_string(), "preview": preview, "recalled": recalled }))),
+                        None => out.push((
+                            user,
+                            "update",
+                            json!({ "message_id": message_id.to_string(), "preview": preview, "recalled": recalled }),
+                        )),
                     }
                 }
             }
@@ -379,7 +386,10 @@ impl Hub {
                 Self::unread(user, session, st, out);
             }
             SESSIONS if !m.delete => {
-                let id = std::str::from_utf8(&m.row).ok().and_then(|k| k.split('|').nth(1)).and_then(|s| s.parse::<u64>().ok());
+                let id = std::str::from_utf8(&m.row)
+                    .ok()
+                    .and_then(|k| k.split('|').nth(1))
+                    .and_then(|s| s.parse::<u64>().ok());
                 let Some(session) = id else { return };
                 let Some(users) = st.members.get(&session) else { return };
                 let mut users: Vec<u64> = users.iter().copied().collect();
@@ -472,9 +482,10 @@ impl Hub {
                     index: u32::MAX,
                     id: pos.id().into(),
                     kind: "reset",
-                    data: json!({"reason": "the position is outside this server's retained events; reload and continue"})
-                        .to_string()
-                        .into(),
+                    data:
+                        json!({"reason": "the position is outside this server's retained events; reload and continue"})
+                            .to_string()
+                            .into(),
                 });
             }
         }
@@ -556,7 +567,13 @@ pub(crate) async fn stream(
     }
 }
 
-async fn open(st: &AppState, calls: &Calls, raw: &str, q: Option<&str>, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn open(
+    st: &AppState,
+    calls: &Calls,
+    raw: &str,
+    q: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let user = parse_id("user", raw)?;
     let q = parse_query(q, PARAMS)?;
     let resume = match (headers.get("last-event-id"), q.get("last_event_id")) {
@@ -564,7 +581,9 @@ async fn open(st: &AppState, calls: &Calls, raw: &str, q: Option<&str>, headers:
             let s = h.to_str().map_err(|_| bad("Last-Event-ID", "not ASCII"))?;
             Some(Position::parse(s).ok_or_else(|| bad("Last-Event-ID", "not an event id of this stream"))?)
         }
-        (None, Some(v)) => Some(Position::parse(v).ok_or_else(|| bad("last_event_id", "not an event id of this stream"))?),
+        (None, Some(v)) => {
+            Some(Position::parse(v).ok_or_else(|| bad("last_event_id", "not an event id of this stream"))?)
+        }
         (None, None) => None,
     };
     let Some(hub) = st.push.clone() else {
@@ -638,7 +657,9 @@ pub(crate) fn start(
                     hub.init(start);
                     break;
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, topic = %topic, "push feed: cannot assign the rows topic yet; retrying"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, topic = %topic, "push feed: cannot assign the rows topic yet; retrying")
+                }
                 Err(e) => tracing::warn!(error = %e, "push feed: the assignment task failed; retrying"),
             }
             tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
@@ -682,7 +703,9 @@ fn assign(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i64>, rdkafka::e
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
     let parts = md.topics().first().map_or(0, |t| t.partitions().len());
     if parts == 0 {
-        return Err(rdkafka::error::KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition));
+        return Err(rdkafka::error::KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
     }
     let mut start = Vec::with_capacity(parts);
     let mut tpl = TopicPartitionList::new();

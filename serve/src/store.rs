@@ -16,8 +16,8 @@ use std::time::Instant;
 use chatpipe_common::row_key;
 use chatpipe_common::rows::tables;
 use chatpipe_sink::hbase::{HbaseClient, HbaseError, HbasePool, Row};
-use hbase_thrift::hbase::THbaseSyncClient;
 use chatpipe_sink::query::{prefix_end, InboxEntry, TimelineMessage};
+use hbase_thrift::hbase::THbaseSyncClient;
 
 use crate::metrics::{kind, op, ServeMetrics};
 

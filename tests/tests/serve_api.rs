@@ -71,9 +71,17 @@ async fn every_endpoint_answers_what_the_dataset_implies() {
         let id = s.id;
         // the whole timeline, newest first, in pages of every size
         for limit in [1, 3, 200] {
-            let got =
-                all_pages(&serve, &doc, MESSAGES, &format!("/v1/sessions/{id}/messages"), "messages", limit, "next_before", "before")
-                    .await;
+            let got = all_pages(
+                &serve,
+                &doc,
+                MESSAGES,
+                &format!("/v1/sessions/{id}/messages"),
+                "messages",
+                limit,
+                "next_before",
+                "before",
+            )
+            .await;
             assert_eq!(got, model.timeline(id), "session {id} limit {limit}");
         }
         // catch-up from every seq, oldest first, in pages of 2
@@ -115,17 +123,37 @@ async fn every_endpoint_answers_what_the_dataset_implies() {
     // the dataset must exercise what it claims to
     let inbox1 = model.inbox(1);
     assert!(inbox1.iter().any(|e| e["source"] == "timeline"), "user 1 has merged entries");
-    assert!(inbox1.iter().any(|e| e["source"] == "inbox" && e["session_id"] == "1003"), "and the large group's early rows");
+    assert!(
+        inbox1.iter().any(|e| e["source"] == "inbox" && e["session_id"] == "1003"),
+        "and the large group's early rows"
+    );
     for user in model.users() {
         for limit in [1, 4, 200] {
-            let got = all_pages(&serve, &doc, INBOX, &format!("/v1/users/{user}/inbox"), "entries", limit, "next_before", "before")
-                .await;
+            let got = all_pages(
+                &serve,
+                &doc,
+                INBOX,
+                &format!("/v1/users/{user}/inbox"),
+                "entries",
+                limit,
+                "next_before",
+                "before",
+            )
+            .await;
             assert_eq!(got, model.inbox(user), "inbox of {user}, limit {limit}");
         }
         for limit in [1, 2, 200] {
-            let got =
-                all_pages(&serve, &doc, SESSIONS, &format!("/v1/users/{user}/sessions"), "sessions", limit, "next_before", "before")
-                    .await;
+            let got = all_pages(
+                &serve,
+                &doc,
+                SESSIONS,
+                &format!("/v1/users/{user}/sessions"),
+                "sessions",
+                limit,
+                "next_before",
+                "before",
+            )
+            .await;
             assert_eq!(got, model.user_sessions(user), "sessions of {user}, limit {limit}");
         }
         let (status, body) = get(&serve, &doc, "/v1/users/{user}", &format!("/v1/users/{user}")).await;

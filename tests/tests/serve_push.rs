@@ -98,7 +98,10 @@ async fn produce(producer: &FutureProducer, steps: &[Step]) {
             let payload = envelope::encode(m).unwrap();
             let key = String::from_utf8_lossy(&m.row).into_owned();
             producer
-                .send(FutureRecord::to(TOPIC).partition(*partition).key(&key).payload(&payload), Duration::from_secs(10))
+                .send(
+                    FutureRecord::to(TOPIC).partition(*partition).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
                 .await
                 .map_err(|(e, _)| e)
                 .unwrap();
@@ -138,7 +141,11 @@ fn last_seq(session: u64, seq: u64, id: u64) -> RowMutation {
     put(
         "chat:sessions",
         id_key(session),
-        &[("s:last_seq", seq.to_string()), ("s:last_message_id", id.to_string()), ("s:last_sent_at", "1767225700000".into())],
+        &[
+            ("s:last_seq", seq.to_string()),
+            ("s:last_message_id", id.to_string()),
+            ("s:last_sent_at", "1767225700000".into()),
+        ],
     )
 }
 
@@ -184,12 +191,13 @@ async fn a_connected_client_gets_exactly_its_events_and_resumes_without_gaps() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let body: Value = r.json().await.unwrap();
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(body["errors"][0]["parameter"], "Last-Event-ID");
 
     let mut stream = Stream::open(&serve, 1, None).await;
     let edited = model.session(1002).msgs[0].clone();
-    let (d7, l14, d8, x1) = (8_000_000_000_000_001u64, 8_000_000_000_000_002u64, 8_000_000_000_000_003u64, 8_000_000_000_000_004u64);
+    let (d7, l14, d8, x1) =
+        (8_000_000_000_000_001u64, 8_000_000_000_000_002u64, 8_000_000_000_000_003u64, 8_000_000_000_000_004u64);
     // direct 1001 and small 1002 on partition 0; large 1003 and the others' 1005 on 1
     let phase_a: Vec<Step> = vec![
         (0, {
@@ -206,7 +214,11 @@ async fn a_connected_client_gets_exactly_its_events_and_resumes_without_gaps() {
         }),
         (1, message_rows(1005, x1, 2, 1, "not for user 1", &[2, 3])),
         (0, {
-            let mut v = vec![put("chat:messages", row_key::encode(1002, edited.id), &[("m:body", "fixed".into()), ("m:edited", "1".into())])];
+            let mut v = vec![put(
+                "chat:messages",
+                row_key::encode(1002, edited.id),
+                &[("m:body", "fixed".into()), ("m:edited", "1".into())],
+            )];
             for u in [1, 2, 3] {
                 v.push(put("chat:inbox", row_key::encode(u, edited.id), &[("i:preview", "fixed".into())]));
             }

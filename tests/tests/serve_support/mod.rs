@@ -116,7 +116,16 @@ impl Model {
             kind: "group",
             name: Some("large group".into()),
             created_at: T0 + 2,
-            members: vec![m(1, 0, 2), m(2, 0, 0), m(3, 0, 13), m(4, 0, 1), m(5, 3, 3), m(6, 3, 5), m(7, 3, 3), m(8, 3, 3)],
+            members: vec![
+                m(1, 0, 2),
+                m(2, 0, 0),
+                m(3, 0, 13),
+                m(4, 0, 1),
+                m(5, 3, 3),
+                m(6, 3, 5),
+                m(7, 3, 3),
+                m(8, 3, 3),
+            ],
             msgs: Vec::new(),
             inbox_for: BTreeMap::new(),
         };
@@ -213,12 +222,25 @@ impl Model {
         chatpipe_sink::tables::create_all(&mut c).unwrap();
         for (table, family) in [("chat:sessions", "s"), ("chat:users", "u")] {
             if !c.table_names().unwrap().iter().any(|t| t == table) {
-                c.create_table(table, vec![ColumnDescriptor { name: Some(format!("{family}:").into_bytes()), ..Default::default() }])
-                    .unwrap();
+                let cd = ColumnDescriptor {
+                    name: Some(format!("{family}:").into_bytes()),
+                    max_versions: Some(1),
+                    compression: Some("NONE".into()),
+                    in_memory: Some(false),
+                    bloom_filter_type: Some("ROW".into()),
+                    bloom_filter_vector_size: Some(0),
+                    bloom_filter_nb_hashes: Some(0),
+                    block_cache_enabled: Some(true),
+                    time_to_live: Some(i32::MAX),
+                };
+                c.create_table(table, vec![cd]).unwrap();
             }
         }
         let mut rows: BTreeMap<&str, Vec<BatchMutation>> = BTreeMap::new();
-        let put = |rows: &mut BTreeMap<&str, Vec<BatchMutation>>, table: &'static str, key: String, cells: Vec<(&str, Vec<u8>)>| {
+        let put = |rows: &mut BTreeMap<&str, Vec<BatchMutation>>,
+                   table: &'static str,
+                   key: String,
+                   cells: Vec<(&str, Vec<u8>)>| {
             rows.entry(table).or_default().push(BatchMutation {
                 row: Some(key.into_bytes()),
                 mutations: Some(
@@ -278,7 +300,12 @@ impl Model {
                 }
             }
             for mem in &s.members {
-                put(&mut rows, "chat:members", row_key::encode_pair(s.id, mem.user), vec![("f:joined_at", t(mem.joined_at))]);
+                put(
+                    &mut rows,
+                    "chat:members",
+                    row_key::encode_pair(s.id, mem.user),
+                    vec![("f:joined_at", t(mem.joined_at))],
+                );
                 put(
                     &mut rows,
                     "chat:user_sessions",
@@ -310,7 +337,11 @@ impl Model {
                 &mut rows,
                 "chat:users",
                 id_key(*u),
-                vec![("u:name", name.as_bytes().to_vec()), ("u:avatar", avatar.as_bytes().to_vec()), ("u:updated_at", t(*at))],
+                vec![
+                    ("u:name", name.as_bytes().to_vec()),
+                    ("u:avatar", avatar.as_bytes().to_vec()),
+                    ("u:updated_at", t(*at)),
+                ],
             );
         }
         for (table, batch) in rows {
@@ -447,10 +478,14 @@ impl Model {
 
     pub fn profile(&self, user: u64) -> Option<Value> {
         if let Some((name, avatar, at)) = self.profiles.get(&user) {
-            return Some(json!({"user_id": user.to_string(), "name": name, "avatar_url": avatar, "updated_at": rfc3339_ms(*at)}));
+            return Some(
+                json!({"user_id": user.to_string(), "name": name, "avatar_url": avatar, "updated_at": rfc3339_ms(*at)}),
+            );
         }
         let known: BTreeSet<u64> = self.sessions.iter().flat_map(|s| s.members.iter().map(|m| m.user)).collect();
-        known.contains(&user).then(|| json!({"user_id": user.to_string(), "name": null, "avatar_url": null, "updated_at": null}))
+        known
+            .contains(&user)
+            .then(|| json!({"user_id": user.to_string(), "name": null, "avatar_url": null, "updated_at": null}))
     }
 
     pub fn users(&self) -> BTreeSet<u64> {
