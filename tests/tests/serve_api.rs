@@ -25,6 +25,7 @@ async fn get(serve: &Serve, doc: &Value, template: &str, path: &str) -> (u16, Va
 }
 
 /// Pages through `path` with `limit`, following `cursor_field` as `cursor_param`.
+#[allow(clippy::too_many_arguments)]
 async fn all_pages(
     serve: &Serve,
     doc: &Value,

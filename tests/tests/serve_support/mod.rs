@@ -78,7 +78,7 @@ impl Model {
                 session,
                 id: ID0 + (clock as u64) * 4096 + session % 7,
                 sender,
-                kind: if seq % 5 == 0 { "image" } else { "text" },
+                kind: if seq.is_multiple_of(5) { "image" } else { "text" },
                 body,
                 sent_at: T0 + clock * 1000,
                 seq,
@@ -369,7 +369,7 @@ impl Model {
     /// A session's messages, newest first.
     pub fn timeline(&self, session: u64) -> Vec<Value> {
         let mut msgs = self.session(session).msgs.clone();
-        msgs.sort_by(|a, b| b.id.cmp(&a.id));
+        msgs.sort_by_key(|m| std::cmp::Reverse(m.id));
         msgs.iter().map(Self::message_json).collect()
     }
 
@@ -449,7 +449,7 @@ impl Model {
                 }),
             ));
         }
-        items.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        items.sort_by_key(|i| std::cmp::Reverse((i.0, i.1)));
         items.into_iter().map(|i| i.2).collect()
     }
 
@@ -612,7 +612,8 @@ pub fn check(doc: &Value, schema: &Value, v: &Value, path: &str) -> Result<(), S
         }
     }
     if let (Some(p), Some(s)) = (schema.get("pattern").and_then(Value::as_str), v.as_str()) {
-        if p.starts_with("^(0|[1-9]") && !(s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty()) {
+        let decimal = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if p.starts_with("^(0|[1-9]") && !decimal {
             return Err(format!("{path}: {s:?} is not a decimal id"));
         }
     }
