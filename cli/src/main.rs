@@ -40,6 +40,8 @@ enum Command {
     Process(chatpipe_processor::Config),
     /// Write chat.rows into HBase through its Thrift1 API (batched, replay-safe).
     Sink(chatpipe_sink::Config),
+    /// Serve the read API for chat clients (timelines, inboxes, sessions, live push) from HBase.
+    Serve(chatpipe_serve::Config),
     /// Create the HBase tables (`create`) or print HBase shell DDL (`--hbase-shell`).
     Tables(chatpipe_sink::TablesArgs),
     /// Read a conversation timeline or a user's inbox from HBase, newest first.
@@ -77,6 +79,7 @@ async fn main() -> Result<()> {
         Command::HbaseEmulator(cfg) => chatpipe_hbase_emulator::run(cfg, shutdown).await?,
         Command::Process(cfg) => chatpipe_processor::run(cfg, shutdown).await?,
         Command::Sink(cfg) => chatpipe_sink::run(cfg, shutdown).await?,
+        Command::Serve(cfg) => chatpipe_serve::run(cfg, shutdown).await?,
         Command::Tables(args) => chatpipe_sink::tables::run(args, &mut std::io::stdout()).await?,
         Command::Dev(args) => dev::run(args, shutdown).await?,
         Command::Load(args) => load::run(args).await?,
