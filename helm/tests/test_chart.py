@@ -57,11 +57,11 @@ def binary() -> str:
     return b
 
 
-# Roles and flags the chart deploys that are being added to the binary by other work (the
-# read service `serve`, issue 16; static membership's CHATPIPE_GROUP_INSTANCE_ID, issue 14).
-# While the binary under test lacks one, the checks against `--help` skip it and say so;
-# once the binary has it, it is checked like everything else.
-PENDING_ROLES = {"serve"}
+# Roles and flags the chart deploys that are being added to the binary by other work
+# (static membership's CHATPIPE_GROUP_INSTANCE_ID, issue 14). While the binary under test
+# lacks one, the checks against `--help` skip it and say so; once the binary has it, it is
+# checked like everything else.
+PENDING_ROLES: set[str] = set()
 PENDING_ENV = {"CHATPIPE_GROUP_INSTANCE_ID"}
 _SUBCOMMANDS: set[str] = set()
 
@@ -196,10 +196,10 @@ class RenderAndValidate(unittest.TestCase):
         for label, r in renders().items():
             kinds = sorted({o["kind"] for o in r.objects})
             with self.subTest(values=label):
-                for kind in ("StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"):
+                for kind in ("StatefulSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"):
                     self.assertIn(kind, kinds)
         prod = renders()["production values"]
-        for kind in ("HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "Job", "Deployment"):
+        for kind in ("HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "Job"):
             self.assertIn(kind, {o["kind"] for o in prod.objects}, "production values enable it")
 
     def test_every_object_validates_against_kubernetes_schemas(self):
@@ -430,9 +430,8 @@ class PodsAndSecrets(unittest.TestCase):
                         self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "metrics")
                         self.assertEqual(svc["spec"]["selector"], w["spec"]["selector"]["matchLabels"])
             for role in ("ingest", "serve"):
-                if (role == "ingest" or r is renders()["production values"]):
-                    svc = r.named("Service", f"{chartlib.RELEASE}-{role}")
-                    self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "http")
+                svc = r.named("Service", f"{chartlib.RELEASE}-{role}")
+                self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "http")
 
     def test_no_secret_values_in_configmaps_or_manifests(self):
         for label, r in renders().items():
@@ -626,7 +625,8 @@ class ImageMembershipNetworkAndServe(unittest.TestCase):
                          d["spec"]["selector"]["matchLabels"])
         self.assertEqual(c["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
         prod.named("Service", f"{name}-metrics")
-        off = renders()["default values"]
+        self.assertIn("Deployment", {o["kind"] for o in renders()["default values"].objects}, "on by default")
+        off = chartlib.render({"serve": {"enabled": False}})
         self.assertFalse([o for o in off.objects if o["metadata"]["name"].startswith(name)],
                          "serve.enabled=false deploys nothing of serve")
 

@@ -13,12 +13,13 @@
 //!   resolved in the image (OpenSSL 3 for librdkafka's TLS);
 //! * runs `chatpipe --version` (the revision of the build) and `chatpipe <role> --help` for
 //!   every subcommand the binary has, each as user 65532 with a read-only root filesystem;
-//! * runs a pipeline from the image: `hbase-emulator`, `ingest`, `process` and `sink`, each a
+//! * runs a pipeline from the image: `hbase-emulator`, `ingest`, `process`, `sink` and `serve`, each a
 //!   container (read-only root, only `/tmp` and the data directories writable, as the chart
 //!   mounts them) on the host network against a tansu broker started on the host; posts one
 //!   event to the container's ingest and reads it back from HBase with `chatpipe query
-//!   timeline` run from the image; then stops the roles with SIGTERM and requires a clean
-//!   exit (each drains).
+//!   timeline` run from the image and from a `serve` container's read API
+//!   (`GET /v1/sessions/4242/messages`); then stops the roles with SIGTERM and requires a
+//!   clean exit (each drains).
 //!
 //! It is skipped, naming `scripts/setup`, only when podman cannot run a container or the
 //! base image is missing; `scripts/test` sets `CHATPIPE_REQUIRE_IMAGE_TEST=1`, which turns
@@ -185,7 +186,7 @@ async fn image_builds_and_runs_every_role_and_a_pipeline() {
     assert_eq!(in_image.trim(), version_line);
     let help = ok(&run_args(&tag, &[], &["--help"]));
     let roles = subcommands(&help);
-    for role in ["ingest", "process", "sink", "hbase-emulator", "tables", "query", "dev", "load", "completions"] {
+    for role in ["ingest", "process", "sink", "serve", "hbase-emulator", "tables", "query", "dev", "load", "completions"] {
         assert!(roles.iter().any(|r| r == role), "`chatpipe --help` in the image lacks {role}: {roles:?}");
     }
     for shell in ["bash", "zsh", "fish"] {
@@ -209,6 +210,7 @@ async fn run_pipeline(tag: &str) {
     let run_id = format!("chatpipe-image-test-{}", std::process::id());
     let name = |role: &str| format!("{run_id}-{role}");
     let (thrift, http, m_ingest, m_proc, m_sink) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (serve_http, m_serve) = (free_port(), free_port());
     let thrift_addr = format!("127.0.0.1:{thrift}");
     let kafka_opts = ["--kafka-option", "session.timeout.ms=6000", "--kafka-option", "heartbeat.interval.ms=500"];
 
@@ -268,6 +270,20 @@ async fn run_pipeline(tag: &str) {
     ]);
     sink.extend(s(&kafka_opts));
     roles.push(("sink".into(), vec![], sink));
+    let mut serve = s(&[
+        "serve",
+        "--kafka-brokers",
+        &brokers,
+        "--hbase-thrift",
+        &thrift_addr,
+        "--listen",
+        &format!("127.0.0.1:{serve_http}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{m_serve}"),
+        "--insecure-no-auth",
+    ]);
+    serve.extend(s(&kafka_opts));
+    roles.push(("serve".into(), vec![], serve));
 
     let containers = Containers(roles.iter().map(|(r, _, _)| name(r)).collect());
     for (role, extra, args) in &roles {
@@ -303,7 +319,7 @@ async fn run_pipeline(tag: &str) {
     };
 
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-    for port in [m_ingest, m_proc, m_sink] {
+    for port in [m_ingest, m_proc, m_sink, m_serve] {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let r = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
@@ -360,6 +376,21 @@ async fn run_pipeline(tag: &str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(row["message_id"], json!(message_id), "{row}");
+    // and through serve's read API, from the image
+    let url = format!("http://127.0.0.1:{serve_http}/v1/sessions/4242/messages?limit=10");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let served = loop {
+        let page: Value = match client.get(&url).send().await {
+            Ok(r) => serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if let Some(m) = page["messages"].as_array().and_then(|ms| ms.iter().find(|m| m["body"] == json!(body))) {
+            break m.clone();
+        }
+        assert!(Instant::now() < deadline, "serve never returned the message (last page: {page})\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(served["message_id"], json!(message_id), "{served}");
     assert_eq!(row["sender_id"], json!("1"), "{row}");
     assert_eq!(row["session_id"], json!("4242"), "{row}");
 
