@@ -186,7 +186,9 @@ async fn image_builds_and_runs_every_role_and_a_pipeline() {
     assert_eq!(in_image.trim(), version_line);
     let help = ok(&run_args(&tag, &[], &["--help"]));
     let roles = subcommands(&help);
-    for role in ["ingest", "process", "sink", "serve", "hbase-emulator", "tables", "query", "dev", "load", "completions"] {
+    for role in
+        ["ingest", "process", "sink", "serve", "hbase-emulator", "tables", "query", "dev", "load", "completions"]
+    {
         assert!(roles.iter().any(|r| r == role), "`chatpipe --help` in the image lacks {role}: {roles:?}");
     }
     for shell in ["bash", "zsh", "fish"] {
