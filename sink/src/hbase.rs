@@ -321,6 +321,21 @@ impl HbaseClient {
         columns: &[&str],
         limit: Option<usize>,
     ) -> Result<Vec<Row>, HbaseError> {
+        self.scan_ordered(table, start, stop, columns, limit, false)
+    }
+
+    /// [`Self::scan`], or with `reversed` HBase's reversed scan: rows from `start` (inclusive,
+    /// the larger key) down to `stop` (exclusive, the smaller key; empty: to the beginning),
+    /// in descending row-key order.
+    pub fn scan_ordered(
+        &mut self,
+        table: &str,
+        start: &[u8],
+        stop: &[u8],
+        columns: &[&str],
+        limit: Option<usize>,
+        reversed: bool,
+    ) -> Result<Vec<Row>, HbaseError> {
         let page = limit.unwrap_or(SCAN_PAGE).clamp(1, SCAN_PAGE);
         let scan = TScan {
             start_row: Some(start.to_vec()),
@@ -331,7 +346,7 @@ impl HbaseClient {
             filter_string: None,
             batch_size: None,
             sort_columns: None,
-            reversed: None,
+            reversed: reversed.then_some(true),
             cache_blocks: None,
         };
         let id = self.inner.scanner_open_with_scan(table.as_bytes().to_vec(), scan, no_attributes())?;
