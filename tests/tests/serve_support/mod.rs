@@ -385,10 +385,11 @@ impl Model {
     pub fn inbox(&self, user: u64) -> Vec<Value> {
         let mut out: BTreeMap<u64, Value> = BTreeMap::new();
         for s in &self.sessions {
-            let Some(mem) = s.members.iter().find(|m| m.user == user) else { continue };
+            // inbox rows stay after a leave; merged entries need a current membership
+            let mem = s.members.iter().find(|m| m.user == user);
             for m in &s.msgs {
                 let fanned = s.inbox_for.get(&m.seq).is_some_and(|us| us.contains(&user));
-                let merged = Self::is_large(s) && m.seq > mem.joined_seq;
+                let merged = Self::is_large(s) && mem.is_some_and(|mem| m.seq > mem.joined_seq);
                 if !fanned && !merged {
                     continue;
                 }
