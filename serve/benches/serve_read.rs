@@ -87,7 +87,8 @@ fn load(thrift: &str, sessions: u64, per_session: u64) {
             let thrift = thrift.to_owned();
             std::thread::spawn(move || {
                 let mut c = HbaseClient::connect(&HbaseConfig::new(thrift)).unwrap();
-                let body = "a chat message of about a hundred bytes, which is what most chat messages are, or less".as_bytes();
+                let body =
+                    "a chat message of about a hundred bytes, which is what most chat messages are, or less".as_bytes();
                 for s in (1..=sessions).filter(|s| s % 4 == t) {
                     let mut batch = Vec::with_capacity(1000);
                     for seq in 1..=per_session {

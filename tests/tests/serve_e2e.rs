@@ -17,7 +17,7 @@ use chatpipe_common::kafka::{parse_kafka_option, KafkaArgs, TopicSpec};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_tests::{TestBroker, TestHbase};
 use serde_json::{json, Value};
-use serve_support::{Membership, Model, Msg, Sess, Serve, PREVIEW_CHARS};
+use serve_support::{Membership, Model, Msg, Serve, Sess, Stream, PREVIEW_CHARS};
 
 const PARTITIONS: i32 = 3;
 const FANOUT: u64 = 3;
@@ -72,10 +72,9 @@ impl Sim {
         match e["type"].as_str().unwrap() {
             "profile" => {
                 let user = num("user_id").unwrap();
-                self.model.profiles.insert(
-                    user,
-                    (e["name"].as_str().unwrap().into(), e["avatar_url"].as_str().unwrap().into(), at),
-                );
+                self.model
+                    .profiles
+                    .insert(user, (e["name"].as_str().unwrap().into(), e["avatar_url"].as_str().unwrap().into(), at));
             }
             "session" => {
                 self.sess(session, kind, at).name = e["name"].as_str().map(str::to_owned);
@@ -175,9 +174,7 @@ fn script(t0: i64) -> Vec<(Value, Option<usize>)> {
         }
         v
     };
-    let member = |ty: &str, session: u64, user: u64, at: i64| {
-        json!({"type": ty, "session_id": session.to_string(), "session_kind": "group", "sender_id": user, "user_id": user, "sent_at": at})
-    };
+    let member = |ty: &str, session: u64, user: u64, at: i64| json!({"type": ty, "session_id": session.to_string(), "session_kind": "group", "sender_id": user, "user_id": user, "sent_at": at});
     // direct 100 between 1 and 2
     for i in 0..5u64 {
         let sender = 1 + i % 2;
@@ -331,7 +328,17 @@ async fn posted_chat_reads_back_through_every_endpoint() {
     let mut cfg = serve_support::config(&hbase.thrift());
     cfg.fanout_max_members = FANOUT;
     cfg.preview_chars = PREVIEW_CHARS;
+    cfg.no_push = false;
+    cfg.kafka = kafka(&broker);
     let serve = Serve::start(cfg).await;
+    // user 1's stream, open before anything is posted (the sink creates chat.rows, so wait
+    // until the push feed has it assigned)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serve.telemetry.health.is_ready() {
+        assert!(Instant::now() < deadline, "serve not ready: {:?}", serve.telemetry.health.not_ready());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut stream = Stream::open(&serve, 1, None).await;
 
     // post one event per request, in order, mapping script positions to assigned ids
     let client = reqwest::Client::new();
@@ -343,7 +350,8 @@ async fn posted_chat_reads_back_through_every_endpoint() {
         if let Some(t) = target {
             event["target_id"] = json!(ids[t].to_string());
         }
-        let r = client.post(&url).header("content-type", "application/json").body(event.to_string()).send().await.unwrap();
+        let r =
+            client.post(&url).header("content-type", "application/json").body(event.to_string()).send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
         assert_eq!(status, 202, "{event}: {text}");
@@ -366,6 +374,60 @@ async fn posted_chat_reads_back_through_every_endpoint() {
             }
         }
     }
+
+    // push: user 1 got one `message` per inbox entry (in seq order per session), one
+    // `update` per edit or recall of those, and `unread` events ending at the oracle's unread
+    let inbox = model.inbox(1);
+    let updates = 4; // the small group's edit and recall, the big group's edit and recall
+    let mut messages: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    let mut got_updates = BTreeMap::new();
+    let mut unread: BTreeMap<String, u64> = BTreeMap::new();
+    let want_unread: BTreeMap<String, u64> = model
+        .user_sessions(1)
+        .iter()
+        .map(|s| (s["session_id"].as_str().unwrap().to_owned(), s["unread"].as_u64().unwrap()))
+        .collect();
+    while messages.values().map(Vec::len).sum::<usize>() < inbox.len()
+        || got_updates.len() < updates
+        || unread != want_unread
+    {
+        let e = stream.next().await;
+        match e.event.as_str() {
+            "message" => messages
+                .entry(e.data["session_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push((e.data["seq"].as_u64().unwrap(), e.data["message_id"].as_str().unwrap().to_owned())),
+            "update" => {
+                got_updates.insert(e.data["message_id"].as_str().unwrap().to_owned(), e.data.clone());
+            }
+            "unread" => {
+                unread.insert(e.data["session_id"].as_str().unwrap().to_owned(), e.data["unread"].as_u64().unwrap());
+            }
+            other => panic!("unexpected event {other}: {:?}", e.data),
+        }
+        assert!(
+            messages.values().map(Vec::len).sum::<usize>() <= inbox.len(),
+            "more messages than the inbox has: {messages:?}"
+        );
+    }
+    let mut want_messages: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for e in &inbox {
+        want_messages
+            .entry(e["session_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((e["seq"].as_u64().unwrap(), e["message_id"].as_str().unwrap().to_owned()));
+    }
+    for v in want_messages.values_mut() {
+        v.sort();
+    }
+    assert_eq!(messages, want_messages, "pushed messages per session, in seq order");
+    for (id, u) in &got_updates {
+        let want =
+            inbox.iter().find(|e| e["message_id"] == *id).unwrap_or_else(|| panic!("update of {id}, not in the inbox"));
+        assert_eq!((&u["preview"], &u["recalled"]), (&want["preview"], &want["recalled"]), "update of {id}");
+    }
+    drop(stream);
+
     serve.handle.shutdown().await.unwrap();
     ingest.shutdown().await.unwrap();
     processor.shutdown().await.unwrap();
