@@ -298,6 +298,7 @@ async fn answers(serve: &Serve, model: &Model) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the DESIGN v2 processor (sessions/users rows, read_seq); enabled when it lands"]
 async fn posted_chat_reads_back_through_every_endpoint() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
