@@ -2,7 +2,7 @@
 //!
 //! Starts a tansu broker (SQLite storage under the data directory, so it survives
 //! restarts), the HBase Thrift emulator (persistent, under the data directory), creates the
-//! topics and tables, and runs ingest, processor and sink in-process with one shared
+//! topics and tables, and runs ingest, processor, sink and serve in-process with one shared
 //! metrics endpoint. `--demo` adds a synthetic chat workload and a live summary line.
 //! Ctrl-C drains every role and stops the broker it started. Auth is off unless
 //! `--api-keys-file` is given; requests that carry an `Authorization` header still work.
@@ -26,6 +26,9 @@ pub struct DevArgs {
     /// Events API address.
     #[arg(long, env = "CHATPIPE_DEV_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// Read API (chatpipe serve) address.
+    #[arg(long, env = "CHATPIPE_DEV_SERVE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub serve_listen: SocketAddr,
     /// Kafka (tansu) listener.
     #[arg(long, env = "CHATPIPE_DEV_KAFKA_LISTEN", default_value = "127.0.0.1:9092")]
     pub kafka_listen: SocketAddr,
@@ -211,12 +214,36 @@ pub async fn run(args: DevArgs, shutdown: impl std::future::Future<Output = ()> 
         })
     };
 
+    let mut serve_args = vec![
+        "--listen".into(),
+        args.serve_listen.to_string(),
+        "--hbase-thrift".into(),
+        thrift.clone(),
+        "--kafka-brokers".into(),
+        brokers.clone(),
+    ];
+    match &args.api_keys_file {
+        Some(f) => serve_args.extend(["--api-keys-file".into(), f.display().to_string()]),
+        None => serve_args.push("--insecure-no-auth".into()),
+    }
+    let serve_cfg: chatpipe_serve::Config = role_config(&serve_args)?;
+    let serve = match chatpipe_serve::start(serve_cfg.clone(), telemetry.clone()).await {
+        // the read API is an extra of `dev`: a taken port moves it rather than failing
+        Err(chatpipe_serve::Error::Bind { addr, .. }) => {
+            println!("  ({addr} is taken: the read API listens on a free port instead)");
+            let cfg = chatpipe_serve::Config { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..serve_cfg };
+            chatpipe_serve::start(cfg, telemetry.clone()).await?
+        }
+        other => other?,
+    };
+
     let auth = match &args.api_keys_file {
         Some(f) => format!("API keys from {}", f.display()),
         None => "OFF (no API key needed; an Authorization header is accepted and ignored)".into(),
     };
     println!("chatpipe dev is up");
     println!("  events API   http://{}/v1/events   auth: {auth}", ingest.local_addr());
+    println!("  read API     http://{}/v1/...   (OpenAPI: http://{0}/openapi.json)", serve.local_addr());
     println!("  metrics      http://{}/metrics  (/healthz, /readyz)", metrics.addr);
     println!("  Kafka        {brokers}   (tansu, data in {})", data.join("kafka").display());
     println!("  HBase Thrift {thrift}   (emulator, data in {}; tables: {})", hbase_dir.display(), created.len());
@@ -267,6 +294,7 @@ pub async fn run(args: DevArgs, shutdown: impl std::future::Future<Output = ()> 
         let _ = d.await;
     }
     ingest.shutdown().await?;
+    serve.shutdown().await?;
     processor.shutdown().await?;
     sink_stop.cancel();
     match sink.await {

@@ -31,6 +31,7 @@ ROLE_COMMANDS = {
     "ingest": ["ingest"],
     "processor": ["process"],
     "sink": ["sink"],
+    "serve": ["serve"],
     "tables": ["tables", "create"],
 }
 

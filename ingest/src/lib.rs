@@ -65,7 +65,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{ApiKeys, Secret};
+pub use auth::{ApiKeys, Auth, AuthFailure, RateLimits, Secret};
 pub use config::{
     Config, DEFAULT_EVENTS_PARTITIONS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS,
     DEFAULT_MAX_INFLIGHT_REQUESTS, DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_PER_SECOND,

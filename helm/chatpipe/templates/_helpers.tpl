@@ -131,6 +131,18 @@ sink:
   maxRetries: CHATPIPE_SINK_MAX_RETRIES
   drainTimeout: CHATPIPE_SINK_DRAIN_TIMEOUT
   createTables: CHATPIPE_SINK_CREATE_TABLES
+serve:
+  hbaseConnections: CHATPIPE_SERVE_HBASE_CONNECTIONS
+  noPush: CHATPIPE_SERVE_NO_PUSH
+  rateLimitPerSecond: CHATPIPE_SERVE_RATE_LIMIT_PER_SECOND
+  rateLimitBurst: CHATPIPE_SERVE_RATE_LIMIT_BURST
+  maxInflightRequests: CHATPIPE_SERVE_MAX_INFLIGHT_REQUESTS
+  fanoutMaxMembers: CHATPIPE_SERVE_FANOUT_MAX_MEMBERS
+  previewChars: CHATPIPE_SERVE_PREVIEW_CHARS
+  pushRetentionEvents: CHATPIPE_SERVE_PUSH_RETENTION_EVENTS
+  maxPushClients: CHATPIPE_SERVE_MAX_PUSH_CLIENTS
+  pushKeepalive: CHATPIPE_SERVE_PUSH_KEEPALIVE
+  drainTimeout: CHATPIPE_SERVE_DRAIN_TIMEOUT
 {{- end }}
 
 {{/* The `<role>.config` keys as ConfigMap data lines (root, role); empty values are left out. */}}
@@ -160,8 +172,8 @@ CHATPIPE_KAFKA_CLIENT_ID: {{ .Values.kafka.clientId | quote }}
 {{/* ConfigMap data of the HBase connection (root). */}}
 {{- define "chatpipe.hbaseEnv" -}}
 CHATPIPE_HBASE_THRIFT: {{ required "hbase.thrift is required" .Values.hbase.thrift | quote }}
-CHATPIPE_HBASE_FRAMED: {{ include "chatpipe.envValue" .Values.hbase.framed | quote }}
-CHATPIPE_HBASE_COMPACT: {{ include "chatpipe.envValue" .Values.hbase.compact | quote }}
+CHATPIPE_THRIFT_TRANSPORT: {{ ternary "framed" "buffered" .Values.hbase.framed | quote }}
+CHATPIPE_THRIFT_PROTOCOL: {{ ternary "compact" "binary" .Values.hbase.compact | quote }}
 CHATPIPE_HBASE_TIMEOUT: {{ .Values.hbase.timeout | quote }}
 {{- end }}
 
@@ -388,6 +400,16 @@ CHATPIPE_SINK_METRICS_LISTEN: {{ include "chatpipe.listen" (dict "root" .root "p
 CHATPIPE_SINK_ROWS_TOPIC: {{ $v.topics.rows | quote }}
 CHATPIPE_SINK_DLQ_TOPIC: {{ $v.topics.dlq | quote }}
 CHATPIPE_SINK_TOPIC_PARTITIONS: {{ include "chatpipe.envValue" $v.topics.outputPartitions | quote }}
+{{- else if eq .role "serve" }}
+{{- include "chatpipe.hbaseEnv" .root | nindent 0 }}
+CHATPIPE_SERVE_LISTEN: {{ include "chatpipe.listen" (dict "root" .root "port" $v.serve.port) | quote }}
+CHATPIPE_SERVE_METRICS_LISTEN: {{ include "chatpipe.listen" (dict "root" .root "port" $v.serve.metricsPort) | quote }}
+CHATPIPE_SERVE_ROWS_TOPIC: {{ $v.topics.rows | quote }}
+{{- if $v.serve.insecureNoAuth }}
+CHATPIPE_SERVE_INSECURE_NO_AUTH: "true"
+{{- else }}
+CHATPIPE_SERVE_API_KEYS_FILE: {{ printf "%s/%s" (include "chatpipe.apiKeysDir" .) $v.serve.apiKeys.key | quote }}
+{{- end }}
 {{- end }}
 {{- include "chatpipe.configEnv" . }}
 {{- end }}
@@ -406,8 +428,16 @@ CHATPIPE_SINK_TOPIC_PARTITIONS: {{ include "chatpipe.envValue" $v.topics.outputP
     - configMapRef:
         name: {{ include "chatpipe.roleName" . }}
   {{- $env := include "chatpipe.kafkaEnv" . }}
-  {{- if or $env $v.extraEnv }}
+  {{- $static := and (has .role (list "processor" "sink")) $v.staticMembership }}
+  {{- if or $env $v.extraEnv $static }}
   env:
+    {{- if $static }}
+    # static group membership: group.instance.id = the pod name (stable in a StatefulSet)
+    - name: CHATPIPE_GROUP_INSTANCE_ID
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- end }}
     {{- with $env }}
     {{- . | trim | nindent 4 }}
     {{- end }}
@@ -416,7 +446,7 @@ CHATPIPE_SINK_TOPIC_PARTITIONS: {{ include "chatpipe.envValue" $v.topics.outputP
     {{- end }}
   {{- end }}
   ports:
-    {{- if eq .role "ingest" }}
+    {{- if has .role (list "ingest" "serve") }}
     - name: http
       containerPort: {{ $v.port }}
       protocol: TCP
@@ -432,7 +462,7 @@ CHATPIPE_SINK_TOPIC_PARTITIONS: {{ include "chatpipe.envValue" $v.topics.outputP
   volumeMounts:
     - name: tmp
       mountPath: /tmp
-    {{- if eq .role "ingest" }}
+    {{- if has .role (list "ingest" "serve") }}
     {{- if not $v.insecureNoAuth }}
     - name: api-keys
       mountPath: {{ include "chatpipe.apiKeysDir" . }}
