@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatpipe_common::envelope;
 use chatpipe_common::event::{rfc3339_ms, ChatEvent, EventType, MessageContent, MessageKind, SessionKind};
 use chatpipe_common::kafka::dlq;
 use chatpipe_common::row_key;
