@@ -1189,7 +1189,18 @@ pub(crate) mod tests {
             ),
         )
             .prop_map(
-                |(t, session_id, sk, sender_id, recipient, cmid, sent, (mk, body, mentions), target, (user, read_seq, name, avatar_url))| {
+                |(
+                    t,
+                    session_id,
+                    sk,
+                    sender_id,
+                    recipient,
+                    cmid,
+                    sent,
+                    (mk, body, mentions),
+                    target,
+                    (user, read_seq, name, avatar_url),
+                )| {
                     let user = if matches!(t, EventType::Join | EventType::Leave | EventType::Profile) {
                         Some(user.unwrap_or(1))
                     } else {

@@ -87,7 +87,8 @@ fn main() {
             last.insert(s, id);
             let mut e = event(id, t, EventType::Message, s, sk, sender);
             let len = 20 + (rng.next() % 381) as usize;
-            e.message = Some(MessageContent { kind: MessageKind::Text, body: text[..len].to_owned(), mentions: vec![] });
+            e.message =
+                Some(MessageContent { kind: MessageKind::Text, body: text[..len].to_owned(), mentions: vec![] });
             e.client_msg_id = Some(format!("c{id}"));
             e
         };

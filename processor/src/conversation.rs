@@ -314,7 +314,12 @@ impl PartitionCore {
             if let Some(s) = self.state.sessions.get_mut(&ev.session_id) {
                 s.name = Some(name.clone());
             }
-            self.cur.push(put(tables::SESSIONS, session_row(ev.session_id), vec![text("s:name", name)], ev.ingested_at_ms));
+            self.cur.push(put(
+                tables::SESSIONS,
+                session_row(ev.session_id),
+                vec![text("s:name", name)],
+                ev.ingested_at_ms,
+            ));
         }
         Outcome::Processed
     }
@@ -325,7 +330,8 @@ impl PartitionCore {
         };
         if user != ev.session_id {
             // the users row must have one owner: profiles are keyed by their user id
-            let detail = format!("profile of user {user} routed as session {}; ingest routes by user_id", ev.session_id);
+            let detail =
+                format!("profile of user {user} routed as session {}; ingest routes by user_id", ev.session_id);
             return self.dlq(offset, reason::INVALID, detail);
         }
         let mut cells = Vec::with_capacity(3);

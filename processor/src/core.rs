@@ -218,7 +218,14 @@ pub struct PartitionCore {
 impl PartitionCore {
     /// A core over restored (or empty) state.
     pub fn new(partition: i32, rules: Rules, state: PartitionState) -> Self {
-        PartitionCore { partition, rules, state, out: Outputs::default(), cur: Vec::new(), last_unread_emit_ms: i64::MIN }
+        PartitionCore {
+            partition,
+            rules,
+            state,
+            out: Outputs::default(),
+            cur: Vec::new(),
+            last_unread_emit_ms: i64::MIN,
+        }
     }
 
     /// Last applied input offset (−1 when none).
@@ -258,7 +265,8 @@ impl PartitionCore {
         self.state.prune_events(floor);
         let outcome = self.apply_event(offset, ev);
         if !self.cur.is_empty() {
-            let owner = if ev.event_type == EventType::Profile { ev.user_id.unwrap_or(ev.session_id) } else { ev.session_id };
+            let owner =
+                if ev.event_type == EventType::Profile { ev.user_id.unwrap_or(ev.session_id) } else { ev.session_id };
             self.out.rows.push(RowRecord { key: owner, batch: RowBatch { mutations: std::mem::take(&mut self.cur) } });
         }
         self.count(outcome);
@@ -370,7 +378,10 @@ impl PartitionCore {
 
     /// Ends the batch: the outputs, in order, and the state changes for the changelog.
     /// `now_ms` (wall time) decides whether pending unread values are emitted now.
-    pub fn finish_batch(&mut self, now_ms: i64) -> (Outputs, Vec<(crate::state::StateKey, crate::state::ChangeRecord)>) {
+    pub fn finish_batch(
+        &mut self,
+        now_ms: i64,
+    ) -> (Outputs, Vec<(crate::state::StateKey, crate::state::ChangeRecord)>) {
         if !self.state.unread_pending.is_empty()
             && now_ms.saturating_sub(self.last_unread_emit_ms) >= self.rules.unread_emit_interval_ms
         {

@@ -21,7 +21,13 @@ impl PartitionCore {
         t.div_euclid(self.rules.window_ms) * self.rules.window_ms
     }
 
-    pub(crate) fn count_in_window(&mut self, offset: i64, ev: &ChatEvent, skind: SessionKind, mkind: MessageKind) -> Outcome {
+    pub(crate) fn count_in_window(
+        &mut self,
+        offset: i64,
+        ev: &ChatEvent,
+        skind: SessionKind,
+        mkind: MessageKind,
+    ) -> Outcome {
         let start = self.window_of(ev.sent_at_ms);
         let end = start + self.rules.window_ms;
         let closed = self.state.meta.watermark_ms.is_some_and(|wm| end <= wm);

@@ -28,10 +28,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{flatten, plan, plan_mutations, reason, Entry, EntryOp, Phase, Record, Rejection};
-use chatpipe_common::rows::RowMutation;
 use crate::hbase::{batch_mutation, HbaseClient, HbaseError, HbasePool};
 use crate::metrics::{kind, SinkMetrics};
 use crate::sink::{FinishGuard, Shared, SinkConsumer};
+use chatpipe_common::rows::RowMutation;
 
 /// HBase timestamps are milliseconds: a put must reach the server at least this long after
 /// the acknowledgement of a delete it follows, so that its timestamp is strictly greater.

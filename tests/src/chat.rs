@@ -192,18 +192,19 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
                 }
             };
             // a target: mostly a message, sometimes a retry's alias id, sometimes unknown
-            let pick = |g: &mut Gen, sent: &[(u64, SessionKind, u64, u64)], aliases: &[(u64, SessionKind, u64, u64)]| {
-                if !aliases.is_empty() && g.rng.gen_bool(0.15) {
-                    aliases[g.rng.gen_range(0..aliases.len())]
-                } else {
-                    let t = sent[g.rng.gen_range(0..sent.len())];
-                    if g.rng.gen_bool(0.05) {
-                        (t.0, t.1, g.id(), t.3) // an id this session never had
+            let pick =
+                |g: &mut Gen, sent: &[(u64, SessionKind, u64, u64)], aliases: &[(u64, SessionKind, u64, u64)]| {
+                    if !aliases.is_empty() && g.rng.gen_bool(0.15) {
+                        aliases[g.rng.gen_range(0..aliases.len())]
                     } else {
-                        t
+                        let t = sent[g.rng.gen_range(0..sent.len())];
+                        if g.rng.gen_bool(0.05) {
+                            (t.0, t.1, g.id(), t.3) // an id this session never had
+                        } else {
+                            t
+                        }
                     }
-                }
-            };
+                };
             if roll < 58 || sent.is_empty() {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
                 let large = g.rng.gen_bool(0.2);
@@ -464,7 +465,7 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
         let mut msgs: BTreeMap<(u64, u64), Msg> = BTreeMap::new(); // (session, id)
         let mut alias: BTreeMap<(u64, u64), u64> = BTreeMap::new(); // (session, retry id) → original
         let mut cmid_msg: BTreeMap<(u64, String), u64> = BTreeMap::new(); // the message that carried it
-        // read-mark candidates: (user, session) → [(pos, seq, message id)]
+                                                                          // read-mark candidates: (user, session) → [(pos, seq, message id)]
         let mut marks: BTreeMap<(u64, u64), Vec<(usize, u64, u64)>> = BTreeMap::new();
         let mut max_t: Option<i64> = None;
         for (pos, input) in events.iter().enumerate() {
@@ -501,7 +502,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                 msgs.get(&(sid, id)).map(|m| (id, m.clone()))
             };
             if !skip {
-                let table = if e.session_kind == SessionKind::Channel { tables::CHANNEL_MESSAGES } else { tables::MESSAGES };
+                let table =
+                    if e.session_kind == SessionKind::Channel { tables::CHANNEL_MESSAGES } else { tables::MESSAGES };
                 let create = |convs: &mut BTreeMap<u64, Conv>| {
                     let c = convs.entry(sid).or_default();
                     if c.kind.is_none() {
@@ -515,7 +517,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                     }
                     create(convs);
                     let c = convs.entry(sid).or_default();
-                    let m = Membership { joined_at: e.sent_at_ms, pos, joined_seq: c.last_seq, joined_last_id: c.last_id };
+                    let m =
+                        Membership { joined_at: e.sent_at_ms, pos, joined_seq: c.last_seq, joined_last_id: c.last_id };
                     c.members.insert(u, m);
                     ever.insert((u, sid));
                 };
@@ -560,7 +563,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                                 r.insert("i:kind".into(), s(m.kind.as_str()));
                                 r.insert("i:preview".into(), preview.clone().into_bytes());
                                 r.insert("i:seq".into(), s(seq));
-                                out.rows.insert((tables::INBOX.into(), row_key::encode(u, e.message_id).into_bytes()), r);
+                                out.rows
+                                    .insert((tables::INBOX.into(), row_key::encode(u, e.message_id).into_bytes()), r);
                             }
                         }
                         if mem.contains(&e.sender_id) {
@@ -599,7 +603,10 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                                     .unwrap_or(0);
                                 row.insert("m:edited".into(), s(n + 1));
                                 inbox.insert("i:kind".into(), s(b.kind.as_str()));
-                                inbox.insert("i:preview".into(), b.body.chars().take(80).collect::<String>().into_bytes());
+                                inbox.insert(
+                                    "i:preview".into(),
+                                    b.body.chars().take(80).collect::<String>().into_bytes(),
+                                );
                             } else {
                                 row.insert("m:recalled".into(), s(1));
                                 inbox.insert("i:recalled".into(), s(1));
@@ -615,7 +622,10 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                                     .chain([m.sender])
                                     .collect();
                                 for u in users {
-                                    let r = out.rows.entry((tables::INBOX.into(), row_key::encode(u, id).into_bytes())).or_default();
+                                    let r = out
+                                        .rows
+                                        .entry((tables::INBOX.into(), row_key::encode(u, id).into_bytes()))
+                                        .or_default();
                                     r.extend(inbox.clone());
                                 }
                             }
@@ -685,7 +695,8 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                 }
                 let mut r = BTreeMap::new();
                 r.insert("f:joined_at".into(), s(m.joined_at));
-                out.rows.insert((tables::MEMBERS.into(), row_key::encode_pair(*session, *user).into_bytes()), r.clone());
+                out.rows
+                    .insert((tables::MEMBERS.into(), row_key::encode_pair(*session, *user).into_bytes()), r.clone());
                 r.insert("f:joined_seq".into(), s(m.joined_seq));
                 r.insert("f:read_seq".into(), s(read.0));
                 out.rows.insert((tables::USER_SESSIONS.into(), row_key::encode_pair(*user, *session).into_bytes()), r);
