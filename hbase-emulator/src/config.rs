@@ -25,6 +25,43 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// they here.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
 
+/// The Thrift transports HBase's Thrift server offers (`hbase thrift start [-f]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ThriftTransport {
+    /// Messages back to back on the stream (HBase's default).
+    #[default]
+    Buffered,
+    /// Each message behind a 4-byte length (`-f`; required by HBase's nonblocking servers).
+    Framed,
+}
+
+/// The Thrift protocols HBase's Thrift server offers (`hbase thrift start [-c]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ThriftProtocol {
+    /// TBinaryProtocol, strict (HBase's default).
+    #[default]
+    Binary,
+    /// TCompactProtocol (`-c`).
+    Compact,
+}
+
+impl Config {
+    /// Whether the framed transport is served.
+    pub fn framed(&self) -> bool {
+        self.thrift_transport == ThriftTransport::Framed
+    }
+
+    /// Whether the compact protocol is served.
+    pub fn compact(&self) -> bool {
+        self.thrift_protocol == ThriftProtocol::Compact
+    }
+
+    /// This configuration with the given transport and protocol.
+    pub fn with_wire(self, thrift_transport: ThriftTransport, thrift_protocol: ThriftProtocol) -> Config {
+        Config { thrift_transport, thrift_protocol, ..self }
+    }
+}
+
 /// Serve HBase's Thrift1 API from an embedded, durable store.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -50,13 +87,25 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_IN_MEMORY", conflicts_with = "data_dir")]
     pub in_memory: bool,
 
-    /// Framed transport instead of HBase's default buffered transport (`hbase thrift start -f`).
-    #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_FRAMED")]
-    pub framed: bool,
+    /// Thrift transport: `buffered` (HBase's default) or `framed` (`hbase thrift start -f`).
+    /// Clients must use the same.
+    #[arg(
+        long,
+        env = "CHATPIPE_HBASE_EMULATOR_THRIFT_TRANSPORT",
+        value_enum,
+        default_value_t = ThriftTransport::Buffered
+    )]
+    pub thrift_transport: ThriftTransport,
 
-    /// Compact protocol instead of HBase's default binary protocol (`hbase thrift start -c`).
-    #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_COMPACT")]
-    pub compact: bool,
+    /// Thrift protocol: `binary` (HBase's default) or `compact` (`hbase thrift start -c`).
+    /// Clients must use the same.
+    #[arg(
+        long,
+        env = "CHATPIPE_HBASE_EMULATOR_THRIFT_PROTOCOL",
+        value_enum,
+        default_value_t = ThriftProtocol::Binary
+    )]
+    pub thrift_protocol: ThriftProtocol,
 
     /// Pre-split every table created into this many salt regions ("000".."N-1", N ≤ 1000).
     /// Unset: tables in namespace `chat` get 128 salt regions, others one region.
@@ -96,8 +145,8 @@ impl Config {
             data_dir: None,
             in_memory: true,
             durability: Durability::Os,
-            framed: false,
-            compact: false,
+            thrift_transport: ThriftTransport::Buffered,
+            thrift_protocol: ThriftProtocol::Binary,
             presplit_salt: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,

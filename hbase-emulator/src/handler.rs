@@ -3,8 +3,8 @@
 //! `setTimeRange(0, ts)`), conversion to the generated structs, and errors raised as the
 //! exceptions each method declares (`IOError`, `IllegalArgument`, `AlreadyExists`).
 //!
-//! Methods the emulator does not implement (`getRegionInfo`, `grant`, `revoke`) answer an
-//! `IOError` naming the method.
+//! Methods the emulator does not implement (`grant`, `revoke`) answer an `IOError` naming
+//! the method.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -721,7 +721,7 @@ impl HbaseSyncHandler for Handler {
         columns: Vec<Text>,
         _attributes: Attributes,
     ) -> thrift::Result<ScannerID> {
-        let filter = Filter { row_prefixes: vec![start_and_prefix.clone()], ..Filter::default() };
+        let filter = Filter::prefix(start_and_prefix.clone());
         self.simple_scan(table_name, start_and_prefix, Vec::new(), columns, None, filter)
     }
 
@@ -787,8 +787,38 @@ impl HbaseSyncHandler for Handler {
         }
     }
 
-    fn handle_get_region_info(&self, _row: Text) -> thrift::Result<TRegionInfo> {
-        Err(not_implemented("getRegionInfo"))
+    fn handle_get_region_info(&self, row: Text) -> thrift::Result<TRegionInfo> {
+        // HBase looks the row up in `hbase:meta`, whose keys are `table,row,regionid`: the
+        // region of `table` holding `row` (what follows the last comma is the region id that
+        // clients append, e.g. `,99999999999999`).
+        let run = || {
+            let comma = row.iter().position(|&b| b == b',').ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "getRegionInfo needs a meta row key 'table,row,…', got {:?}",
+                    String::from_utf8_lossy(&row)
+                ))
+            })?;
+            let (table, rest) = (&row[..comma], &row[comma + 1..]);
+            let key = match rest.iter().rposition(|&b| b == b',') {
+                Some(i) => &rest[..i],
+                None => rest,
+            };
+            let meta = self.store.table(table)?;
+            let region = regions::regions(&meta.name, &meta.split_points, meta.created_ms)
+                .into_iter()
+                .rfind(|r| r.start_key.as_slice() <= key)
+                .ok_or_else(|| StoreError::Storage("the table has no region".into()))?;
+            Ok::<_, StoreError>(TRegionInfo {
+                start_key: Some(region.start_key),
+                end_key: Some(region.end_key),
+                id: Some(region.id),
+                name: Some(region.name),
+                version: Some(1),
+                server_name: Some(self.server_host.clone()),
+                port: Some(self.server_port),
+            })
+        };
+        run().map_err(|e| to_thrift(e, Declares::Io))
     }
 
     fn handle_append(&self, append: TAppend) -> thrift::Result<Vec<TCell>> {

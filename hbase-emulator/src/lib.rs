@@ -3,7 +3,8 @@
 //! Bigtable. Code tested against it should work unchanged against `hbase thrift start`.
 //!
 //! It serves the generated `HbaseSyncProcessor` of the `hbase-thrift` crate over the binary
-//! protocol and buffered transport (HBase's defaults; `--compact`, `--framed` switch), and
+//! protocol and buffered transport (HBase's defaults) or, as `hbase thrift start -f -c` does,
+//! the framed transport and compact protocol (`--thrift-transport`, `--thrift-protocol`), and
 //! keeps tables, cells, versions and delete markers in an embedded redb file.
 //!
 //! # Guarantees
@@ -18,10 +19,12 @@
 //! * **Semantics as HBase has them**: see `store.rs` (versions, `maxVersions`, TTL, delete
 //!   markers that mask older puts, 8-byte big-endian counters, bytewise row order) and
 //!   `handler.rs` (how each Thrift method maps, which exception it raises). Methods not
-//!   implemented (`getRegionInfo`, `grant`, `revoke`) answer an `IOError` naming the method.
+//!   implemented (`grant`, `revoke`) answer an `IOError` naming the method.
 //! * **Failure**: bad input never panics the server and never takes it down: lengths are
-//!   bounded before anything is allocated (`protocol.rs`), a connection that sends garbage
-//!   or a cut frame is closed, and the others go on (`server.rs`). As HBase's Thrift server
+//!   bounded before anything is allocated (`protocol.rs`); a call with a frame, string or
+//!   container over the limits is answered with an `IOError` and its connection closed; a
+//!   connection that sends garbage or a cut frame is closed; a filter string is parsed with
+//!   bounded depth and size (`filter.rs`) — and every other connection goes on (`server.rs`). As HBase's Thrift server
 //!   does, a connection idle for `--idle-timeout-secs` (60) is closed: clients reconnect.
 //! * **Concurrency**: one thread per connection (up to `--max-connections`); concurrent
 //!   mutations share one commit (group commit), each answered after it; reads use
@@ -79,7 +82,10 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-pub use config::{Config, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES};
+pub use config::{
+    Config, ThriftProtocol, ThriftTransport, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};
 pub use error::Error;
 pub use regions::{salt_split_points, SALTED_NAMESPACE, SALT_BUCKETS};
 pub use server::EmulatorHandle;
@@ -111,8 +117,8 @@ pub fn start(config: Config) -> Result<EmulatorHandle, Error> {
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
     let handler = handler::Handler::new(Arc::new(store), config.presplit_salt, addr.ip().to_string(), addr.port());
     let wire = protocol::WireFormat {
-        framed: config.framed,
-        compact: config.compact,
+        framed: config.framed(),
+        compact: config.compact(),
         max_message_bytes: config.max_message_bytes,
         idle_timeout: (config.idle_timeout_secs > 0).then(|| std::time::Duration::from_secs(config.idle_timeout_secs)),
     };
@@ -121,8 +127,8 @@ pub fn start(config: Config) -> Result<EmulatorHandle, Error> {
         addr = %handle.local_addr(),
         data_dir = ?config.data_dir,
         in_memory = config.in_memory,
-        framed = config.framed,
-        compact = config.compact,
+        transport = ?config.thrift_transport,
+        protocol = ?config.thrift_protocol,
         "hbase emulator listening"
     );
     Ok(handle)

@@ -123,17 +123,27 @@ const METHOD_ARGS: &[(&str, &[(i16, TType)])] = &[
     ("revoke", &[(1, TType::Struct)]),
 ];
 
-/// Reads whole frames of the framed transport, refusing sizes outside `1..=max`.
+/// Bytes of an oversize frame read to learn which call it carries (its message header), so
+/// that the call can be answered with an `IOError` before the connection is closed.
+const OVERSIZE_HEADER_BYTES: usize = 1024;
+
+/// Reads whole frames of the framed transport, refusing sizes outside `0..=max`.
+///
+/// A frame above `max` is not read: only its first [`OVERSIZE_HEADER_BYTES`] are passed on
+/// (enough for the message header) and the shared flag is set, after which every read fails.
+/// [`GuardedInput`] refuses to finish reading the call's arguments while the flag is set, so
+/// the call is never executed; the server answers it with an `IOError` and closes.
 pub struct FramedReader<R> {
     inner: R,
     buf: Vec<u8>,
     pos: usize,
     max: usize,
+    oversize: Rc<RefCell<Option<String>>>,
 }
 
 impl<R: Read> FramedReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
-        FramedReader { inner, buf: Vec::new(), pos: 0, max }
+        FramedReader { inner, buf: Vec::new(), pos: 0, max, oversize: Rc::default() }
     }
 }
 
@@ -143,14 +153,23 @@ impl<R: Read> Read for FramedReader<R> {
             return Ok(0);
         }
         while self.pos == self.buf.len() {
+            if let Some(why) = self.oversize.borrow().as_ref() {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, why.clone()));
+            }
             let mut size = [0u8; 4];
             self.inner.read_exact(&mut size)?;
             let size = i32::from_be_bytes(size);
-            let size = usize::try_from(size).ok().filter(|s| *s <= self.max).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("frame size {size} outside 0..={}", self.max))
-            })?;
+            let size = usize::try_from(size)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("negative frame size {size}")))?;
+            let take = if size > self.max {
+                *self.oversize.borrow_mut() =
+                    Some(format!("frame of {size} bytes exceeds the limit of {} bytes", self.max));
+                size.min(OVERSIZE_HEADER_BYTES)
+            } else {
+                size
+            };
             self.buf.clear();
-            self.buf.resize(size, 0);
+            self.buf.resize(take, 0);
             self.inner.read_exact(&mut self.buf)?;
             self.pos = 0;
         }
@@ -217,6 +236,11 @@ pub struct GuardedInput {
     max_bytes: usize,
     failed: bool,
     args: ArgsState,
+    /// The name and sequence number of the call being read.
+    message: Option<(String, i32)>,
+    /// Why the call being read is refused (a length over the limits); shared with the
+    /// [`FramedReader`], which reports oversize frames here.
+    refused: Rc<RefCell<Option<String>>>,
 }
 
 /// Bookkeeping to supply missing top-level arguments (see the module doc).
@@ -252,6 +276,20 @@ impl GuardedInput {
         self.failed
     }
 
+    /// The call being read when a length over the limits was refused: its name, sequence
+    /// number and the reason, for the server to answer it with an `IOError`.
+    pub fn refused_call(&self) -> Option<(String, i32, String)> {
+        let why = self.refused.borrow().clone()?;
+        let (name, seq) = self.message.clone()?;
+        Some((name, seq, why))
+    }
+
+    fn refuse(&mut self, why: String) -> thrift::Error {
+        self.failed = true;
+        *self.refused.borrow_mut() = Some(why.clone());
+        protocol_error(ProtocolErrorKind::SizeLimit, why)
+    }
+
     fn track<T>(&mut self, r: thrift::Result<T>) -> thrift::Result<T> {
         if r.is_err() {
             self.failed = true;
@@ -284,9 +322,9 @@ impl GuardedInput {
     }
 
     fn read_sized(&mut self, len: i64) -> thrift::Result<Vec<u8>> {
-        let len = usize::try_from(len).ok().filter(|l| *l <= self.max_bytes).ok_or_else(|| {
-            protocol_error(ProtocolErrorKind::SizeLimit, format!("binary length {len} outside 0..={}", self.max_bytes))
-        })?;
+        let Some(len) = usize::try_from(len).ok().filter(|l| *l <= self.max_bytes) else {
+            return Err(self.refuse(format!("string or binary of {len} bytes outside 0..={}", self.max_bytes)));
+        };
         let mut buf = vec![0u8; len];
         self.raw.read_exact(&mut buf)?;
         Ok(buf)
@@ -298,6 +336,7 @@ impl GuardedInput {
     }
 
     fn read_message_begin_untracked(&mut self) -> thrift::Result<TMessageIdentifier> {
+        self.message = None;
         let ident = if self.compact {
             let id = self.read_raw_byte()?;
             if id != 0x82 {
@@ -340,6 +379,7 @@ impl GuardedInput {
             }
         };
         self.args = ArgsState::default();
+        self.message = Some((ident.name.clone(), ident.sequence_number));
         match METHOD_ARGS.iter().find(|(name, _)| *name == ident.name) {
             Some((_, schema)) => self.args.schema = schema,
             None => {
@@ -403,11 +443,7 @@ impl GuardedInput {
         if (0..=MAX_CONTAINER_ELEMENTS).contains(&size) {
             Ok(())
         } else {
-            self.failed = true;
-            Err(protocol_error(
-                ProtocolErrorKind::SizeLimit,
-                format!("{what} size {size} outside 0..={MAX_CONTAINER_ELEMENTS}"),
-            ))
+            Err(self.refuse(format!("{what} of {size} elements outside 0..={MAX_CONTAINER_ELEMENTS}")))
         }
     }
 }
@@ -436,6 +472,13 @@ impl TInputProtocol for GuardedInput {
             return Ok(());
         }
         self.args.depth = self.args.depth.saturating_sub(1);
+        if self.args.depth == 0 {
+            // The end of a call's arguments: a call in an oversize frame is never executed.
+            if let Some(why) = self.refused.borrow().clone() {
+                self.failed = true;
+                return Err(protocol_error(ProtocolErrorKind::SizeLimit, why));
+            }
+        }
         let r = self.inner.read_struct_end();
         self.track(r)
     }
@@ -572,6 +615,168 @@ impl TInputProtocol for GuardedInput {
     }
 }
 
+/// The output side of a connection. While the call being read is refused (see
+/// [`GuardedInput::refused_call`]) it drops what the processor writes — the
+/// `TApplicationException` the `thrift` crate answers a read error with — so that the server
+/// can answer the call with the `IOError` HBase's IDL declares instead, through
+/// [`GuardedOutput::unmuted`].
+pub struct GuardedOutput {
+    inner: Box<dyn TOutputProtocol>,
+    refused: Rc<RefCell<Option<String>>>,
+}
+
+impl GuardedOutput {
+    fn muted(&self) -> bool {
+        self.refused.borrow().is_some()
+    }
+
+    /// The underlying protocol, writing even while a call is refused.
+    pub fn unmuted(&mut self) -> &mut dyn TOutputProtocol {
+        self.inner.as_mut()
+    }
+}
+
+impl TOutputProtocol for GuardedOutput {
+    fn write_message_begin(&mut self, identifier: &TMessageIdentifier) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_message_begin(identifier)
+    }
+    fn write_message_end(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_message_end()
+    }
+    fn write_struct_begin(&mut self, identifier: &TStructIdentifier) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_struct_begin(identifier)
+    }
+    fn write_struct_end(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_struct_end()
+    }
+    fn write_field_begin(&mut self, identifier: &TFieldIdentifier) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_field_begin(identifier)
+    }
+    fn write_field_end(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_field_end()
+    }
+    fn write_field_stop(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_field_stop()
+    }
+    fn write_bool(&mut self, b: bool) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_bool(b)
+    }
+    fn write_bytes(&mut self, b: &[u8]) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_bytes(b)
+    }
+    fn write_i8(&mut self, i: i8) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_i8(i)
+    }
+    fn write_i16(&mut self, i: i16) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_i16(i)
+    }
+    fn write_i32(&mut self, i: i32) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_i32(i)
+    }
+    fn write_i64(&mut self, i: i64) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_i64(i)
+    }
+    fn write_double(&mut self, d: f64) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_double(d)
+    }
+    fn write_string(&mut self, s: &str) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_string(s)
+    }
+    fn write_list_begin(&mut self, identifier: &TListIdentifier) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_list_begin(identifier)
+    }
+    fn write_list_end(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_list_end()
+    }
+    fn write_set_begin(&mut self, identifier: &TSetIdentifier) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_set_begin(identifier)
+    }
+    fn write_set_end(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_set_end()
+    }
+    fn write_map_begin(&mut self, identifier: &TMapIdentifier) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_map_begin(identifier)
+    }
+    fn write_map_end(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_map_end()
+    }
+    fn flush(&mut self) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+    fn write_byte(&mut self, b: u8) -> thrift::Result<()> {
+        if self.muted() {
+            return Ok(());
+        }
+        self.inner.write_byte(b)
+    }
+}
+
 /// How a connection is spoken.
 #[derive(Debug, Clone, Copy)]
 pub struct WireFormat {
@@ -583,10 +788,13 @@ pub struct WireFormat {
 }
 
 /// Builds the input and output protocols of one connection.
-pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInput, Box<dyn TOutputProtocol>)> {
+pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInput, GuardedOutput)> {
     let write_half = stream.try_clone()?;
+    let refused: Rc<RefCell<Option<String>>> = Rc::default();
     let reader: Box<dyn Read> = if wire.framed {
-        Box::new(FramedReader::new(BufReader::with_capacity(64 * 1024, stream), wire.max_message_bytes))
+        let mut framed = FramedReader::new(BufReader::with_capacity(64 * 1024, stream), wire.max_message_bytes);
+        framed.oversize = Rc::clone(&refused);
+        Box::new(framed)
     } else {
         Box::new(BufReader::with_capacity(64 * 1024, stream))
     };
@@ -603,18 +811,20 @@ pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInpu
         max_bytes: wire.max_message_bytes,
         failed: false,
         args: ArgsState::default(),
+        message: None,
+        refused: Rc::clone(&refused),
     };
     let writer: Box<dyn Write> = if wire.framed {
         Box::new(FramedWriter::new(BufWriter::with_capacity(64 * 1024, write_half)))
     } else {
         Box::new(BufWriter::with_capacity(64 * 1024, write_half))
     };
-    let output: Box<dyn TOutputProtocol> = if wire.compact {
+    let inner: Box<dyn TOutputProtocol> = if wire.compact {
         Box::new(TCompactOutputProtocol::new(writer))
     } else {
         Box::new(TBinaryOutputProtocol::new(writer, true))
     };
-    Ok((input, output))
+    Ok((input, GuardedOutput { inner, refused }))
 }
 
 #[cfg(test)]
@@ -628,7 +838,16 @@ mod tests {
         } else {
             Box::new(TBinaryInputProtocol::new(raw.clone(), true))
         };
-        GuardedInput { inner, raw, compact, max_bytes: 1024, failed: false, args: ArgsState::default() }
+        GuardedInput {
+            inner,
+            raw,
+            compact,
+            max_bytes: 1024,
+            failed: false,
+            args: ArgsState::default(),
+            message: None,
+            refused: Rc::default(),
+        }
     }
 
     #[test]
@@ -663,8 +882,14 @@ mod tests {
     fn frames_outside_limits_are_refused() {
         let mut r = FramedReader::new(io::Cursor::new(vec![0xFF, 0xFF, 0xFF, 0xFF]), 100);
         assert!(r.read(&mut [0u8; 8]).is_err());
-        let mut r = FramedReader::new(io::Cursor::new(vec![0, 0, 1, 0]), 100);
-        assert!(r.read(&mut [0u8; 8]).is_err());
+        // An oversize frame: its first bytes are passed on (the call's header), then nothing.
+        let mut oversize = vec![0, 0, 1, 0];
+        oversize.extend_from_slice(&[5u8; 256]);
+        let mut r = FramedReader::new(io::Cursor::new(oversize), 100);
+        let mut all = Vec::new();
+        assert!(r.read_to_end(&mut all).is_err());
+        assert_eq!(all.len(), 256);
+        assert!(r.oversize.borrow().as_deref().is_some_and(|m| m.contains("256 bytes")));
         let mut r = FramedReader::new(io::Cursor::new(vec![0, 0, 0, 2, 7, 8]), 100);
         let mut out = [0u8; 8];
         assert_eq!(r.read(&mut out).unwrap(), 2);

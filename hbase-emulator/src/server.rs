@@ -8,7 +8,10 @@
 //! A connection ends when its client closes it, when it stays idle longer than the idle
 //! timeout (HBase's 60 s by default), when a read fails (garbage, a frame cut in
 //! half, a length over the limits) or when its handler panics (caught; it should not
-//! happen): only that connection is closed, every other one goes on. Stopping sets a flag,
+//! happen): only that connection is closed, every other one goes on. A call refused for a
+//! length over the limits (frame, string, container) whose header could be read is first
+//! answered with an `IOError` (`DoNotRetryIOException: request refused: …`), so the client
+//! learns why instead of seeing a reset. Stopping sets a flag,
 //! wakes the accept thread with a connection to itself, shuts every connection's socket down
 //! and joins every thread, so that when [`EmulatorHandle::stop`] returns the port and the
 //! store file are free again.
@@ -21,8 +24,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use hbase_thrift::hbase::HbaseSyncProcessor;
+use hbase_thrift::hbase::{HbaseSyncProcessor, IOError};
 use parking_lot::Mutex;
+use thrift::protocol::{TFieldIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType};
 use thrift::server::TProcessor;
 
 use crate::handler::Handler;
@@ -196,6 +200,7 @@ fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, 
     if stream.set_read_timeout(wire.idle_timeout).is_err() {
         return;
     }
+    let Ok(control) = stream.try_clone() else { return };
     let (mut input, mut output) = match protocol::protocols(stream, wire) {
         Ok(p) => p,
         Err(e) => {
@@ -204,7 +209,13 @@ fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, 
         }
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| loop {
-        match processor.process(&mut input, output.as_mut()) {
+        let outcome = processor.process(&mut input, &mut output);
+        // A read error of a known call is answered by the processor (muted if refused).
+        if let Some((method, seq, why)) = input.refused_call() {
+            refuse_call(&control, output.unmuted(), &method, seq, &why);
+            return Err(format!("{method} refused: {why}"));
+        }
+        match outcome {
             Ok(()) if !input.failed() => continue,
             Ok(()) => return Err("malformed request (answered with an exception)".to_string()),
             Err(thrift::Error::Transport(e)) if e.kind == thrift::TransportErrorKind::EndOfFile => return Ok(()),
@@ -216,4 +227,36 @@ fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, 
         Ok(Err(e)) => tracing::debug!(?peer, error = %e, "connection closed"),
         Err(_) => tracing::error!(?peer, "request handler panicked; connection closed"),
     }
+}
+
+/// Most bytes of a refused request read and dropped after answering it, so that the client
+/// gets to read the answer (closing a socket with unread input resets the connection).
+const DRAIN_AFTER_REFUSAL_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Answers a call that exceeded a limit with an `IOError` (field 1 of every `Hbase` method's
+/// result, as in HBase's IDL), then stops reading it: the connection is closed after.
+fn refuse_call(control: &TcpStream, output: &mut dyn TOutputProtocol, method: &str, seq: i32, why: &str) {
+    let error = IOError {
+        message: Some(format!("org.apache.hadoop.hbase.DoNotRetryIOException: request refused: {why}")),
+        can_retry: Some(false),
+    };
+    let written = (|| -> thrift::Result<()> {
+        output.write_message_begin(&TMessageIdentifier::new(method, TMessageType::Reply, seq))?;
+        output.write_struct_begin(&TStructIdentifier::new("result"))?;
+        output.write_field_begin(&TFieldIdentifier::new("io", TType::Struct, 1))?;
+        error.write_to_out_protocol(output)?;
+        output.write_field_end()?;
+        output.write_field_stop()?;
+        output.write_struct_end()?;
+        output.write_message_end()?;
+        output.flush()
+    })();
+    if written.is_err() {
+        return;
+    }
+    // Read what the client is still sending until it closes, within bounds, so that it
+    // receives the answer instead of a reset.
+    let _ = control.shutdown(Shutdown::Write);
+    let _ = control.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = std::io::copy(&mut std::io::Read::take(control, DRAIN_AFTER_REFUSAL_BYTES), &mut std::io::sink());
 }

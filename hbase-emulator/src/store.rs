@@ -35,7 +35,7 @@ use std::sync::{mpsc, Arc};
 use parking_lot::RwLock;
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::filter::Filter;
+use crate::filter::{CellRef, Filter};
 use crate::keys;
 use crate::row::{Reader, Row};
 
@@ -901,7 +901,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let row = decode_row(value.value())?;
-        Ok(read_row(&meta, &row, &selection, spec, &Filter::default(), now))
+        Ok(read_row(&meta, key, &row, &selection, spec, &Filter::default(), now))
     }
 
     /// Validates a scan and returns its cursor.
@@ -994,11 +994,11 @@ impl Store {
                 cursor.lo = keys::successor(key);
             }
             let row_key = &key[4..];
-            if !scan.filter.row_matches(row_key) {
+            if !scan.filter.row_may_match(row_key) {
                 continue;
             }
             let row = decode_row(v.value())?;
-            let cells = read_row(&meta, &row, &scan.selection, &scan.read, &scan.filter, now);
+            let cells = read_row(&meta, row_key, &row, &scan.selection, &scan.read, &scan.filter, now);
             if !cells.is_empty() {
                 out.push(RowCells { row: row_key.to_vec(), cells });
             }
@@ -1081,18 +1081,27 @@ fn expired(family: &FamilyDescriptor, ts: i64, now: i64) -> bool {
     family.time_to_live != TTL_FOREVER && ts < now.saturating_sub(i64::from(family.time_to_live).saturating_mul(1000))
 }
 
-/// The cells a read returns of a row: selected columns, unexpired, within the time range, up
-/// to the requested versions (capped by `maxVersions`), through the filter's cell parts.
-/// Masked versions are never stored (see `row.rs`), so markers need no check here.
+/// The cells a read returns of a row: selected columns, unexpired, within the time range,
+/// through the filter (which sees every such version, as HBase's filters do), then up to the
+/// requested versions per column (capped by `maxVersions`). Masked versions are never stored
+/// (see `row.rs`), so markers need no check here.
 fn read_row(
     meta: &TableMeta,
+    row_key: &[u8],
     row: &Row,
     selection: &Selection,
     spec: &ReadSpec,
     filter: &Filter,
     now: i64,
 ) -> Vec<Cell> {
-    let mut cells = Vec::new();
+    struct Candidate<'r> {
+        family: &'r [u8],
+        qualifier: &'r [u8],
+        ts: i64,
+        value: &'r [u8],
+        limit: usize,
+    }
+    let mut candidates: Vec<Candidate<'_>> = Vec::new();
     for fam in &row.families {
         let Some(desc) = meta.family(&fam.name) else { continue };
         let wanted = if selection.is_empty() {
@@ -1104,27 +1113,58 @@ fn read_row(
             }
         };
         let limit = spec.versions.min(desc.max_versions.max(1) as u32) as usize;
+        // Without a filter, only the versions returned are needed.
+        let per_column = if filter.is_pass_all() { limit } else { usize::MAX };
         for col in &fam.columns {
-            if wanted.is_some_and(|set| !set.contains(&col.qualifier)) || !filter.qualifier_matches(&col.qualifier) {
+            if wanted.is_some_and(|set| !set.contains(&col.qualifier)) {
                 continue;
             }
             let versions = col
                 .versions
                 .iter()
                 .filter(|v| !expired(desc, v.ts, now) && spec.max_ts_exclusive.is_none_or(|max| v.ts < max))
-                .take(limit);
+                .take(per_column);
             for v in versions {
-                cells.push(Cell {
-                    family: fam.name.clone(),
-                    qualifier: col.qualifier.clone(),
+                candidates.push(Candidate {
+                    family: &fam.name,
+                    qualifier: &col.qualifier,
                     ts: v.ts,
-                    value: if filter.key_only { Vec::new() } else { v.value.clone() },
+                    value: &v.value,
+                    limit,
                 });
-                if filter.first_key_only {
-                    return cells;
-                }
             }
         }
+    }
+    let keep = if filter.is_pass_all() {
+        vec![true; candidates.len()]
+    } else {
+        let refs: Vec<CellRef<'_>> = candidates
+            .iter()
+            .map(|c| CellRef { family: c.family, qualifier: c.qualifier, ts: c.ts, value: c.value })
+            .collect();
+        filter.keep(row_key, &refs)
+    };
+    let mut cells = Vec::new();
+    let mut column: Option<(&[u8], &[u8])> = None;
+    let mut taken = 0usize;
+    for (c, keep) in candidates.iter().zip(keep) {
+        if !keep {
+            continue;
+        }
+        if column != Some((c.family, c.qualifier)) {
+            column = Some((c.family, c.qualifier));
+            taken = 0;
+        }
+        if taken >= c.limit {
+            continue;
+        }
+        taken += 1;
+        cells.push(Cell {
+            family: c.family.to_vec(),
+            qualifier: c.qualifier.to_vec(),
+            ts: c.ts,
+            value: if filter.key_only { Vec::new() } else { c.value.to_vec() },
+        });
     }
     cells
 }

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use chatpipe_hbase_emulator::{start, Config};
+use chatpipe_hbase_emulator::{start, Config, ThriftProtocol, ThriftTransport};
 use common::*;
 use hbase_thrift::hbase::THbaseSyncClient;
 
@@ -106,7 +106,8 @@ fn garbage_closes_only_the_offending_connection() {
 
 #[test]
 fn a_connection_that_stops_mid_frame_does_not_block_others() {
-    let config = Config { framed: true, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+    let config =
+        Config::in_memory("127.0.0.1:0".parse().unwrap()).with_wire(ThriftTransport::Framed, ThriftProtocol::Binary);
     let emu = start(config).unwrap();
     let addr = emu.local_addr();
     // A frame announcing 1000 bytes, of which only 10 arrive; the client stays connected.
@@ -116,9 +117,9 @@ fn a_connection_that_stops_mid_frame_does_not_block_others() {
     let mut c = connect_with(addr, true, false);
     create_table(&mut c, "t", &["f"]);
     assert_eq!(c.get_table_names().unwrap(), vec![b"t".to_vec()]);
-    // Frames over the limit, and negative ones, close the connection.
-    for size in [i32::MAX, -5, 65 * 1024 * 1024] {
-        let (closed, reply) = send_raw(addr, &size.to_be_bytes(), false);
+    // Frames over the limit without a call inside, and negative ones, close the connection.
+    for (size, half_close) in [(i32::MAX, true), (-5, false), (65 * 1024 * 1024, true)] {
+        let (closed, reply) = send_raw(addr, &size.to_be_bytes(), half_close);
         assert!(closed, "frame size {size}");
         assert!(reply.is_empty());
     }
@@ -252,4 +253,79 @@ fn idle_connections_are_closed_like_hbase_does() {
     // A new connection is served as usual.
     let mut fresh = connect(addr);
     assert!(fresh.get_table_names().unwrap().is_empty());
+}
+
+/// An `IOError` reply to a call refused for its size: the strict binary reply header, the
+/// method's name, and the reason.
+fn assert_refused_reply(reply: &[u8], method: &str, what: &str) {
+    let text = String::from_utf8_lossy(reply);
+    assert!(reply.len() > 4 && reply[..4] == [0x80, 0x01, 0x00, 0x02], "{what}: not a reply: {reply:?}");
+    assert!(text.contains(method), "{what}: {text}");
+    assert!(text.contains("request refused"), "{what}: {text}");
+}
+
+#[test]
+fn a_filter_nested_100000_deep_is_refused_and_the_server_keeps_serving() {
+    let emu = emulator();
+    let addr = emu.local_addr();
+    let mut good = connect(addr);
+    create_table(&mut good, "t", &["f"]);
+    good.mutate_row("t".into(), "r".into(), vec![put("f:q", "v")], no_attrs()).unwrap();
+    let mut bad = connect(addr);
+    for filter in ["(".repeat(100_000), format!("{}PrefixFilter('r'){}", "(".repeat(5_000), ")".repeat(5_000))] {
+        let scan = hbase_thrift::hbase::TScan { filter_string: Some(filter.into_bytes()), ..scan() };
+        assert_exception(bad.scanner_open_with_scan("t".into(), scan, no_attrs()), "IOError", "nested deeper");
+        // The same connection and every other one go on.
+        assert_eq!(bad.get_table_names().unwrap(), vec![b"t".to_vec()]);
+        let cells = good.get("t".into(), "r".into(), "f:q".into(), no_attrs()).unwrap();
+        assert_eq!(cells[0].value.as_deref(), Some(&b"v"[..]));
+    }
+}
+
+#[test]
+fn oversize_strings_frames_and_containers_get_an_io_error_and_others_are_served() {
+    for framed in [false, true] {
+        for compact in [false, true] {
+            let what = format!("framed={framed} compact={compact}");
+            let config = Config { max_message_bytes: 64 * 1024, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) }
+                .with_wire(wire(framed, compact).0, wire(framed, compact).1);
+            let emu = start(config).unwrap();
+            let addr = emu.local_addr();
+            let mut good = connect_with(addr, framed, compact);
+            create_table(&mut good, "t", &["f"]);
+            // A value over the limit (and, framed, a frame over it): IOError, nothing written.
+            let mut big = connect_with(addr, framed, compact);
+            let r = big.mutate_row("t".into(), "big".into(), vec![put("f:q", vec![b'x'; 100 * 1024])], no_attrs());
+            assert_exception(r, "IOError", "request refused");
+            assert!(good.get_row("t".into(), "big".into(), no_attrs()).unwrap().is_empty(), "{what}");
+            // Everyone else is served, before and after.
+            good.mutate_row("t".into(), "r".into(), vec![put("f:q", "v")], no_attrs()).unwrap();
+            let mut fresh = connect_with(addr, framed, compact);
+            let cells = fresh.get("t".into(), "r".into(), "f:q".into(), no_attrs()).unwrap();
+            assert_eq!(cells[0].value.as_deref(), Some(&b"v"[..]), "{what}");
+        }
+    }
+    // A container over the limit (binary, buffered): answered with an IOError naming the call.
+    let emu = emulator();
+    let mut huge_list = call_header("mutateRows");
+    huge_list.extend_from_slice(&[11, 0, 1, 0, 0, 0, 1, b't']);
+    huge_list.extend_from_slice(&[15, 0, 2, 12, 0x7F, 0xFF, 0xFF, 0xFF]);
+    let (closed, reply) = send_raw(emu.local_addr(), &huge_list, true);
+    assert!(closed);
+    assert_refused_reply(&reply, "mutateRows", "list of 2^31 structs");
+    // A frame over the limit whose call header arrives: answered too, then closed.
+    let emu = start(
+        Config::in_memory("127.0.0.1:0".parse().unwrap()).with_wire(ThriftTransport::Framed, ThriftProtocol::Binary),
+    )
+    .unwrap();
+    let mut frame = (65 * 1024 * 1024u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&call_header("getTableNames"));
+    frame.extend_from_slice(&[0u8; 2048]);
+    let (closed, reply) = send_raw(emu.local_addr(), &frame, true);
+    assert!(closed);
+    // The reply is framed: skip its 4-byte size.
+    assert!(reply.len() > 4, "{reply:?}");
+    assert_refused_reply(&reply[4..], "getTableNames", "frame of 65 MiB");
+    let mut c = connect_with(emu.local_addr(), true, false);
+    assert!(c.get_table_names().unwrap().is_empty());
 }

@@ -19,8 +19,13 @@ fn python() -> PathBuf {
     tools.join("venv/bin/python")
 }
 
+/// happybase's names of the transport and protocol of a combination.
+fn happybase_wire(framed: bool, compact: bool) -> [&'static str; 2] {
+    [if framed { "framed" } else { "buffered" }, if compact { "compact" } else { "binary" }]
+}
+
 #[test]
-fn happybase_sees_hbase_behaviour() {
+fn happybase_sees_hbase_behaviour_in_every_transport_and_protocol() {
     let python = python();
     let has_happybase =
         Command::new(&python).args(["-c", "import happybase"]).status().map(|s| s.success()).unwrap_or(false);
@@ -31,17 +36,21 @@ fn happybase_sees_hbase_behaviour() {
         python.display()
     );
 
-    let emu = common::emulator();
-    let addr = emu.local_addr();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/happybase_client.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(addr.ip().to_string())
-        .arg(addr.port().to_string())
-        .output()
-        .expect("run the happybase script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "happybase script failed ({}):\n{stdout}\n{stderr}", out.status);
-    assert!(stdout.contains("happybase: all checks passed"), "{stdout}\n{stderr}");
+    for (framed, compact) in common::WIRES {
+        let emu = common::emulator_with(framed, compact);
+        let addr = emu.local_addr();
+        let wire = happybase_wire(framed, compact);
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/happybase_client.py");
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .args(wire)
+            .output()
+            .expect("run the happybase script");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "happybase script failed over {wire:?} ({}):\n{stdout}\n{stderr}", out.status);
+        assert!(stdout.contains("happybase: all checks passed"), "{wire:?}: {stdout}\n{stderr}");
+    }
 }

@@ -1,7 +1,7 @@
 """A standard third-party HBase client, happybase (buffered transport, binary protocol by
 default, as against `hbase thrift start`), against the emulator.
 
-Usage: python happybase_client.py HOST PORT
+Usage: python happybase_client.py HOST PORT [buffered|framed] [binary|compact]
 Exits non-zero with a traceback on the first check that fails; prints
 "happybase: all checks passed" at the end.
 """
@@ -22,7 +22,9 @@ def check(actual, expected, what):
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    conn = happybase.Connection(host=host, port=port, timeout=60000)
+    transport = sys.argv[3] if len(sys.argv) > 3 else "buffered"
+    protocol = sys.argv[4] if len(sys.argv) > 4 else "binary"
+    conn = happybase.Connection(host=host, port=port, timeout=60000, transport=transport, protocol=protocol)
 
     # create_table / tables / families
     conn.create_table("events", {"cf": dict(max_versions=2), "meta": dict(time_to_live=3600)})
@@ -125,11 +127,87 @@ def main():
     except HbaseIOError:
         pass
 
+    filters(conn)
+
     # disable / delete
     conn.delete_table("events", disable=True)
+    conn.delete_table("people", disable=True)
     check(conn.tables(), [b"chat:messages"], "tables() after delete_table")
     conn.close()
     print("happybase: all checks passed")
+
+
+def filters(conn):
+    """The filters happybase users reach for, as HBase's ParseFilter reads them."""
+    conn.create_table("people", {"cf": dict(max_versions=3)})
+    t = conn.table("people")
+    t.put(b"a1", {b"cf:name": b"alice", b"cf:age": b"30", b"cf:city": b"Paris"})
+    t.put(b"a2", {b"cf:name": b"bob", b"cf:age": b"25"})
+    t.put(b"b1", {b"cf:name": b"carol", b"cf:city": b"Rome"})
+    t.put(b"ts", {b"cf:v": b"one"}, timestamp=100)
+    t.put(b"ts", {b"cf:v": b"two"}, timestamp=200)
+
+    def scan(f, **kw):
+        return list(t.scan(filter=f, **kw))
+
+    def keys(f):
+        return [k for k, _ in scan(f)]
+
+    # SingleColumnValueFilter: a row without the column passes unless filterIfMissing.
+    check(keys(b"SingleColumnValueFilter('cf', 'name', =, 'binary:bob')"), [b"a2", b"ts"], "SCVF name=bob")
+    check(keys(b"SingleColumnValueFilter('cf', 'city', =, 'binary:Rome', true, true)"), [b"b1"], "SCVF filterIfMissing")
+    check(
+        keys(b"SingleColumnValueFilter('cf', 'age', >=, 'binary:26', true, true)"), [b"a1"], "SCVF >= on bytes"
+    )
+    check(scan(b"SingleColumnValueFilter('cf', 'city', =, 'binary:Paris', true, true)")[0][1][b"cf:name"], b"alice",
+          "SCVF returns the whole row")
+    # ValueFilter, RowFilter, QualifierFilter: cell parts against comparators.
+    check(scan(b"ValueFilter(=, 'binary:Paris')"), [(b"a1", {b"cf:city": b"Paris"})], "ValueFilter binary")
+    check(keys(b"ValueFilter(=, 'substring:ROM')"), [b"b1"], "ValueFilter substring (case-insensitive)")
+    check(keys(b"RowFilter(<, 'binary:b')"), [b"a1", b"a2"], "RowFilter <")
+    check(keys(b"RowFilter(=, 'regexstring:^[ab]1$')"), [b"a1", b"b1"], "RowFilter regexstring")
+    check(
+        scan(b"QualifierFilter(=, 'binary:age')"),
+        [(b"a1", {b"cf:age": b"30"}), (b"a2", {b"cf:age": b"25"})],
+        "QualifierFilter",
+    )
+    check(keys(b"QualifierFilter(=, 'binaryprefix:ci')"), [b"a1", b"b1"], "QualifierFilter binaryprefix")
+    # ColumnPaginationFilter(limit, offset): columns of each row in sorted order.
+    check(
+        scan(b"ColumnPaginationFilter(1, 1)"),
+        [(b"a1", {b"cf:city": b"Paris"}), (b"a2", {b"cf:name": b"bob"}), (b"b1", {b"cf:name": b"carol"})],
+        "ColumnPaginationFilter(1, 1)",
+    )
+    # TimestampsFilter: only the listed versions.
+    check(scan(b"TimestampsFilter(100)"), [(b"ts", {b"cf:v": b"one"})], "TimestampsFilter(100)")
+    check(
+        scan(b"TimestampsFilter(100, 200)", include_timestamp=True),
+        [(b"ts", {b"cf:v": (b"two", 200)})],
+        "TimestampsFilter: the newest listed version",
+    )
+    # FilterList with OR (and AND binding tighter), row- and cell-level.
+    check(
+        scan(b"ValueFilter(=, 'binary:bob') OR ValueFilter(=, 'binary:Rome')"),
+        [(b"a2", {b"cf:name": b"bob"}), (b"b1", {b"cf:city": b"Rome"})],
+        "OR of ValueFilters",
+    )
+    check(keys(b"RowFilter(=, 'binary:a1') OR RowFilter(=, 'binary:b1')"), [b"a1", b"b1"], "OR of RowFilters")
+    check(
+        keys(b"(PrefixFilter('a') AND ValueFilter(=, 'binary:bob')) OR PrefixFilter('t')"),
+        [b"a2", b"ts"],
+        "AND inside OR",
+    )
+    check(
+        scan(b"PrefixFilter('a') AND QualifierFilter(=, 'binary:name') AND KeyOnlyFilter()"),
+        [(b"a1", {b"cf:name": b""}), (b"a2", {b"cf:name": b""})],
+        "AND with KeyOnlyFilter",
+    )
+    # A filter the emulator does not know is refused, not ignored.
+    try:
+        scan(b"DependentColumnFilter('cf', 'name')")
+        raise AssertionError("an unsupported filter must be refused")
+    except HbaseIOError as e:
+        assert b"DependentColumnFilter" in e.message or "DependentColumnFilter" in str(e.message), e
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ fn scan_columns_timestamps_batches_and_sorted_columns() {
     assert_eq!(row_keys(&rows), vec!["r1"]);
 
     // Filters the emulator does not know are refused by name, never ignored.
-    let s = TScan { filter_string: Some(b"SingleColumnValueFilter('f', 'a', =, 'binary:1')".to_vec()), ..scan() };
-    assert_exception(c.scanner_open_with_scan("t".into(), s, no_attrs()), "IOError", "SingleColumnValueFilter");
+    let s = TScan { filter_string: Some(b"DependentColumnFilter('f', 'a')".to_vec()), ..scan() };
+    assert_exception(c.scanner_open_with_scan("t".into(), s, no_attrs()), "IOError", "DependentColumnFilter");
     // Unknown family in the scan columns, unknown table.
     assert_exception(
         c.scanner_open("t".into(), Vec::new(), vec!["zz".into()], no_attrs()),

@@ -117,6 +117,15 @@ fn regions_come_from_split_points() {
 
     // HBase answers an empty list for a table that does not exist.
     assert!(c.get_table_regions("nope".into()).unwrap().is_empty());
+
+    // getRegionInfo takes a meta row key `table,row,regionid` and names the region holding it.
+    let r = c.get_region_info("chat:messages,005|42|x,99999999999999".into()).unwrap();
+    assert_eq!((r.start_key.as_deref(), r.end_key.as_deref()), (Some(&b"005"[..]), Some(&b"006"[..])));
+    assert_eq!(r.name, salted[5].name);
+    let r = c.get_region_info("plain,anything,99999999999999".into()).unwrap();
+    assert_eq!(r.name, plain[0].name);
+    assert_exception(c.get_region_info("nope,r,1".into()), "IOError", "TableNotFound");
+    assert_exception(c.get_region_info("no-comma".into()), "IOError", "meta row key");
 }
 
 #[test]
@@ -367,7 +376,6 @@ fn append_and_check_and_put() {
 fn unimplemented_methods_answer_io_error_naming_the_method() {
     let emu = emulator();
     let mut c = connect(emu.local_addr());
-    assert_exception(c.get_region_info("t,,1".into()), "IOError", "getRegionInfo");
     let ace =
         TAccessControlEntity::new("u".to_string(), TPermissionScope::TABLE, "R".to_string(), Some(b"t".to_vec()), None);
     assert_exception(c.grant(ace.clone()), "IOError", "grant");
@@ -379,7 +387,8 @@ fn unimplemented_methods_answer_io_error_naming_the_method() {
 #[test]
 fn framed_and_compact_wire_formats_are_served() {
     for (framed, compact) in [(true, false), (false, true), (true, true)] {
-        let config = Config { framed, compact, ..Config::in_memory("127.0.0.1:0".parse().unwrap()) };
+        let (transport, protocol) = wire(framed, compact);
+        let config = Config::in_memory("127.0.0.1:0".parse().unwrap()).with_wire(transport, protocol);
         let emu = start(config).unwrap();
         let mut c = connect_with(emu.local_addr(), framed, compact);
         create_table(&mut c, "t", &["f"]);

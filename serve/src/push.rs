@@ -97,7 +97,6 @@ impl Pushed {
 /// A user's session as push tracks it.
 #[derive(Debug, Clone, Default)]
 struct Tracked {
-    kind: String,
     members: u64,
     joined_seq: u64,
     read_seq: u64,
@@ -333,7 +332,10 @@ impl Hub {
                 users.sort_unstable();
                 for user in users {
                     let Some(t) = st.users.get(&user).and_then(|u| u.sessions.get(&session)) else { continue };
-                    if !(t.kind == "group" && t.members > self.fanout_max_members) {
+                    // a large group: more members than the fan-out threshold (a direct
+                    // session has two; channels are in their own table, not matched here),
+                    // so a join seen on the feed needs no kind lookup
+                    if t.members <= self.fanout_max_members {
                         continue;
                     }
                     let recalled = cell(m, "m:recalled") == Some(b"1");
@@ -396,9 +398,6 @@ impl Hub {
                 users.sort_unstable();
                 for user in users {
                     if let Some(t) = st.users.get_mut(&user).and_then(|u| u.sessions.get_mut(&session)) {
-                        if let Some(k) = cell_text(m, "s:kind") {
-                            t.kind = k;
-                        }
                         if let Some(n) = cell_num(m, "s:members") {
                             t.members = n;
                         }
@@ -540,7 +539,6 @@ async fn snapshot(st: &AppState, calls: &Calls, user: u64) -> Result<Snapshot, A
             (
                 m.session_id,
                 Tracked {
-                    kind: info.map(|i| i.kind.clone()).unwrap_or_default(),
                     members: info.map_or(0, |i| i.members),
                     joined_seq: m.joined_seq,
                     read_seq: m.read_seq,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chatpipe_common::kafka::{topics, KafkaArgs};
 use clap::builder::TypedValueParser as _;
 
+use crate::hbase::{ThriftProtocol, ThriftTransport};
+
 /// Default rows per HBase batch: large enough to amortise a Thrift round trip and the
 /// region server's WAL sync, small enough to stay well under the 2 MiB default frame limit
 /// of HBase's Thrift server with chat-sized rows.
@@ -33,13 +35,14 @@ pub struct HbaseArgs {
     #[arg(long = "hbase-thrift", env = "CHATPIPE_HBASE_THRIFT", default_value = "127.0.0.1:9090")]
     pub addr: String,
 
-    /// Use the framed transport (`hbase thrift start -f`) instead of the buffered one.
-    #[arg(long = "hbase-framed", env = "CHATPIPE_HBASE_FRAMED")]
-    pub framed: bool,
+    /// The Thrift server's transport: `buffered` (`hbase thrift start`) or `framed`
+    /// (`hbase thrift start -f`, and the nonblocking servers, which require it).
+    #[arg(long, env = "CHATPIPE_THRIFT_TRANSPORT", value_enum, default_value_t = ThriftTransport::Buffered)]
+    pub thrift_transport: ThriftTransport,
 
-    /// Use the compact protocol (`hbase thrift start -c`) instead of the binary one.
-    #[arg(long = "hbase-compact", env = "CHATPIPE_HBASE_COMPACT")]
-    pub compact: bool,
+    /// The Thrift server's protocol: `binary` (`hbase thrift start`) or `compact` (`-c`).
+    #[arg(long, env = "CHATPIPE_THRIFT_PROTOCOL", value_enum, default_value_t = ThriftProtocol::Binary)]
+    pub thrift_protocol: ThriftProtocol,
 
     /// Connect, read and write timeout of one Thrift call; a call that exceeds it is a
     /// transient error (the connection is dropped and the call retried).
@@ -50,15 +53,20 @@ pub struct HbaseArgs {
 impl HbaseArgs {
     /// HBase's defaults (buffered, binary, 30 s) at `addr`.
     pub fn new(addr: impl Into<String>) -> Self {
-        HbaseArgs { addr: addr.into(), framed: false, compact: false, timeout: Duration::from_secs(30) }
+        HbaseArgs {
+            addr: addr.into(),
+            thrift_transport: ThriftTransport::Buffered,
+            thrift_protocol: ThriftProtocol::Binary,
+            timeout: Duration::from_secs(30),
+        }
     }
 
     /// The client configuration.
     pub fn config(&self) -> crate::hbase::HbaseConfig {
         crate::hbase::HbaseConfig {
             addr: self.addr.clone(),
-            framed: self.framed,
-            compact: self.compact,
+            transport: self.thrift_transport,
+            protocol: self.thrift_protocol,
             timeout: self.timeout,
         }
     }
@@ -218,8 +226,17 @@ mod tests {
             "20ms",
             "--hbase-timeout",
             "2s",
+            "--thrift-transport",
+            "framed",
+            "--thrift-protocol",
+            "compact",
         ])
         .unwrap();
+        assert_eq!(cli.config.hbase.config().transport, ThriftTransport::Framed);
+        assert_eq!(cli.config.hbase.config().protocol, ThriftProtocol::Compact);
+        let defaults = Cli::try_parse_from(["x"]).unwrap().config.hbase.config();
+        assert_eq!((defaults.transport, defaults.protocol), (ThriftTransport::Buffered, ThriftProtocol::Binary));
+        assert!(Cli::try_parse_from(["x", "--thrift-transport", "http"]).is_err());
         assert_eq!(cli.config.hbase.addr, "h:1");
         assert_eq!(cli.config.batch_rows, 5);
         assert_eq!(cli.config.flush_interval, Duration::from_millis(20));

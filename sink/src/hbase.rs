@@ -44,15 +44,36 @@ const IO_BUFFER: usize = 64 * 1024;
 /// Rows fetched per `scannerGetList`.
 const SCAN_PAGE: usize = 1000;
 
+/// The Thrift transports HBase's Thrift server can be started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ThriftTransport {
+    /// Messages back to back on the stream (`hbase thrift start`, the default).
+    #[default]
+    Buffered,
+    /// Each message behind a 4-byte length (`hbase thrift start -f`, and the nonblocking
+    /// servers `-nonblocking`, `-hsha`, `-threadedselector`, which require it).
+    Framed,
+}
+
+/// The Thrift protocols HBase's Thrift server can be started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ThriftProtocol {
+    /// TBinaryProtocol (`hbase thrift start`, the default).
+    #[default]
+    Binary,
+    /// TCompactProtocol (`hbase thrift start -c`).
+    Compact,
+}
+
 /// Where and how to reach the Thrift server.
 #[derive(Debug, Clone)]
 pub struct HbaseConfig {
     /// HOST:PORT.
     pub addr: String,
-    /// Framed transport (`hbase thrift start -f`).
-    pub framed: bool,
-    /// Compact protocol (`hbase thrift start -c`).
-    pub compact: bool,
+    /// The server's transport (it must match: a mismatch fails every call).
+    pub transport: ThriftTransport,
+    /// The server's protocol (it must match).
+    pub protocol: ThriftProtocol,
     /// Connect, read and write timeout.
     pub timeout: Duration,
 }
@@ -60,7 +81,12 @@ pub struct HbaseConfig {
 impl HbaseConfig {
     /// HBase's defaults (buffered transport, binary protocol) at `addr`, 30 s timeout.
     pub fn new(addr: impl Into<String>) -> Self {
-        HbaseConfig { addr: addr.into(), framed: false, compact: false, timeout: Duration::from_secs(30) }
+        HbaseConfig {
+            addr: addr.into(),
+            transport: ThriftTransport::Buffered,
+            protocol: ThriftProtocol::Binary,
+            timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -227,22 +253,24 @@ impl HbaseClient {
         stream.set_write_timeout(Some(config.timeout))?;
         stream.set_nodelay(true)?;
         let (r, w) = TTcpChannel::with_stream(stream).split().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let (r, w): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = if config.framed {
-            (
-                Box::new(TFramedReadTransport::with_capacity(IO_BUFFER, r)),
-                Box::new(TFramedWriteTransport::with_capacity(IO_BUFFER, w)),
-            )
-        } else {
-            (
-                Box::new(TBufferedReadTransport::with_capacity(IO_BUFFER, r)),
-                Box::new(TBufferedWriteTransport::with_capacity(IO_BUFFER, w)),
-            )
-        };
-        let (i, o): (Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>) = if config.compact {
-            (Box::new(TCompactInputProtocol::new(r)), Box::new(TCompactOutputProtocol::new(w)))
-        } else {
-            (Box::new(TBinaryInputProtocol::new(r, true)), Box::new(TBinaryOutputProtocol::new(w, true)))
-        };
+        let (r, w): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) =
+            if config.transport == ThriftTransport::Framed {
+                (
+                    Box::new(TFramedReadTransport::with_capacity(IO_BUFFER, r)),
+                    Box::new(TFramedWriteTransport::with_capacity(IO_BUFFER, w)),
+                )
+            } else {
+                (
+                    Box::new(TBufferedReadTransport::with_capacity(IO_BUFFER, r)),
+                    Box::new(TBufferedWriteTransport::with_capacity(IO_BUFFER, w)),
+                )
+            };
+        let (i, o): (Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>) =
+            if config.protocol == ThriftProtocol::Compact {
+                (Box::new(TCompactInputProtocol::new(r)), Box::new(TCompactOutputProtocol::new(w)))
+            } else {
+                (Box::new(TBinaryInputProtocol::new(r, true)), Box::new(TBinaryOutputProtocol::new(w, true)))
+            };
         Ok(HbaseClient { inner: HbaseSyncClient::new(i, o) })
     }
 
@@ -554,5 +582,61 @@ mod tests {
         assert!(matches!(err, HbaseError::Connect { .. }), "{err}");
         assert!(err.is_retriable());
         assert_eq!(pool.size(), 2, "the permit is returned");
+    }
+
+    /// The client against an emulator in each transport × protocol HBase offers: writes and
+    /// reads round-trip; a client with the wrong transport fails instead of hanging.
+    #[test]
+    fn the_client_speaks_every_transport_and_protocol() {
+        use chatpipe_hbase_emulator::{Config as EmulatorConfig, ThriftProtocol as P, ThriftTransport as T};
+        let wires = [
+            (T::Buffered, P::Binary, ThriftTransport::Buffered, ThriftProtocol::Binary),
+            (T::Framed, P::Binary, ThriftTransport::Framed, ThriftProtocol::Binary),
+            (T::Buffered, P::Compact, ThriftTransport::Buffered, ThriftProtocol::Compact),
+            (T::Framed, P::Compact, ThriftTransport::Framed, ThriftProtocol::Compact),
+        ];
+        for (server_transport, server_protocol, transport, protocol) in wires {
+            let config =
+                EmulatorConfig::in_memory("127.0.0.1:0".parse().unwrap()).with_wire(server_transport, server_protocol);
+            let emulator = chatpipe_hbase_emulator::start(config).unwrap();
+            let mut config = HbaseConfig::new(emulator.local_addr().to_string());
+            config.transport = transport;
+            config.protocol = protocol;
+            let mut c = HbaseClient::connect(&config).unwrap();
+            let family = ColumnDescriptor {
+                name: Some(b"f:".to_vec()),
+                max_versions: Some(1),
+                compression: Some("NONE".into()),
+                in_memory: Some(false),
+                bloom_filter_type: Some("NONE".into()),
+                bloom_filter_vector_size: Some(0),
+                bloom_filter_nb_hashes: Some(0),
+                block_cache_enabled: Some(false),
+                time_to_live: Some(-1),
+            };
+            c.create_table("t", vec![family]).unwrap();
+            let put = |v: &str| Mutation {
+                is_delete: Some(false),
+                column: Some(b"f:q".to_vec()),
+                value: Some(v.as_bytes().to_vec()),
+                write_to_w_a_l: Some(true),
+            };
+            let batches = ["r1", "r2"]
+                .iter()
+                .map(|r| BatchMutation { row: Some(r.as_bytes().to_vec()), mutations: Some(vec![put(r)]) })
+                .collect();
+            c.mutate_rows("t", batches).unwrap();
+            let rows = c.scan_all("t").unwrap();
+            assert_eq!(rows.len(), 2, "{transport:?}/{protocol:?}");
+
+            // The other transport: an error within the timeout, never a hang or a success.
+            let mut wrong = HbaseConfig::new(emulator.local_addr().to_string());
+            wrong.transport =
+                if transport == ThriftTransport::Framed { ThriftTransport::Buffered } else { ThriftTransport::Framed };
+            wrong.protocol = protocol;
+            wrong.timeout = Duration::from_secs(3);
+            let mut w = HbaseClient::connect(&wrong).unwrap();
+            assert!(w.table_names().is_err(), "{transport:?}/{protocol:?} served a mismatched client");
+        }
     }
 }

@@ -237,4 +237,38 @@ mod tests {
         }
         assert!(ddl.contains("create 'chat:messages', {NAME => 'm', VERSIONS => 3"));
     }
+
+    /// `chatpipe tables create --thrift-transport T --thrift-protocol P` against an emulator
+    /// serving T and P: every wire format HBase's Thrift server offers, through the flags.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tables_create_speaks_every_transport_and_protocol() {
+        use chatpipe_hbase_emulator::{Config as EmulatorConfig, ThriftProtocol as P, ThriftTransport as T};
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TablesArgs,
+        }
+        for (transport, protocol, t, p) in [
+            (T::Buffered, P::Binary, "buffered", "binary"),
+            (T::Framed, P::Binary, "framed", "binary"),
+            (T::Buffered, P::Compact, "buffered", "compact"),
+            (T::Framed, P::Compact, "framed", "compact"),
+        ] {
+            let config = EmulatorConfig::in_memory("127.0.0.1:0".parse().unwrap()).with_wire(transport, protocol);
+            let emulator = chatpipe_hbase_emulator::start(config).unwrap();
+            let addr = emulator.local_addr().to_string();
+            let argv = ["x", "create", "--hbase-thrift", &addr, "--thrift-transport", t, "--thrift-protocol", p];
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let mut out = Vec::new();
+            run(cli.args.clone(), &mut out).await.unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.matches("\tcreated").count(), TABLES.len(), "{t}/{p}: {text}");
+            // Run again: every table exists now (listed and described over the same wire).
+            let mut again = Vec::new();
+            run(cli.args, &mut again).await.unwrap();
+            assert_eq!(String::from_utf8(again).unwrap().matches("\texists").count(), TABLES.len(), "{t}/{p}");
+        }
+    }
 }

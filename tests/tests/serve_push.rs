@@ -20,64 +20,9 @@ use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use serve_support::{config, id_key, Model, Serve};
+use serve_support::{config, id_key, Model, Serve, Sse, Stream};
 
 const TOPIC: &str = "chat.rows";
-
-/// One SSE event as received.
-#[derive(Debug, Clone)]
-struct Sse {
-    id: String,
-    event: String,
-    data: Value,
-}
-
-/// A connected stream, parsed frame by frame.
-struct Stream {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl Stream {
-    async fn open(serve: &Serve, user: u64, last_event_id: Option<&str>) -> Stream {
-        let mut req = serve.client.get(format!("{}/v1/users/{user}/stream", serve.base));
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        Stream { resp, buf: String::new() }
-    }
-
-    /// The next event (keep-alive comments skipped); panics after 60 s (a hang guard, not
-    /// a latency assertion).
-    async fn next(&mut self) -> Sse {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim_start().to_owned();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim_start().to_owned();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if event.is_empty() && data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                return Sse { id, event, data: serde_json::from_str(&data).unwrap() };
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let chunk = tokio::time::timeout(left, self.resp.chunk()).await.expect("no event within 60 s").unwrap();
-            self.buf.push_str(std::str::from_utf8(&chunk.expect("stream ended")).unwrap());
-        }
-    }
-}
 
 fn put(table: &str, row: String, cells: &[(&str, String)]) -> RowMutation {
     RowMutation {
@@ -163,6 +108,7 @@ fn unread(session: u64, last: u64, read: u64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "not yet run here (tansu is being installed); enabled once it passed"]
 async fn a_connected_client_gets_exactly_its_events_and_resumes_without_gaps() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new(TOPIC, 2)]).await;

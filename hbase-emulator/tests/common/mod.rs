@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use chatpipe_hbase_emulator::{start, Config, EmulatorHandle};
+use chatpipe_hbase_emulator::{start, Config, EmulatorHandle, ThriftProtocol, ThriftTransport};
 use hbase_thrift::hbase::{
     AlreadyExists, BatchMutation, ColumnDescriptor, HbaseSyncClient, IOError, IllegalArgument, Mutation,
     THbaseSyncClient, TRowResult, TScan,
@@ -25,6 +25,23 @@ pub type Client = HbaseSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutpu
 /// An in-memory emulator on a free port (buffered transport, binary protocol).
 pub fn emulator() -> EmulatorHandle {
     start(Config::in_memory("127.0.0.1:0".parse().unwrap())).unwrap()
+}
+
+/// The transport and protocol of the `framed` / `compact` switches.
+pub fn wire(framed: bool, compact: bool) -> (ThriftTransport, ThriftProtocol) {
+    (
+        if framed { ThriftTransport::Framed } else { ThriftTransport::Buffered },
+        if compact { ThriftProtocol::Compact } else { ThriftProtocol::Binary },
+    )
+}
+
+/// Every transport × protocol combination HBase's Thrift server (and happybase) offers.
+pub const WIRES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+/// An in-memory emulator on a free port with the given transport and protocol.
+pub fn emulator_with(framed: bool, compact: bool) -> EmulatorHandle {
+    let (transport, protocol) = wire(framed, compact);
+    start(Config::in_memory("127.0.0.1:0".parse().unwrap()).with_wire(transport, protocol)).unwrap()
 }
 
 /// A client speaking HBase's default wire format (buffered, binary).

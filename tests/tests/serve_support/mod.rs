@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use chatpipe_common::event::rfc3339_ms;
 use chatpipe_common::http::Telemetry;
@@ -385,10 +386,11 @@ impl Model {
     pub fn inbox(&self, user: u64) -> Vec<Value> {
         let mut out: BTreeMap<u64, Value> = BTreeMap::new();
         for s in &self.sessions {
-            let Some(mem) = s.members.iter().find(|m| m.user == user) else { continue };
+            // inbox rows stay after a leave; merged entries need a current membership
+            let mem = s.members.iter().find(|m| m.user == user);
             for m in &s.msgs {
                 let fanned = s.inbox_for.get(&m.seq).is_some_and(|us| us.contains(&user));
-                let merged = Self::is_large(s) && m.seq > mem.joined_seq;
+                let merged = Self::is_large(s) && mem.is_some_and(|mem| m.seq > mem.joined_seq);
                 if !fanned && !merged {
                     continue;
                 }
@@ -651,4 +653,59 @@ pub fn check_response(doc: &Value, template: &str, method: &str, status: u16, bo
     assert!(resp.is_object(), "{method} {template} answered {status}, which the document does not list: {body}");
     let schema = &resp["content"]["application/json"]["schema"];
     check(doc, schema, body, "$").unwrap_or_else(|e| panic!("{method} {template} {status}: {e}"));
+}
+
+/// One SSE event as received.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A connected stream, parsed frame by frame.
+pub struct Stream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Stream {
+    pub async fn open(serve: &Serve, user: u64, last_event_id: Option<&str>) -> Stream {
+        let mut req = serve.client.get(format!("{}/v1/users/{user}/stream", serve.base));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Stream { resp, buf: String::new() }
+    }
+
+    /// The next event (keep-alive comments skipped); panics after 60 s (a hang guard, not
+    /// a latency assertion).
+    pub async fn next(&mut self) -> Sse {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim_start().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if event.is_empty() && data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Sse { id, event, data: serde_json::from_str(&data).unwrap() };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.resp.chunk()).await.expect("no event within 60 s").unwrap();
+            self.buf.push_str(std::str::from_utf8(&chunk.expect("stream ended")).unwrap());
+        }
+    }
 }
