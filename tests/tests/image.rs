@@ -110,7 +110,7 @@ fn run_args<'a>(image: &'a str, extra: &[&'a str], args: &[&'a str]) -> Vec<&'a 
 fn ignored(pattern: &str, rel: &str) -> bool {
     let parts: Vec<&str> = rel.split('/').collect();
     if let Some(name) = pattern.strip_prefix("**/") {
-        parts.iter().any(|p| *p == name)
+        parts.contains(&name)
     } else if let Some(ext) = pattern.strip_prefix('*') {
         parts.iter().any(|p| p.ends_with(ext))
     } else {

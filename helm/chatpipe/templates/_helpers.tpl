@@ -172,8 +172,8 @@ CHATPIPE_KAFKA_CLIENT_ID: {{ .Values.kafka.clientId | quote }}
 {{/* ConfigMap data of the HBase connection (root). */}}
 {{- define "chatpipe.hbaseEnv" -}}
 CHATPIPE_HBASE_THRIFT: {{ required "hbase.thrift is required" .Values.hbase.thrift | quote }}
-CHATPIPE_THRIFT_TRANSPORT: {{ .Values.hbase.transport | quote }}
-CHATPIPE_THRIFT_PROTOCOL: {{ .Values.hbase.protocol | quote }}
+CHATPIPE_THRIFT_TRANSPORT: {{ ternary "framed" "buffered" .Values.hbase.framed | quote }}
+CHATPIPE_THRIFT_PROTOCOL: {{ ternary "compact" "binary" .Values.hbase.compact | quote }}
 CHATPIPE_HBASE_TIMEOUT: {{ .Values.hbase.timeout | quote }}
 {{- end }}
 
