@@ -716,3 +716,121 @@ fn assign(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i64>, rdkafka::e
     consumer.assign(&tpl)?;
     Ok(start)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatpipe_common::rows::Cell;
+
+    fn put(table: &str, row: String, cells: &[(&str, &str)]) -> RowMutation {
+        RowMutation {
+            table: table.into(),
+            row: row.into_bytes(),
+            cells: cells.iter().map(|(c, v)| Cell::new(*c, v.as_bytes().to_vec())).collect(),
+            delete: false,
+            ingested_at_ms: 0,
+        }
+    }
+
+    fn inbox(user: u64, id: u64, session: u64, seq: u64) -> RowMutation {
+        put(
+            tables::INBOX,
+            row_key::encode(user, id),
+            &[("i:session", &session.to_string()), ("i:sender", "9"), ("i:preview", "hi"), ("i:seq", &seq.to_string())],
+        )
+    }
+
+    fn hub() -> Hub {
+        let hub = Hub::new(1000, 3, 80, ServeMetrics::new(&prometheus::Registry::new()));
+        hub.init(vec![0, 0]);
+        hub
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Pushed>) -> Vec<Pushed> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn positions_round_trip_and_order_events() {
+        let p = Position { partition: 1, offset: 7, index: 2, frontier: vec![4, 7, 9] };
+        assert_eq!(Position::parse(&p.id()), Some(p.clone()));
+        assert!(Position::parse("1:7:2").is_none());
+        assert!(Position::parse("3:7:2:4,7,9").is_none(), "partition outside the frontier");
+        assert!(p.before(1, 7, 3) && !p.before(1, 7, 2) && p.before(1, 8, 0));
+        assert!(p.before(0, 4, 0) && !p.before(0, 3, 5));
+    }
+
+    #[test]
+    fn a_resumed_stream_gets_exactly_the_events_after_its_position() {
+        let hub = hub();
+        let mut rx = hub.subscribe(1, Some(Snapshot { sessions: HashMap::new() }), None);
+        for (i, p) in [(1u64, 0usize), (2, 1), (3, 0), (4, 1)] {
+            let offset = i64::try_from(i).unwrap();
+            hub.apply(p, offset, &[inbox(1, 100 + i, 5, i), inbox(2, 100 + i, 5, i)]);
+        }
+        let first = drain(&mut rx);
+        assert_eq!(first.len(), 4, "user 2's rows are not user 1's events");
+        // the client got the first two, then lost the connection
+        let pos = Position::parse(&first[1].id).unwrap();
+        drop(rx);
+        hub.apply(0, 5, &[inbox(1, 105, 5, 5)]);
+        let mut rx = hub.subscribe(1, None, Some(pos));
+        let rest: Vec<String> = drain(&mut rx).iter().map(|e| e.id.to_string()).collect();
+        let want: Vec<String> = first[2..].iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(&rest[..2], &want[..]);
+        assert_eq!(rest.len(), 3, "and the one made while away");
+        // a replayed record (offset already applied) makes nothing
+        hub.apply(0, 5, &[inbox(1, 105, 5, 5)]);
+        assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_position_gets_a_reset_whose_id_resumes_exactly() {
+        let hub = hub();
+        let mut rx = hub.subscribe(1, Some(Snapshot { sessions: HashMap::new() }), None);
+        hub.apply(0, 0, &[inbox(1, 100, 5, 1)]);
+        drain(&mut rx);
+        drop(rx);
+        let foreign = Position { partition: 0, offset: 0, index: 0, frontier: vec![0] };
+        let mut rx = hub.subscribe(1, None, Some(foreign));
+        let reset = drain(&mut rx);
+        assert_eq!(reset.len(), 1);
+        assert_eq!(reset[0].kind, "reset");
+        drop(rx);
+        hub.apply(1, 0, &[inbox(1, 101, 5, 2)]);
+        let mut rx = hub.subscribe(1, None, Position::parse(&reset[0].id));
+        let got = drain(&mut rx);
+        assert_eq!(got.iter().map(|e| e.kind).collect::<Vec<_>>(), vec!["message"], "{got:?}");
+    }
+
+    #[test]
+    fn large_groups_push_timeline_messages_and_unread_follows_marks() {
+        let hub = hub();
+        let mut sessions = HashMap::new();
+        sessions.insert(7, Tracked { members: 5, joined_seq: 2, read_seq: 3, last_seq: 4, sent: None });
+        let mut rx = hub.subscribe(1, Some(Snapshot { sessions }), None);
+        let msg = |seq: u64| {
+            put(
+                tables::MESSAGES,
+                row_key::encode(7, 1000 + seq),
+                &[("m:sender", "2"), ("m:body", "hello"), ("m:seq", &seq.to_string())],
+            )
+        };
+        let last = |seq: u64| put(SESSIONS, store::encode_id(7), &[("s:last_seq", &seq.to_string())]);
+        hub.apply(0, 0, &[msg(5), last(5)]);
+        hub.apply(0, 1, &[put(tables::USER_SESSIONS, row_key::encode_pair(1, 7), &[("f:read_seq", "5")])]);
+        hub.apply(0, 2, &[put(tables::MESSAGES, row_key::encode(7, 1005), &[("m:recalled", "1")])]);
+        let got: Vec<(&str, String)> = drain(&mut rx).iter().map(|e| (e.kind, e.data.to_string())).collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0].0, "message");
+        assert!(got[0].1.contains("\"source\":\"timeline\"") && got[0].1.contains("\"preview\":\"hello\""));
+        assert_eq!(got[1], ("unread", r#"{"last_seq":5,"read_seq":3,"session_id":"7","unread":2}"#.into()));
+        assert_eq!(got[2], ("unread", r#"{"last_seq":5,"read_seq":5,"session_id":"7","unread":0}"#.into()));
+        assert_eq!(got[3].0, "update");
+        assert!(got[3].1.contains("\"recalled\":true"));
+    }
+}

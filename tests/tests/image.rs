@@ -105,6 +105,64 @@ fn run_args<'a>(image: &'a str, extra: &[&'a str], args: &[&'a str]) -> Vec<&'a 
     a
 }
 
+/// Whether a `.dockerignore` pattern (the forms the file uses: a path, `**/name`, `*.ext`)
+/// excludes the repository-relative path `rel`.
+fn ignored(pattern: &str, rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if let Some(name) = pattern.strip_prefix("**/") {
+        parts.contains(&name)
+    } else if let Some(ext) = pattern.strip_prefix('*') {
+        parts.iter().any(|p| p.ends_with(ext))
+    } else {
+        rel == pattern || rel.starts_with(&format!("{pattern}/"))
+    }
+}
+
+/// The files the compiling target needs are in its build context: every workspace member
+/// and every file a crate includes at compile time (`include_str!`, `include_bytes!`).
+/// The compiling target itself cannot be built here (no Rust image can be pulled).
+#[test]
+fn the_build_context_keeps_every_file_the_compile_reads() {
+    let root = repo_root();
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore exists");
+    let patterns: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert!(patterns.iter().all(|p| !p.starts_with('!')), "exceptions are not modelled by this check");
+    let mut needed = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = manifest.split("members = [").nth(1).and_then(|m| m.split(']').next()).expect("workspace members");
+    needed.extend(members.split(',').map(|m| m.trim().trim_matches('"').to_owned()).filter(|m| !m.is_empty()));
+    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if p.is_dir() && !name.starts_with('.') && name != "target" {
+                sources(&p, out);
+            } else if name.ends_with(".rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for rest in text.split(macro_name).skip(1) {
+                let arg = rest.split('"').next().unwrap();
+                let path = file.parent().unwrap().join(arg);
+                let path = std::fs::canonicalize(&path).unwrap_or_else(|e| panic!("{}: {arg}: {e}", file.display()));
+                needed.push(path.strip_prefix(std::fs::canonicalize(&root).unwrap()).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(needed.len() > 8, "too few workspace members found: {needed:?}");
+    for rel in &needed {
+        for p in &patterns {
+            assert!(!ignored(p, rel), ".dockerignore pattern {p:?} leaves {rel} out of the build context");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_builds_and_runs_every_role_and_a_pipeline() {
     if let Some(why) = unusable() {
@@ -145,6 +203,9 @@ async fn image_builds_and_runs_every_role_and_a_pipeline() {
         format!("REVISION={revision}"),
         format!("SOURCE={source}"),
     );
+    // the image this tag named before: removed once the tag moved (no dangling copy per run)
+    let previous = podman(&["image", "inspect", "--format", "{{.Id}}", &tag]);
+    let previous = String::from_utf8_lossy(&previous.stdout).trim().to_owned();
     ok(&[
         "build",
         "--pull=never",
@@ -164,6 +225,11 @@ async fn image_builds_and_runs_every_role_and_a_pipeline() {
         &tag,
         ctx.path().to_str().unwrap(),
     ]);
+
+    let built = ok(&["image", "inspect", "--format", "{{.Id}}", &tag]);
+    if !previous.is_empty() && previous != built.trim() {
+        let _ = podman(&["rmi", &previous]);
+    }
 
     // what the image declares
     let inspect: Value = serde_json::from_str(&ok(&["image", "inspect", &tag])).unwrap();
