@@ -547,3 +547,146 @@ proptest! {
         }
     }
 }
+
+/// A changelog as the broker keeps it, in order: `None` is a tombstone.
+type Changelog = Vec<(crate::state::StateKey, Option<crate::state::ChangeRecord>)>;
+
+fn append(log: &mut Changelog, changes: Vec<(crate::state::StateKey, crate::state::ChangeRecord)>) {
+    for (k, r) in changes {
+        let v = if r.prev.is_none() && r.new.is_none() { None } else { Some(r) };
+        log.push((k, v));
+    }
+}
+
+/// Restore as the runner does: the latest record per key, a tombstone removing it.
+fn restore_from(log: &Changelog) -> PartitionState {
+    let mut latest = HashMap::new();
+    for (k, r) in log {
+        match r {
+            Some(r) => latest.insert(k.clone(), r.clone()),
+            None => latest.remove(k),
+        };
+    }
+    PartitionState::restore(latest)
+}
+
+/// What compaction leaves: the latest record per key, tombstoned keys gone.
+fn compact(log: &Changelog) -> Changelog {
+    let mut last: HashMap<crate::state::StateKey, usize> = HashMap::new();
+    for (i, (k, _)) in log.iter().enumerate() {
+        last.insert(k.clone(), i);
+    }
+    log.iter().enumerate().filter(|(i, (k, r))| last[k] == *i && r.is_some()).map(|(_, e)| e.clone()).collect()
+}
+
+/// State without what depends on wall time (when unread emissions fell due).
+fn comparable(st: &PartitionState) -> BTreeMap<String, crate::state::StateValue> {
+    let mut snap = st.snapshot();
+    for v in snap.values_mut() {
+        if let crate::state::StateValue::Session(s) = v {
+            s.unread_pending = Default::default();
+        }
+    }
+    snap
+}
+
+#[test]
+fn a_key_written_by_an_aborted_batch_does_not_come_back() {
+    use crate::state::{Member, StateKey};
+    let member = Member { joined_at_ms: 0, joined_seq: 0, read_seq: 0, read_message_id: 0 };
+    let mut st = PartitionState::default();
+    st.meta.applied_offset = 100;
+    let mut log: Changelog = Vec::new();
+    append(&mut log, st.drain_changes());
+    // batch 101..200 adds a member, its entries land, its Meta does not (crash)
+    st.add_member(7, 1, member.clone());
+    st.meta.applied_offset = 200;
+    let mut aborted = st.drain_changes();
+    aborted.retain(|(k, _)| *k != StateKey::Meta);
+    append(&mut log, aborted);
+    // the replay cuts 101..300 as one batch that adds and removes the member (no net change)
+    let mut st = restore_from(&log);
+    assert_eq!(st.meta.applied_offset, 100);
+    assert!(st.members.get(&(7, 1)).is_none());
+    st.add_member(7, 1, member);
+    st.remove_member(7, 1);
+    st.meta.applied_offset = 300;
+    append(&mut log, st.drain_changes());
+    let restored = restore_from(&log);
+    assert_eq!(restored.meta.applied_offset, 300);
+    assert!(restored.members.get(&(7, 1)).is_none(), "a deleted key came back");
+    assert!(restore_from(&compact(&log)).members.get(&(7, 1)).is_none(), "after compaction too");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Random events cut into random batches, a crash after any subset of a batch's entries
+    /// (its Meta not written), a restore (after a compaction or not) and a replay with other
+    /// batch boundaries: the state ends equal to an uncrashed run's.
+    #[test]
+    fn restore_after_any_crash_and_any_batching_equals_an_uncrashed_run(
+        events in arb_events(),
+        reference_batch in 1usize..30,
+        crash_batch in 1usize..30,
+        replay_batch in 1usize..30,
+        crash_at in 0usize..200,
+        written in prop::collection::vec(any::<bool>(), 64),
+        compacted in any::<bool>(),
+        second_crash in any::<bool>(),
+    ) {
+        let rules = || Rules { fanout_max_members: 3, dedupe_horizon_ms: 20_000, ..Rules::default() };
+        let run = |core: &mut PartitionCore, log: &mut Changelog, from: usize, batch: usize, stop: Option<usize>| -> Option<Vec<(crate::state::StateKey, crate::state::ChangeRecord)>> {
+            let mut now = T0;
+            let mut i = from;
+            let mut n = 0;
+            while i < events.len() {
+                let end = (i + batch).min(events.len());
+                for (off, e) in events.iter().enumerate().take(end).skip(i) {
+                    core.apply(off as i64, e);
+                }
+                now += 700;
+                let (_, changes) = core.finish_batch(now);
+                if stop == Some(n) {
+                    return Some(changes); // crash while writing this batch
+                }
+                append(log, changes);
+                i = end;
+                n += 1;
+            }
+            None
+        };
+        let fresh = || PartitionState::restore(HashMap::new()); // nothing applied: offset −1
+        let mut reference = PartitionCore::new(0, rules(), fresh());
+        run(&mut reference, &mut Vec::new(), 0, reference_batch, None);
+
+        let mut log: Changelog = Vec::new();
+        let mut core = PartitionCore::new(0, rules(), fresh());
+        let batches = events.len().div_ceil(crash_batch);
+        let mut crashes = vec![crash_at % batches.max(1)];
+        if second_crash {
+            crashes.push((crash_at / 2) % batches.max(1));
+        }
+        let mut from = 0;
+        let mut batch = crash_batch;
+        for stop in crashes {
+            if let Some(changes) = run(&mut core, &mut log, from, batch, Some(stop)) {
+                // any subset of the entries lands, never the Meta
+                let entries = changes.into_iter().filter(|(k, _)| *k != crate::state::StateKey::Meta);
+                append(&mut log, entries.enumerate().filter(|(j, _)| written[j % written.len()]).map(|(_, c)| c).collect());
+            }
+            if compacted {
+                log = compact(&log);
+            }
+            let st = restore_from(&log);
+            from = usize::try_from(st.meta.applied_offset + 1).unwrap_or(0);
+            core = PartitionCore::new(0, rules(), st);
+            batch = replay_batch;
+        }
+        run(&mut core, &mut log, from, batch, None);
+        prop_assert_eq!(comparable(&core.state), comparable(&reference.state));
+        let restored = restore_from(&log);
+        prop_assert_eq!(comparable(&restored), comparable(&reference.state), "restored from the final changelog");
+        let restored = restore_from(&compact(&log));
+        prop_assert_eq!(comparable(&restored), comparable(&reference.state), "restored after compaction");
+    }
+}

@@ -440,10 +440,19 @@ async fn restore(config: &Config, partition: i32) -> Result<PartitionState, Erro
                     None => continue,
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(m)) => {
-                        if let (Some(k), Some(v)) = (m.key(), m.payload()) {
+                        if let Some(k) = m.key() {
                             let key: StateKey = envelope::decode(k).map_err(|e| Error::Restore(e.to_string()))?;
-                            let rec: ChangeRecord = envelope::decode(v).map_err(|e| Error::Restore(e.to_string()))?;
-                            latest.insert(key, rec);
+                            match m.payload() {
+                                Some(v) => {
+                                    let rec: ChangeRecord =
+                                        envelope::decode(v).map_err(|e| Error::Restore(e.to_string()))?;
+                                    latest.insert(key, rec);
+                                }
+                                // a tombstone: the key was deleted by a committed batch
+                                None => {
+                                    latest.remove(&key);
+                                }
+                            }
                         }
                         if m.offset() >= high - 1 {
                             break;
@@ -538,11 +547,13 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
         let log = |set: Vec<(StateKey, ChangeRecord)>| -> Vec<Out> {
             set.into_iter()
                 .filter_map(|(k, r)| {
+                    // a record with neither value is a committed delete: a Kafka tombstone
+                    let value = if r.prev.is_none() && r.new.is_none() { None } else { Some(envelope::encode(&r).ok()?) };
                     Some(Out {
                         topic: cfg.changelog_topic.clone(),
                         partition: Some(partition),
                         key: envelope::encode(&k).ok()?,
-                        value: Some(envelope::encode(&r).ok()?),
+                        value,
                         headers: Vec::new(),
                     })
                 })

@@ -288,6 +288,11 @@ pub struct PartitionState {
     /// Index: window starts present (from `windows`).
     pub window_index: BTreeMap<i64, BTreeSet<u64>>,
     meta_at_batch_start: Meta,
+    /// Keys whose latest changelog record belonged to a batch that never committed: the
+    /// next batch logs their restored value again (see [`PartitionState::restore`]).
+    relog: Vec<StateKey>,
+    /// Keys the last (committed) batch deleted: the next batch writes their tombstones.
+    deleted: Vec<StateKey>,
 }
 
 impl PartitionState {
@@ -389,6 +394,23 @@ impl PartitionState {
         for ((w, s), p, n) in self.windows.drain_changes() {
             out.push((StateKey::Window(w, s), rec(p.map(StateValue::Window), n.map(StateValue::Window))));
         }
+        let logged: std::collections::HashSet<StateKey> = out.iter().map(|(k, _)| k.clone()).collect();
+        let deleted: Vec<StateKey> = out.iter().filter(|(_, r)| r.new.is_none()).map(|(k, _)| k.clone()).collect();
+        // keys an aborted batch wrote last: their restored value, committed by this batch's
+        // Meta, so that no later restore can take the aborted record as committed
+        for k in std::mem::take(&mut self.relog) {
+            if !logged.contains(&k) {
+                let v = self.value_of(&k);
+                out.push((k, rec(v.clone(), v)));
+            }
+        }
+        // deletes of the last batch are committed: tombstones let compaction drop the key
+        // (a record with neither value is written as a Kafka tombstone)
+        for k in std::mem::replace(&mut self.deleted, deleted) {
+            if !logged.contains(&k) && self.value_of(&k).is_none() {
+                out.push((k, rec(None, None)));
+            }
+        }
         if out.is_empty() && self.meta_at_batch_start == self.meta {
             return out;
         }
@@ -397,15 +419,57 @@ impl PartitionState {
         out
     }
 
-    /// Rebuilds state from the latest changelog record of every key.
+    /// The current value of a key.
+    pub fn value_of(&self, k: &StateKey) -> Option<StateValue> {
+        match k {
+            StateKey::Meta => Some(StateValue::Meta(self.meta.clone())),
+            StateKey::Session(s) => self.sessions.get(s).cloned().map(StateValue::Session),
+            StateKey::Member(s, u) => self.members.get(&(*s, *u)).cloned().map(StateValue::Member),
+            StateKey::Event(s, m) => self.events.get(&(*s, *m)).cloned().map(StateValue::Event),
+            StateKey::Window(w, s) => self.windows.get(&(*w, *s)).cloned().map(StateValue::Window),
+        }
+    }
+
+    /// Every entry's current value (tests compare states with it).
+    pub fn snapshot(&self) -> BTreeMap<String, StateValue> {
+        let mut out = BTreeMap::new();
+        let mut put = |k: StateKey| {
+            if let Some(v) = self.value_of(&k) {
+                out.insert(format!("{k:?}"), v);
+            }
+        };
+        self.sessions.iter().for_each(|(s, _)| put(StateKey::Session(*s)));
+        self.members.iter().for_each(|((s, u), _)| put(StateKey::Member(*s, *u)));
+        self.events.iter().for_each(|((s, m), _)| put(StateKey::Event(*s, *m)));
+        self.windows.iter().for_each(|((w, s), _)| put(StateKey::Window(*w, *s)));
+        out
+    }
+
+    /// Rebuilds state from the latest changelog record of every key (a key whose latest
+    /// record is a tombstone is absent from `latest`).
+    ///
+    /// **Exactness under any batch boundaries.** A record counts as `new` if its batch
+    /// committed (`batch_offset ≤` the latest `Meta`'s applied offset) and as `prev`
+    /// otherwise. An aborted batch's record would be mistaken for a committed one once a
+    /// later `Meta` passes its offset, if the replay happens not to change that key (it
+    /// created and deleted it, say): so every key whose latest record is uncommitted is
+    /// logged again, with its restored value, by the first batch after the restore
+    /// (`relog`), before that batch's `Meta`. Deletes are logged as records carrying the
+    /// old value (a crash before `Meta` must be able to roll them back), then, once their
+    /// batch committed, as tombstones, so compaction can drop the key.
     pub fn restore(latest: HashMap<StateKey, ChangeRecord>) -> Self {
         let mut st = PartitionState::default();
         let applied = match latest.get(&StateKey::Meta) {
             Some(ChangeRecord { new: Some(StateValue::Meta(m)), .. }) => m.applied_offset,
             _ => -1,
         };
+        let mut relog = Vec::new();
         for (k, r) in latest {
-            let v = if r.batch_offset <= applied { r.new } else { r.prev };
+            let committed = r.batch_offset <= applied;
+            if !committed && k != StateKey::Meta {
+                relog.push(k.clone());
+            }
+            let v = if committed { r.new } else { r.prev };
             match (k, v) {
                 (StateKey::Meta, Some(StateValue::Meta(m))) => st.meta = m,
                 (StateKey::Session(s), Some(StateValue::Session(v))) => {
@@ -436,6 +500,7 @@ impl PartitionState {
             st.meta.applied_offset = -1;
         }
         st.meta_at_batch_start = st.meta.clone();
+        st.relog = relog;
         st
     }
 }
