@@ -34,6 +34,11 @@ pub struct Config {
     /// Consumer group id.
     #[arg(long, env = "CHATPIPE_PROCESSOR_GROUP", default_value = "chatpipe-processor")]
     pub group_id: String,
+    /// Static group membership (Kafka's `group.instance.id`), e.g. the pod name of a
+    /// StatefulSet: a restart into the same id within the session timeout keeps its
+    /// partitions without a rebalance and without a restore elsewhere. Unset: dynamic.
+    #[arg(long, env = "CHATPIPE_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// Input topic.
     #[arg(long, env = "CHATPIPE_EVENTS_TOPIC", default_value = topics::EVENTS)]
     pub events_topic: String,

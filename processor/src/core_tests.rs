@@ -690,3 +690,17 @@ proptest! {
         prop_assert_eq!(comparable(&restored), comparable(&reference.state), "restored after compaction");
     }
 }
+
+#[test]
+fn a_leave_after_a_message_in_one_interval_still_gets_its_tombstone() {
+    let mut s = Script::new(Rules::default());
+    s.join(7, 1, T0);
+    s.join(7, 2, T0);
+    s.finish();
+    s.msg(7, SessionKind::Group, 1, T0, "everyone's unread changes");
+    s.leave(7, 2, T0);
+    let o = s.finish();
+    let u = unread_of(&o);
+    assert_eq!(u.get("2|7"), Some(&None), "{u:?}");
+    assert_eq!(u["1|7"].as_ref().unwrap()["unread"], 0);
+}

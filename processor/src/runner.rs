@@ -221,7 +221,7 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
         tasks: Mutex::new(HashMap::new()),
         commits: commit_tx,
     });
-    let consumer: BaseConsumer<Ctx> = config
+    let mut consumer_config = config
         .kafka
         .client_config_with(
             "processor",
@@ -234,7 +234,11 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
             ],
         )
         .set("enable.auto.commit", "false")
-        .create_with_context(Ctx { shared: shared.clone() })?;
+        .clone();
+    if let Some(id) = &config.group_instance_id {
+        consumer_config.set("group.instance.id", id);
+    }
+    let consumer: BaseConsumer<Ctx> = consumer_config.create_with_context(Ctx { shared: shared.clone() })?;
     consumer.subscribe(&[&config.events_topic])?;
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {

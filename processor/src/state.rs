@@ -345,10 +345,10 @@ impl PartitionState {
         if let Some(s) = self.sessions.get_mut(&session) {
             match user {
                 None => s.unread_pending.all = true,
+                // kept even when everyone is pending: a user who left is no longer among the
+                // members and still needs their tombstone
                 Some(u) => {
-                    if !s.unread_pending.all {
-                        s.unread_pending.users.insert(u);
-                    }
+                    s.unread_pending.users.insert(u);
                 }
             }
             self.unread_pending.insert(session);

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatpipe_common::envelope;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::TopicSpec;
 use chatpipe_common::row_key;

@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_SINK_GROUP_ID", default_value = "chatpipe-sink")]
     pub group_id: String,
 
+    /// Static group membership (Kafka's `group.instance.id`), e.g. the pod name of a
+    /// StatefulSet: a restart into the same id within the session timeout keeps its
+    /// partitions without a rebalance. Unset: dynamic membership.
+    #[arg(long, env = "CHATPIPE_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
+
     /// Flush a partition's batch when it holds this many rows.
     #[arg(long, env = "CHATPIPE_SINK_BATCH_ROWS", default_value_t = DEFAULT_BATCH_ROWS,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|v| v as usize))]
@@ -166,6 +172,7 @@ impl Config {
             dlq_topic: topics::DLQ.to_owned(),
             topic_partitions: 8,
             group_id: "chatpipe-sink".to_owned(),
+            group_instance_id: None,
             batch_rows: DEFAULT_BATCH_ROWS,
             batch_bytes: DEFAULT_BATCH_BYTES,
             flush_interval: Duration::from_millis(100),

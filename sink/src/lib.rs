@@ -215,6 +215,9 @@ async fn start_and_run(
     set_default(&mut cc, "enable.auto.commit", "true");
     // Not overridable: the guarantee rests on storing offsets only after HBase acknowledged.
     cc.set("group.id", &config.group_id);
+    if let Some(id) = &config.group_instance_id {
+        cc.set("group.instance.id", id);
+    }
     cc.set("enable.auto.offset.store", "false");
     let from_earliest = matches!(cc.get("auto.offset.reset"), Some("earliest" | "smallest" | "beginning"));
     let consumer: Arc<SinkConsumer> = Arc::new(cc.create_with_context(context)?);

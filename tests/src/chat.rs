@@ -59,6 +59,8 @@ impl Default for OracleRules {
 }
 
 /// One input record.
+// Built once per test and read in place: boxing the event would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Input {
     /// An event.
@@ -427,6 +429,9 @@ fn s(v: impl ToString) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// Read-mark candidates: (user, session) → [(position, seq, message id)].
+type MarkCandidates = BTreeMap<(u64, u64), Vec<(usize, u64, u64)>>;
+
 /// A member as the oracle tracks it: when (position) and at which seq they joined.
 #[derive(Debug, Clone)]
 struct Membership {
@@ -465,8 +470,7 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
         let mut msgs: BTreeMap<(u64, u64), Msg> = BTreeMap::new(); // (session, id)
         let mut alias: BTreeMap<(u64, u64), u64> = BTreeMap::new(); // (session, retry id) → original
         let mut cmid_msg: BTreeMap<(u64, String), u64> = BTreeMap::new(); // the message that carried it
-                                                                          // read-mark candidates: (user, session) → [(pos, seq, message id)]
-        let mut marks: BTreeMap<(u64, u64), Vec<(usize, u64, u64)>> = BTreeMap::new();
+        let mut marks = MarkCandidates::new();
         let mut max_t: Option<i64> = None;
         for (pos, input) in events.iter().enumerate() {
             let Input::Event(e) = input else {

@@ -134,7 +134,7 @@ fn assert_covers_every_case(expected: &Outputs) {
     let reasons: BTreeSet<&str> = expected.dlq.keys().map(String::as_str).collect();
     assert_eq!(
         reasons,
-        ["body_too_large", "late", "undecodable"].into(),
+        ["body_too_large", "forbidden", "late", "undecodable", "unknown_target"].into(),
         "the workload must exercise every DLQ reason"
     );
     let tables: BTreeSet<&str> = expected.rows.keys().map(|(t, _)| t.as_str()).collect();
