@@ -108,7 +108,6 @@ fn unread(session: u64, last: u64, read: u64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run here (tansu is being installed); enabled once it passed"]
 async fn a_connected_client_gets_exactly_its_events_and_resumes_without_gaps() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new(TOPIC, 2)]).await;
