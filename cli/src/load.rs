@@ -235,6 +235,9 @@ fn next_events(shared: &Shared, rng: &mut StdRng, seq: &mut u64, worker: usize) 
                     message: None,
                     target_id: None,
                     user_id: Some(member(plan.id, k)),
+                    read_seq: None,
+                    name: None,
+                    avatar_url: None,
                 });
             }
         }
@@ -262,6 +265,9 @@ fn next_events(shared: &Shared, rng: &mut StdRng, seq: &mut u64, worker: usize) 
             }),
             target_id: None,
             user_id: None,
+            read_seq: None,
+            name: None,
+            avatar_url: None,
         });
     }
     out
@@ -417,6 +423,9 @@ async fn raw_ceiling(args: &LoadArgs, brokers: &str) -> Result<()> {
                 }),
                 target_id: None,
                 user_id: None,
+                read_seq: None,
+                name: None,
+                avatar_url: None,
             };
             let ev =
                 chatpipe_common::event::ChatEvent::from_input(input, id, chrono::Utc::now().timestamp_millis(), 60_000);

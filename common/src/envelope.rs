@@ -1,8 +1,10 @@
 //! The versioned bincode envelope of every internal topic.
 //!
-//! Layout: `MAGIC` (1 byte) · schema version (1 byte) · bincode body. Version 2 (written
-//! now) uses fixed-width little-endian integers; version 1 (written by earlier builds,
-//! still read so topics and changelogs written before an upgrade restore) used varints.
+//! Layout: `MAGIC` (1 byte) · schema version (1 byte) · bincode body. Version 3 (written
+//! now) and version 2 use fixed-width little-endian integers; version 1 (written by earlier
+//! builds, still read so topics and changelogs written before an upgrade restore) used
+//! varints. Version 3 marks the `chat.rows` value change from one `RowMutation` to a
+//! `RowBatch` (see [`crate::rows::decode_record`]); every other type is the same in 2 and 3.
 //! Fixed-width integers cost a few bytes per record (the topics are lz4-compressed) and
 //! halve the integer coding time. Decoding checks the magic, refuses versions newer than
 //! this build understands, caps allocation at [`MAX_BODY`] and refuses trailing bytes, so
@@ -19,7 +21,7 @@ use bincode::{Decode, Encode};
 /// First byte of every envelope.
 pub const MAGIC: u8 = 0xC7;
 /// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u8 = 2;
+pub const SCHEMA_VERSION: u8 = 3;
 /// Largest body decoded; bounds what a corrupt length prefix can make us allocate.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 
@@ -59,6 +61,12 @@ impl EnvelopeError {
     }
 }
 
+/// The decoding context: the schema version of the envelope being read, for the types
+/// whose layout changed between versions (`ChatEvent` gained fields in version 3). Derived
+/// `Decode`s ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version(pub u8);
+
 /// Appends to a `Vec` without `io::Write`'s per-call overhead.
 struct VecWriter<'a>(&'a mut Vec<u8>);
 
@@ -87,7 +95,7 @@ pub fn encode_into<T: Encode>(value: &T, out: &mut Vec<u8>) -> Result<(), Envelo
 }
 
 /// Decodes an envelope.
-pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, EnvelopeError> {
+pub fn decode<T: Decode<Version>>(bytes: &[u8]) -> Result<T, EnvelopeError> {
     let [magic, version, body @ ..] = bytes else {
         return Err(EnvelopeError::Truncated(bytes.len()));
     };
@@ -95,14 +103,15 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, EnvelopeError> {
         return Err(EnvelopeError::BadMagic(*magic));
     }
     match *version {
-        1 => decode_body(body, V1),
-        2 => decode_body(body, V2),
+        1 => decode_body(body, V1, Version(1)),
+        v @ (2 | 3) => decode_body(body, V2, Version(v)),
         v => Err(EnvelopeError::FutureVersion(v)),
     }
 }
 
-fn decode_body<T: Decode<()>, C: Config>(body: &[u8], config: C) -> Result<T, EnvelopeError> {
-    let (value, used) = bincode::decode_from_slice(body, config).map_err(|e| EnvelopeError::Body(e.to_string()))?;
+fn decode_body<T: Decode<Version>, C: Config>(body: &[u8], config: C, version: Version) -> Result<T, EnvelopeError> {
+    let (value, used) = bincode::decode_from_slice_with_context(body, config, version)
+        .map_err(|e| EnvelopeError::Body(e.to_string()))?;
     if used != body.len() {
         return Err(EnvelopeError::Trailing(body.len() - used));
     }
@@ -150,13 +159,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn version_1_records_still_decode(ev in arb_event()) {
+        fn version_1_and_2_records_still_decode(ev in arb_event()) {
+            // what builds before version 3 wrote: the event without its three last fields
+            // (each a `None`, one tag byte in either integer encoding)
+            let ev = ChatEvent { read_seq: None, name: None, avatar_url: None, ..ev };
             let mut v1 = vec![MAGIC, 1];
             bincode::encode_into_std_write(&ev, &mut v1, V1).unwrap();
+            v1.truncate(v1.len() - 3);
             prop_assert_eq!(decode::<ChatEvent>(&v1).unwrap(), ev.clone());
-            let v2 = encode(&ev).unwrap();
-            prop_assert_eq!(v2[1], 2);
-            prop_assert_ne!(v1, v2);
+            let mut v2 = vec![MAGIC, 2];
+            bincode::encode_into_std_write(&ev, &mut v2, V2).unwrap();
+            v2.truncate(v2.len() - 3);
+            prop_assert_eq!(decode::<ChatEvent>(&v2).unwrap(), ev.clone());
+            let v3 = encode(&ev).unwrap();
+            prop_assert_eq!(v3[1], SCHEMA_VERSION);
+            prop_assert_eq!(decode::<ChatEvent>(&v3).unwrap(), ev);
         }
     }
 

@@ -19,12 +19,14 @@ use bincode::de::Decoder;
 use bincode::error::DecodeError;
 use bincode::Decode;
 
+use crate::envelope::Version;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The JSON fields of an event (DESIGN §4); `message` holds `kind`, `body` and `mentions`.
-pub const EVENT_FIELDS: [&str; 10] = [
+pub const EVENT_FIELDS: [&str; 13] = [
     "type",
     "session_id",
     "session_kind",
@@ -35,6 +37,9 @@ pub const EVENT_FIELDS: [&str; 10] = [
     "message",
     "target_id",
     "user_id",
+    "read_seq",
+    "name",
+    "avatar_url",
 ];
 
 /// Largest message body in bytes (DESIGN §4).
@@ -43,6 +48,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
 /// Most mentions one message may carry; bounds the work a single event can cause.
 pub const MAX_MENTIONS: usize = 1024;
+/// Longest session or user `name` in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest `avatar_url` in bytes.
+pub const MAX_AVATAR_URL_BYTES: usize = 2048;
 
 /// What happened in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
@@ -60,6 +69,11 @@ pub enum EventType {
     Join,
     /// `user_id` leaves the session.
     Leave,
+    /// The session's `name` (the name or topic of a group or channel) is set.
+    Session,
+    /// `user_id`'s profile (`name`, `avatar_url`) is set. Routed by the user id: ingest
+    /// publishes it with `session_id = user_id`, so one key owns the user's row.
+    Profile,
 }
 
 /// The kind of a conversation.
@@ -117,7 +131,7 @@ macro_rules! names {
         }
     };
 }
-names!(EventType { Message => "message", Edit => "edit", Recall => "recall", Read => "read", Join => "join", Leave => "leave" });
+names!(EventType { Message => "message", Edit => "edit", Recall => "recall", Read => "read", Join => "join", Leave => "leave", Session => "session", Profile => "profile" });
 names!(SessionKind { Direct => "direct", Group => "group", Channel => "channel" });
 names!(MessageKind { Text => "text", Image => "image", Audio => "audio", Video => "video", File => "file", Card => "card", System => "system" });
 
@@ -153,8 +167,14 @@ pub struct EventInput {
     pub message: Option<MessageContent>,
     /// The message edited, recalled, or read up to.
     pub target_id: Option<u64>,
-    /// The member joining or leaving.
+    /// The member joining or leaving; the user of a `profile`.
     pub user_id: Option<u64>,
+    /// For `read`: the session `seq` read up to (alternative to `target_id`).
+    pub read_seq: Option<u64>,
+    /// For `session` and `profile`: the name.
+    pub name: Option<String>,
+    /// For `profile`: the avatar URL.
+    pub avatar_url: Option<String>,
 }
 
 /// An event as published on `chat.events` (bincode, in the [`crate::envelope`]).
@@ -182,8 +202,14 @@ pub struct ChatEvent {
     pub message: Option<MessageContent>,
     /// The message edited, recalled, or read up to.
     pub target_id: Option<u64>,
-    /// The member joining or leaving.
+    /// The member joining or leaving; the user of a `profile`.
     pub user_id: Option<u64>,
+    /// For `read`: the session `seq` read up to (alternative to `target_id`).
+    pub read_seq: Option<u64>,
+    /// For `session` and `profile`: the name.
+    pub name: Option<String>,
+    /// For `profile`: the avatar URL.
+    pub avatar_url: Option<String>,
 }
 
 // `Decode` is written out for the two event structs (field order = the derived `Encode`)
@@ -218,8 +244,11 @@ impl<Context> Decode<Context> for MessageContent {
 }
 bincode::impl_borrow_decode!(MessageContent);
 
-impl<Context> Decode<Context> for ChatEvent {
-    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+impl Decode<Version> for ChatEvent {
+    fn decode<D: Decoder<Context = Version>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        // schema version 3 added `read_seq`, `name` and `avatar_url`; records of versions 1
+        // and 2 (written before) end after `user_id`
+        let tail = decoder.context().0 >= 3;
         Ok(ChatEvent {
             message_id: Decode::decode(decoder)?,
             ingested_at_ms: Decode::decode(decoder)?,
@@ -229,24 +258,30 @@ impl<Context> Decode<Context> for ChatEvent {
             session_kind: Decode::decode(decoder)?,
             sender_id: Decode::decode(decoder)?,
             recipient_id: Decode::decode(decoder)?,
-            client_msg_id: match u8::decode(decoder)? {
-                0 => None,
-                1 => Some(decode_string(decoder)?),
-                found => {
-                    return Err(DecodeError::UnexpectedVariant {
-                        type_name: "Option<String>",
-                        allowed: &bincode::error::AllowedEnumVariants::Range { min: 0, max: 1 },
-                        found: found.into(),
-                    })
-                }
-            },
+            client_msg_id: decode_opt_string(decoder)?,
             message: Decode::decode(decoder)?,
             target_id: Decode::decode(decoder)?,
             user_id: Decode::decode(decoder)?,
+            read_seq: if tail { Decode::decode(decoder)? } else { None },
+            name: if tail { decode_opt_string(decoder)? } else { None },
+            avatar_url: if tail { decode_opt_string(decoder)? } else { None },
         })
     }
 }
-bincode::impl_borrow_decode!(ChatEvent);
+bincode::impl_borrow_decode_with_context!(ChatEvent, Version);
+
+/// An `Option<String>` (bincode's tag byte, then the string).
+fn decode_opt_string<D: Decoder>(decoder: &mut D) -> Result<Option<String>, DecodeError> {
+    match u8::decode(decoder)? {
+        0 => Ok(None),
+        1 => Ok(Some(decode_string(decoder)?)),
+        found => Err(DecodeError::UnexpectedVariant {
+            type_name: "Option<String>",
+            allowed: &bincode::error::AllowedEnumVariants::Range { min: 0, max: 1 },
+            found: found.into(),
+        }),
+    }
+}
 
 impl ChatEvent {
     /// Stamps a validated input with its id and ingest time. A `sent_at` more than
@@ -271,6 +306,9 @@ impl ChatEvent {
             message: input.message,
             target_id: input.target_id,
             user_id: input.user_id,
+            read_seq: input.read_seq,
+            name: input.name,
+            avatar_url: input.avatar_url,
         }
     }
 }
@@ -642,6 +680,12 @@ struct RawEvent<'a> {
     target_id: Option<Loose<'a>>,
     #[serde(borrow)]
     user_id: Option<Loose<'a>>,
+    #[serde(borrow)]
+    read_seq: Option<Loose<'a>>,
+    #[serde(borrow)]
+    name: Option<Loose<'a>>,
+    #[serde(borrow)]
+    avatar_url: Option<Loose<'a>>,
 }
 
 type RawItem<'a> = ObjectOr<'a, RawEvent<'a>>;
@@ -699,6 +743,27 @@ impl Check {
             Err((code, msg)) => {
                 let field = name();
                 self.err(&field, code, format!("{field} {msg}"));
+                None
+            }
+        }
+    }
+
+    /// An optional (or `required`) string of at most `max` bytes.
+    fn text(&mut self, field: &str, v: &Option<Loose<'_>>, required: bool, max: usize) -> Option<String> {
+        match Self::present(v) {
+            None => {
+                if required {
+                    self.err(field, "missing", format!("{field} is required"));
+                }
+                None
+            }
+            Some(Loose::Str(s)) if s.len() > max => {
+                self.err(field, "too_long", format!("{field} is longer than {max} bytes"));
+                None
+            }
+            Some(Loose::Str(s)) => Some(s.clone().into_owned()),
+            Some(other) => {
+                self.err(field, "invalid_type", format!("{field} must be a string, not {}", other.type_name()));
                 None
             }
         }
@@ -788,17 +853,35 @@ impl ObjectOr<'_, RawEvent<'_>> {
 impl RawEvent<'_> {
     fn validate(self, index: Option<usize>) -> Result<EventInput, Vec<FieldError>> {
         let mut c = Check { index, errors: Vec::new() };
-        let event_type =
-            c.name("type", &self.event_type, EventType::from_name, "message, edit, recall, read, join, leave");
-        let session_id = c.id("session_id", &self.session_id, true);
-        let session_kind = c.name("session_kind", &self.session_kind, SessionKind::from_name, "direct, group, channel");
-        let sender_id = c.id("sender_id", &self.sender_id, true);
+        let event_type = c.name(
+            "type",
+            &self.event_type,
+            EventType::from_name,
+            "message, edit, recall, read, join, leave, session, profile",
+        );
+        let is_profile = event_type == Some(EventType::Profile);
+        // a profile is about a user, not a session: it is routed by `user_id`
+        let needs_user = matches!(event_type, Some(EventType::Join | EventType::Leave | EventType::Profile));
+        let user_id = c.id("user_id", &self.user_id, needs_user);
+        let session_id = c.id("session_id", &self.session_id, !is_profile);
+        let session_kind = if is_profile && Check::present(&self.session_kind).is_none() {
+            Some(SessionKind::Direct)
+        } else {
+            c.name("session_kind", &self.session_kind, SessionKind::from_name, "direct, group, channel")
+        };
+        let sender_id = c.id("sender_id", &self.sender_id, !is_profile);
         let needs_recipient = event_type == Some(EventType::Message) && session_kind == Some(SessionKind::Direct);
         let recipient_id = c.id("recipient_id", &self.recipient_id, needs_recipient);
-        let needs_target = matches!(event_type, Some(EventType::Edit | EventType::Recall | EventType::Read));
+        let read_seq = c.id("read_seq", &self.read_seq, false);
+        let needs_target = matches!(event_type, Some(EventType::Edit | EventType::Recall))
+            || (event_type == Some(EventType::Read) && read_seq.is_none());
         let target_id = c.id("target_id", &self.target_id, needs_target);
-        let needs_user = matches!(event_type, Some(EventType::Join | EventType::Leave));
-        let user_id = c.id("user_id", &self.user_id, needs_user);
+        let name = c.text("name", &self.name, event_type == Some(EventType::Session), MAX_NAME_BYTES);
+        let avatar_url = c.text("avatar_url", &self.avatar_url, false, MAX_AVATAR_URL_BYTES);
+        if is_profile && Check::present(&self.name).is_none() && Check::present(&self.avatar_url).is_none() {
+            c.err("name", "missing", "a profile event needs name or avatar_url");
+        }
+        let (session_id, sender_id) = if is_profile { (user_id, user_id) } else { (session_id, sender_id) };
         let sent_at_ms = parse_time(&mut c, &self.sent_at);
         let client_msg_id = match Check::present(&self.client_msg_id) {
             None => None,
@@ -853,6 +936,9 @@ impl RawEvent<'_> {
                 message: if needs_message { message } else { None },
                 target_id,
                 user_id,
+                read_seq,
+                name,
+                avatar_url,
             }),
             // Unreachable in practice: a missing required field recorded an error above.
             _ => Err(vec![FieldError::new(index, "", "invalid_value", "incomplete event")]),
@@ -957,6 +1043,12 @@ struct JsonEvent<'a> {
     target_id: Option<u64>,
     #[serde(serialize_with = "ser_opt_id", skip_serializing_if = "Option::is_none")]
     user_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avatar_url: Option<&'a str>,
 }
 
 impl EventInput {
@@ -974,6 +1066,9 @@ impl EventInput {
             message: self.message.as_ref().map(|m| JsonMessage { kind: m.kind, body: &m.body, mentions: &m.mentions }),
             target_id: self.target_id,
             user_id: self.user_id,
+            read_seq: self.read_seq,
+            name: self.name.as_deref(),
+            avatar_url: self.avatar_url.as_deref(),
         };
         // Serializing plain strings, numbers and enums into a String cannot fail.
         serde_json::to_string(&ev).unwrap_or_default()
@@ -1086,10 +1181,41 @@ pub(crate) mod tests {
             prop::option::of(0i64..253_402_300_799_999),
             (prop::sample::select(MessageKind::ALL), ".{0,200}", prop::collection::vec(id.clone(), 0..4)),
             prop::option::of(id.clone()),
-            prop::option::of(id),
+            (
+                prop::option::of(id.clone()),
+                prop::option::of(id),
+                prop::option::of("[a-zA-Z0-9 ]{1,40}"),
+                prop::option::of("https://[a-z]{1,20}\\.example/[a-z0-9]{1,20}"),
+            ),
         )
             .prop_map(
-                |(t, session_id, sk, sender_id, recipient, cmid, sent, (mk, body, mentions), target, user)| {
+                |(
+                    t,
+                    session_id,
+                    sk,
+                    sender_id,
+                    recipient,
+                    cmid,
+                    sent,
+                    (mk, body, mentions),
+                    target,
+                    (user, read_seq, name, avatar_url),
+                )| {
+                    let user = if matches!(t, EventType::Join | EventType::Leave | EventType::Profile) {
+                        Some(user.unwrap_or(1))
+                    } else {
+                        user
+                    };
+                    // a profile is routed by its user: session and sender are the user
+                    let (session_id, sender_id) = match (t, user) {
+                        (EventType::Profile, Some(u)) => (u, u),
+                        _ => (session_id, sender_id),
+                    };
+                    let name = match t {
+                        EventType::Session => Some(name.unwrap_or_else(|| "general".into())),
+                        EventType::Profile if avatar_url.is_none() => Some(name.unwrap_or_else(|| "ann".into())),
+                        _ => name,
+                    };
                     let recipient_id = if t == EventType::Message && sk == SessionKind::Direct {
                         Some(recipient.unwrap_or(9))
                     } else {
@@ -1113,11 +1239,10 @@ pub(crate) mod tests {
                         } else {
                             target
                         },
-                        user_id: if matches!(t, EventType::Join | EventType::Leave) {
-                            Some(user.unwrap_or(1))
-                        } else {
-                            user
-                        },
+                        user_id: user,
+                        read_seq,
+                        name,
+                        avatar_url,
                     }
                 },
             )

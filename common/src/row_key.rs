@@ -80,6 +80,14 @@ pub fn encode_pair(id: u64, other: u64) -> String {
     out
 }
 
+/// The key of a row owned by one id (`chat:sessions`, `chat:users`): `SALT|ID`.
+pub fn encode_id(id: u64) -> String {
+    let mut out = String::with_capacity(24);
+    push_prefix(id, &mut out);
+    out.pop(); // the trailing separator
+    out
+}
+
 /// The scan prefix of everything under `id`: `SALT|ID|`.
 pub fn prefix(id: u64) -> String {
     let mut out = String::with_capacity(28);

@@ -6,6 +6,14 @@ use std::path::PathBuf;
 
 use crate::store::Durability;
 
+/// Default memstore: every memtable together, flushed a quarter at a time. HBase flushes a
+/// region's memstore at 128 MiB (`hbase.hregion.memstore.flush.size`) under a global limit
+/// of 40% of the heap; a dev emulator shares a laptop with the rest of the stack.
+pub const DEFAULT_MEMSTORE_SIZE_MB: u64 = 64;
+
+/// Default block cache of the sorted files (HBase: `hfile.block.cache.size`, 40% of heap).
+pub const DEFAULT_BLOCK_CACHE_MB: u64 = 32;
+
 /// Default Thrift port of `hbase thrift start`.
 const fn default_port() -> u16 {
     9090
@@ -73,7 +81,8 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Directory of the store (created if missing); holds `hbase-emulator.redb`.
+    /// Directory of the store (created if missing, locked while in use): the write-ahead log
+    /// and sorted files under `lsm/`.
     #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_DATA_DIR", required_unless_present = "in_memory")]
     pub data_dir: Option<PathBuf>,
 
@@ -83,7 +92,28 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_DURABILITY", value_enum, default_value_t = Durability::Os)]
     pub durability: Durability,
 
-    /// Keep everything in memory, nothing on disk (tests); conflicts with --data-dir.
+    /// Most memory held by written data not yet flushed to sorted files, in MiB (at least 4):
+    /// a quarter of it is flushed at a time in the background; writes wait when all of it is
+    /// in use. Memory is bounded by this and --block-cache-mb, not by the data's size.
+    #[arg(
+        long,
+        env = "CHATPIPE_HBASE_EMULATOR_MEMSTORE_SIZE_MB",
+        default_value_t = DEFAULT_MEMSTORE_SIZE_MB,
+        value_parser = clap::value_parser!(u64).range(4..=65536)
+    )]
+    pub memstore_size_mb: u64,
+
+    /// Cache of the sorted files' blocks, in MiB.
+    #[arg(
+        long,
+        env = "CHATPIPE_HBASE_EMULATOR_BLOCK_CACHE_MB",
+        default_value_t = DEFAULT_BLOCK_CACHE_MB,
+        value_parser = clap::value_parser!(u64).range(1..=65536)
+    )]
+    pub block_cache_mb: u64,
+
+    /// Keep nothing after the emulator stops (tests): data lives in a temporary directory
+    /// (same write path, same memory bounds) removed on stop; conflicts with --data-dir.
     #[arg(long, env = "CHATPIPE_HBASE_EMULATOR_IN_MEMORY", conflicts_with = "data_dir")]
     pub in_memory: bool,
 
@@ -145,6 +175,8 @@ impl Config {
             data_dir: None,
             in_memory: true,
             durability: Durability::Os,
+            memstore_size_mb: DEFAULT_MEMSTORE_SIZE_MB,
+            block_cache_mb: DEFAULT_BLOCK_CACHE_MB,
             thrift_transport: ThriftTransport::Buffered,
             thrift_protocol: ThriftProtocol::Binary,
             presplit_salt: None,

@@ -366,12 +366,26 @@ impl HbaseSyncHandler for Handler {
     }
 
     fn handle_compact(&self, table_name_or_region_name: Bytes) -> thrift::Result<()> {
-        // Nothing to compact: masked and surplus versions are dropped on write.
-        self.store.table(&table_name_or_region_name).map(|_| ()).map_err(|e| to_thrift(e, Declares::Io))
+        // The engine is shared by every table: flushing its memstore to a sorted file is what
+        // a (minor) compaction request can start here; returns when the file is written.
+        let run = || {
+            self.store.table(&table_name_or_region_name)?;
+            self.store.flush()?;
+            tracing::debug!(stats = ?self.store.stats(), "memstore flushed");
+            Ok(())
+        };
+        run().map_err(|e| to_thrift(e, Declares::Io))
     }
 
     fn handle_major_compact(&self, table_name_or_region_name: Bytes) -> thrift::Result<()> {
-        self.handle_compact(table_name_or_region_name)
+        // Flush, then merge every sorted file into one; returns when done (HBase queues it).
+        let run = || {
+            self.store.table(&table_name_or_region_name)?;
+            self.store.major_compact()?;
+            tracing::debug!(stats = ?self.store.stats(), "major compaction done");
+            Ok(())
+        };
+        run().map_err(|e| to_thrift(e, Declares::Io))
     }
 
     fn handle_get_table_names(&self) -> thrift::Result<Vec<Text>> {

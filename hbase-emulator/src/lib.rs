@@ -5,17 +5,22 @@
 //! It serves the generated `HbaseSyncProcessor` of the `hbase-thrift` crate over the binary
 //! protocol and buffered transport (HBase's defaults) or, as `hbase thrift start -f -c` does,
 //! the framed transport and compact protocol (`--thrift-transport`, `--thrift-protocol`), and
-//! keeps tables, cells, versions and delete markers in an embedded redb file.
+//! keeps tables, cells, versions and delete markers on HBase's own kind of write path: a
+//! write-ahead log with group commit, a sorted in-memory store bounded by
+//! `--memstore-size-mb`, background flushes to immutable sorted files and their compaction
+//! (the fjall LSM-tree crate); reads merge the memstore and the files.
 //!
 //! # Guarantees
 //!
-//! * **Durability**: a write acknowledged to a client is committed before the reply is sent
-//!   (one redb write transaction; concurrent `mutateRow(s)` calls may share one). With the
-//!   default `--durability os` the commit has reached the operating system, so it survives
-//!   a kill -9 of the emulator and a restart on the same `--data-dir` (as HBase's default
-//!   WAL `hflush` survives a RegionServer crash); `--durability fsync` also waits for the
-//!   disk and survives a power loss, at about 60% of the write throughput. A call's writes are atomic: a batch naming an unknown family writes
-//!   nothing (HBase may apply part of such a batch). `--in-memory` keeps nothing.
+//! * **Durability**: a write acknowledged to a client is in the write-ahead log before the
+//!   reply is sent (concurrent calls share one append: group commit). With the default
+//!   `--durability os` the log has reached the operating system, so the write survives a
+//!   kill -9 of the emulator and a restart on the same `--data-dir` (as HBase's default WAL
+//!   `hflush` survives a RegionServer crash); `--durability fsync` also waits for the disk
+//!   (`fdatasync`) and survives a power loss. A call's writes are atomic: a batch naming an
+//!   unknown family writes nothing (HBase may apply part of such a batch). `--in-memory`
+//!   keeps nothing after a stop.
+//! * **Memory** is bounded by `--memstore-size-mb` and `--block-cache-mb`, not by the data.
 //! * **Semantics as HBase has them**: see `store.rs` (versions, `maxVersions`, TTL, delete
 //!   markers that mask older puts, 8-byte big-endian counters, bytewise row order) and
 //!   `handler.rs` (how each Thrift method maps, which exception it raises). Methods not
@@ -27,8 +32,8 @@
 //!   bounded depth and size (`filter.rs`) — and every other connection goes on (`server.rs`). As HBase's Thrift server
 //!   does, a connection idle for `--idle-timeout-secs` (60) is closed: clients reconnect.
 //! * **Concurrency**: one thread per connection (up to `--max-connections`); concurrent
-//!   mutations share one commit (group commit), each answered after it; reads use
-//!   redb's snapshots and never wait for writes. Scanners are server-wide, as in HBase.
+//!   mutations share one commit (group commit), each answered after it; reads see the
+//!   latest commit and never wait for writes. Scanners are server-wide, as in HBase.
 //!
 //! # Layout
 //!
@@ -36,8 +41,10 @@
 //! * `keys.rs` — keys of the store (`table id ‖ row`, bytewise order);
 //! * `row.rs` — one row (families, columns, versions, delete markers) and HBase's write
 //!   semantics on it, stored as one value (unit-tested);
-//! * `store.rs` — tables, transactions, reads and scans on redb, no Thrift (unit-tested);
-//! * `filter.rs` — the supported subset of HBase's filter language (`PrefixFilter`, …);
+//! * `store/` — tables, writes, reads and scans, no Thrift (unit-tested): `meta.rs`
+//!   (descriptors), `engine.rs` (log, memstore, sorted files, flushes, compaction),
+//!   `commit.rs` (group commit of every write), `read.rs` (the read path);
+//! * `filter.rs` — HBase's filter language as happybase users write it (bounded parser);
 //! * `regions.rs` — region boundaries, salt pre-splits ([`SALT_BUCKETS`]);
 //! * `scanner.rs` — open scanners;
 //! * `handler.rs` — the `HbaseSyncHandler` implementation;
@@ -89,10 +96,11 @@ pub use config::{
 pub use error::Error;
 pub use regions::{salt_split_points, SALTED_NAMESPACE, SALT_BUCKETS};
 pub use server::EmulatorHandle;
-pub use store::Durability;
+pub use store::{Durability, LOCK_FILE, LSM_DIR};
 
-/// The store file inside `--data-dir`.
-pub const STORE_FILE: &str = "hbase-emulator.redb";
+/// The store file of emulators before the write path moved to an LSM tree: not read any
+/// more (a warning names it when present).
+pub const LEGACY_STORE_FILE: &str = "hbase-emulator.redb";
 
 /// Opens the store, binds the listener and starts serving on background threads.
 ///
@@ -102,14 +110,24 @@ pub fn start(config: Config) -> Result<EmulatorHandle, Error> {
     if config.max_connections == 0 {
         return Err(Error::Config("--max-connections must be at least 1".into()));
     }
+    let options = store::EngineOptions {
+        durability: config.durability,
+        memstore_bytes: config.memstore_size_mb.saturating_mul(1024 * 1024),
+        block_cache_bytes: config.block_cache_mb.saturating_mul(1024 * 1024),
+    };
     let store = match (&config.data_dir, config.in_memory) {
-        (_, true) => {
-            store::Store::in_memory().map_err(|source| Error::OpenStore { path: "<memory>".into(), source })?
-        }
+        (_, true) => store::Store::temporary(options)
+            .map_err(|source| Error::OpenStore { path: "<temporary>".into(), source })?,
         (Some(dir), false) => {
             std::fs::create_dir_all(dir).map_err(|source| Error::DataDir { path: dir.clone(), source })?;
-            let path = dir.join(STORE_FILE);
-            store::Store::open(&path, config.durability).map_err(|source| Error::OpenStore { path, source })?
+            let legacy = dir.join(LEGACY_STORE_FILE);
+            if legacy.exists() {
+                tracing::warn!(
+                    file = %legacy.display(),
+                    "data of an older emulator (redb) is not read by this version; delete the file to reclaim space"
+                );
+            }
+            store::Store::open(dir, options).map_err(|source| Error::OpenStore { path: dir.clone(), source })?
         }
         (None, false) => return Err(Error::Config("either --data-dir or --in-memory is required".into())),
     };

@@ -1,8 +1,10 @@
 //! In-memory processor core throughput (no Kafka) and state restore time.
 //!
 //! Run: `cargo bench -p chatpipe-processor --bench core` (env `BENCH_EVENTS`, default
-//! 1,000,000). Workload: 10,000 sessions (groups of 2–50 members joined up front, 10%
-//! direct), ~300-byte text bodies, events applied in batches of 2,000 as the runner does.
+//! 1,000,000). Workload (the load generator's default mix): 10,000 sessions (groups of
+//! 3–30 members joined up front, 10% direct), 20–400-byte text bodies with a
+//! `client_msg_id`, one event in ten a read; batches of 2,000 as the runner does, each
+//! finished 20 ms of wall time after the last (so `chat.unread` is coalesced per second).
 //! Prints events/s on one thread (= per core), then the time to encode a ≥1M-entry state
 //! as changelog records, decode them and rebuild the state.
 
@@ -40,6 +42,9 @@ fn event(id: u64, t: i64, kind: EventType, session: u64, sk: SessionKind, sender
         message: None,
         target_id: None,
         user_id: None,
+        read_seq: None,
+        name: None,
+        avatar_url: None,
     }
 }
 
@@ -47,14 +52,14 @@ fn main() {
     let n: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let mut rng = Lcg(42);
     let t0 = 1_790_000_000_000i64;
-    let body: String = "lorem ipsum dolor sit amet ".repeat(12).chars().take(300).collect();
+    let text: String = "lorem ipsum dolor sit amet ".repeat(16);
     let sessions = 10_000u64;
     let mut sizes = HashMap::new();
     let mut events = Vec::with_capacity(n + 300_000);
     let mut id = 1u64 << 40;
     for s in 0..sessions {
         let direct = s % 10 == 0;
-        let size = if direct { 2 } else { 2 + rng.next() % 49 };
+        let size = if direct { 2 } else { 3 + rng.next() % 28 };
         sizes.insert(s, (direct, size));
         if !direct {
             for u in 0..size {
@@ -66,6 +71,7 @@ fn main() {
         }
     }
     let joins = events.len();
+    let mut last: HashMap<u64, u64> = HashMap::new(); // session → its latest message id
     for i in 0..n {
         let s = rng.next() % sessions;
         let (direct, size) = sizes[&s];
@@ -73,13 +79,16 @@ fn main() {
         let t = t0 + (i as i64) * 60_000 * 30 / n as i64; // 30 minutes of event time
         let sender = s * 100 + rng.next() % size;
         let sk = if direct { SessionKind::Direct } else { SessionKind::Group };
-        let mut e = if i % 10 == 9 {
+        let mut e = if i % 10 == 9 && last.contains_key(&s) {
             let mut e = event(id, t, EventType::Read, s, sk, sender);
-            e.target_id = Some(id - 5);
+            e.target_id = last.get(&s).copied();
             e
         } else {
+            last.insert(s, id);
             let mut e = event(id, t, EventType::Message, s, sk, sender);
-            e.message = Some(MessageContent { kind: MessageKind::Text, body: body.clone(), mentions: vec![] });
+            let len = 20 + (rng.next() % 381) as usize;
+            e.message =
+                Some(MessageContent { kind: MessageKind::Text, body: text[..len].to_owned(), mentions: vec![] });
             e.client_msg_id = Some(format!("c{id}"));
             e
         };
@@ -91,21 +100,29 @@ fn main() {
     let mut core = PartitionCore::new(0, Rules::default(), PartitionState::default());
     let start = Instant::now();
     let mut rows = 0usize;
+    let mut mutations = 0usize;
+    let mut unread = 0usize;
     let mut changelog = 0usize;
     for (i, chunk) in events.chunks(2000).enumerate() {
         for (j, e) in chunk.iter().enumerate() {
             core.apply((i * 2000 + j) as i64, e);
         }
-        let (out, changes) = core.finish_batch();
+        let (out, changes) = core.finish_batch(t0 + i as i64 * 20);
         rows += out.rows.len();
+        mutations += out.mutations().count();
+        unread += out.unread.len();
         changelog += changes.len();
     }
     let took = start.elapsed();
     let total = events.len();
     println!(
-        "core: {total} events ({joins} joins + {n} messages/reads) in {:.2} s = {:.0} events/s on one core; {rows} row mutations, {changelog} changelog records",
+        "core: {total} events ({joins} joins + {n} messages/reads) in {:.2} s = {:.0} events/s on one core; \
+         {rows} chat.rows records ({:.2}/event, {mutations} row mutations), {unread} chat.unread records, \
+         {changelog} changelog records ({:.2}/event)",
         took.as_secs_f64(),
-        total as f64 / took.as_secs_f64()
+        total as f64 / took.as_secs_f64(),
+        rows as f64 / total as f64,
+        changelog as f64 / total as f64
     );
 
     // restore of a state with at least 1M entries
@@ -120,7 +137,7 @@ fn main() {
         e.user_id = Some(off as u64);
         core.apply(off, &e);
     }
-    let (_, changes) = core.finish_batch();
+    let (_, changes) = core.finish_batch(t0);
     let entries = core.state.entries();
     let encoded: Vec<(Vec<u8>, Vec<u8>)> =
         changes.iter().filter_map(|(k, r)| Some((envelope::encode(k).ok()?, envelope::encode(r).ok()?))).collect();

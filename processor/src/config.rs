@@ -73,15 +73,28 @@ pub struct Config {
     /// Largest body in bytes; larger ones go to the DLQ.
     #[arg(long, env = "CHATPIPE_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// How long (event time) a client_msg_id is remembered for dedupe.
+    /// How long (ingest time) a client_msg_id, a retry's alias id and a message's seq and
+    /// sender are remembered: retries are deduplicated, and reads by id, edits and recalls
+    /// resolved, within it (older targets go to the DLQ as unknown_target).
     #[arg(long, env = "CHATPIPE_DEDUPE_HORIZON", default_value = "24h", value_parser = parse_duration)]
     pub dedupe_horizon: Duration,
     /// Bodies at or above this size are LZ4-compressed in HBase.
     #[arg(long, env = "CHATPIPE_COMPRESS_MIN_BYTES", default_value_t = 512)]
     pub compress_min_bytes: usize,
-    /// Groups with more members are read from the timeline instead of fanned out.
+    /// Groups with more members are not fanned out to inboxes; `chatpipe serve` merges
+    /// their timelines into inboxes on read.
     #[arg(long, env = "CHATPIPE_FANOUT_MAX_MEMBERS", default_value_t = 500)]
     pub fanout_max_members: usize,
+    /// Least time between two chat.unread emissions of a partition: each changed
+    /// (user, session) is sent at most once per interval, with its value at that time.
+    #[arg(long, env = "CHATPIPE_UNREAD_EMIT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub unread_emit_interval: Duration,
+    /// Turn inbox fan-out off (benchmarks of the counting path only).
+    #[arg(long, env = "CHATPIPE_DISABLE_FANOUT")]
+    pub disable_fanout: bool,
+    /// Turn read marks and chat.unread off (benchmarks of the counting path only).
+    #[arg(long, env = "CHATPIPE_DISABLE_UNREAD")]
+    pub disable_unread: bool,
     /// Tumbling window size for counts.
     #[arg(long, env = "CHATPIPE_WINDOW", default_value = "1m", value_parser = parse_duration)]
     pub window: Duration,
@@ -134,6 +147,9 @@ impl Config {
             dedupe_horizon_ms: ms(self.dedupe_horizon),
             compress_min_bytes: self.compress_min_bytes,
             fanout_max_members: self.fanout_max_members,
+            fan_out: !self.disable_fanout,
+            unread: !self.disable_unread,
+            unread_emit_interval_ms: ms(self.unread_emit_interval),
             window_ms: ms(self.window).max(1),
             grace_ms: ms(self.grace),
             correction_horizon_ms: ms(self.correction_horizon),

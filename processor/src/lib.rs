@@ -1,40 +1,65 @@
-//! chatpipe-processor: `chat.events` → timelines, inbox fan-out, membership, unread counts
-//! and windowed counts — effectively once, without Kafka transactions.
+//! chatpipe-processor: `chat.events` → timelines, inbox fan-out, membership, read marks and
+//! unread, sessions and users, and windowed counts — effectively once, without Kafka
+//! transactions.
 //!
-//! * [`core`] — the pure, deterministic per-partition logic (rows, aggregates, unread);
+//! * [`core`] — the pure, deterministic per-partition logic: filter, dedupe, route each
+//!   event to its conversation, collect outputs; `conversation.rs` — what an event does to a
+//!   session (seq, members, marks, message index) and the rows it causes; [`rows`] — row
+//!   building and row ownership; `windows.rs` — window counts and partials; [`records`] —
+//!   the analysts' JSON records;
 //! * [`state`] — partition state and its changelog encoding (crash-atomic batches);
 //! * [`merge`] — the global window merge over per-partition partials;
-//! * [`runner`] — the Kafka I/O: consumer group, partition tasks, delivery, commits;
+//! * [`runner`] — the Kafka I/O: consumer group, partition tasks (`runner::partition_task`
+//!   is the ordering point), delivery, commits;
 //! * [`config`], [`metrics`].
+//!
+//! **Broker cost** (DESIGN §3): one `chat.rows` record per input event that changes rows
+//! (key = the session; a `RowBatch` of every row mutation the event causes), plus one per
+//! emitted session window; `chat.unread` coalesced per `--unread-emit-interval`; a message
+//! changes O(1) state entries whatever the group size (the session, the sender's mark, one
+//! message entry, one window), so its changelog cost is constant too.
 //!
 //! **Guarantee** (DESIGN §7): per input partition and batch — apply, deliver outputs,
 //! log state changes (with the applied offset), commit the input offset. After a crash or
 //! rebalance the partition's state is restored from the changelog and input at or below
-//! the applied offset is skipped; outputs are deterministic, so a replayed batch rewrites
-//! identical records. Every output topic is therefore effectively-once as an upsert table
-//! (rows by row key, aggregates by `<scope>|<window_start>` and revision, unread by
-//! `user|session`), though a record may appear more than once in the log.
+//! the applied offset is skipped; rows and aggregates are deterministic, so a replayed batch
+//! rewrites identical records. Every output topic is therefore effectively-once as an
+//! upsert table (rows by row key, aggregates by `<scope>|<window_start>` and revision,
+//! unread by `user|session` — its intermediate values depend on when emissions fell due, its
+//! final value does not), though a record may appear more than once in the log.
 //!
 //! **Ordering**: one task per input partition applies records in offset order; a session
 //! lives in one partition, so per-session `seq` is dense and in partition order.
 //!
 //! **Failure**: undecodable or invalid records go to `chat.dlq` with a reason header and
-//! the partition moves on; delivery failures retry the batch with backoff and hold the
-//! partition; a restore failure retries. Nothing panics on input.
+//! the partition moves on (also `forbidden` and `unknown_target` edits, recalls and reads);
+//! delivery failures retry the batch with backoff and hold the partition; a restore failure
+//! retries; an output that fails to encode is counted as an error and logged. Nothing
+//! panics on input.
 //!
 //! Semantics chosen where the design is silent: direct sessions have implicit membership
-//! (both parties, written to `chat:members`/`chat:user_sessions` on the first message);
-//! edits and recalls update the target row without checking it exists; a recall keeps the
-//! body and sets `m:recalled`; messages later than the correction horizon are still
-//! written to timelines and inboxes but not counted, and a copy goes to the DLQ with reason
-//! `late`; unread outputs are coalesced per batch.
+//! (both parties join on the first message); only the original sender may edit or recall,
+//! within the dedupe horizon (24 h by default: the message index is bounded by it); a
+//! recall keeps the body and sets `m:recalled` (and `i:recalled` on the inbox rows); edits
+//! and recalls update the inbox rows of members who were in the session when the message
+//! was sent; messages later than the correction horizon are still written to timelines and
+//! inboxes but not counted, and a copy goes to the DLQ with reason `late`; a read by
+//! `read_seq` past the end is clamped; a read naming an unknown id goes to the DLQ
+//! (`unknown_target`), a non-member's read marks nothing; per-user counts (messages sent,
+//! sessions joined) span partitions and are left out.
 
 pub mod config;
+mod conversation;
 pub mod core;
+#[cfg(test)]
+mod core_tests;
 pub mod merge;
 pub mod metrics;
+pub mod records;
+pub mod rows;
 pub mod runner;
 pub mod state;
+mod windows;
 
 use std::future::Future;
 

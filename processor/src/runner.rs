@@ -33,6 +33,7 @@ use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{dlq, ensure_topics, record_consumer_lag, TopicSpec};
+use chatpipe_common::rows;
 
 use crate::config::Config;
 use crate::core::{Outcome, Outputs, PartitionCore, Progress};
@@ -484,17 +485,27 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
     loop {
         let mut batch: Vec<OwnedMessage> = Vec::new();
         let idle_at = last_input + cfg.idle_timeout;
+        // a pending chat.unread emission wakes the task when it is due (input may have stopped)
+        let wake_at = match core.unread_due_at() {
+            Some(due) => {
+                let wait = Duration::from_millis(due.saturating_sub(now_ms()).clamp(0, 60_000) as u64);
+                idle_at.min(Instant::now() + wait)
+            }
+            None => idle_at,
+        };
         tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => batch.push(m),
                 None => break,
             },
-            _ = tokio::time::sleep_until(idle_at.into()) => {}
+            _ = tokio::time::sleep_until(wake_at.into()) => {}
         }
         let started = Instant::now();
         if batch.is_empty() {
-            core.advance_idle(now_ms());
-            last_input = Instant::now();
+            if Instant::now() >= idle_at {
+                core.advance_idle(now_ms());
+                last_input = Instant::now();
+            }
         } else {
             let linger_until = tokio::time::Instant::now() + cfg.batch_linger;
             while batch.len() < cfg.batch_events {
@@ -506,18 +517,20 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             last_input = Instant::now();
             for m in &batch {
                 match m.payload().map(envelope::decode::<ChatEvent>) {
-                    Some(Ok(ev)) => core.apply(m.offset(), &ev),
+                    Some(Ok(ev)) => {
+                        core.apply(m.offset(), &ev);
+                    }
                     Some(Err(e)) => core.reject(m.offset(), "undecodable", e.to_string()),
                     None => core.reject(m.offset(), "undecodable", "record without a value".into()),
                 }
             }
             shared.metrics.batch_events.observe(batch.len() as f64);
         }
-        let (outputs, changes) = core.finish_batch();
+        let (outputs, changes) = core.finish_batch(now_ms());
         if changes.is_empty() {
             continue;
         }
-        let mut records = output_records(cfg, &outputs, &batch, partition);
+        let mut records = output_records(cfg, &outputs, &batch, partition, &shared.metrics);
         record_outcomes(&shared.metrics, &outputs);
         // Outputs and state entries in one wave, then the Meta record that commits the batch:
         // a crash before Meta restores the batch's `prev` values and redoes the batch.
@@ -565,21 +578,37 @@ fn record_outcomes(m: &ProcessorMetrics, o: &Outputs) {
     }
     m.windows.with_label_values(&["session"]).inc_by(o.windows_emitted);
     m.output.with_label_values(&["rows"]).inc_by(o.rows.len() as u64);
+    if o.encode_errors > 0 {
+        m.errors.with_label_values(&["encode"]).inc_by(o.encode_errors);
+        tracing::error!(records = o.encode_errors, "output records failed to encode");
+    }
     m.output.with_label_values(&["agg_session"]).inc_by(o.session_aggs.len() as u64);
     m.output.with_label_values(&["unread"]).inc_by(o.unread.len() as u64);
 }
 
-fn output_records(cfg: &Config, o: &Outputs, batch: &[OwnedMessage], partition: i32) -> Vec<Out> {
+fn output_records(
+    cfg: &Config,
+    o: &Outputs,
+    batch: &[OwnedMessage],
+    partition: i32,
+    metrics: &ProcessorMetrics,
+) -> Vec<Out> {
     let mut out = Vec::with_capacity(o.rows.len() + o.session_aggs.len() + o.unread.len() + 2);
     for r in &o.rows {
-        if let Ok(v) = envelope::encode(r) {
-            out.push(Out {
+        let mut v = Vec::new();
+        match rows::encode_record(&r.batch, &mut v) {
+            Ok(()) => out.push(Out {
                 topic: cfg.rows_topic.clone(),
                 partition: None,
-                key: r.row.clone(),
+                key: itoa::Buffer::new().format(r.key).as_bytes().to_vec(),
                 value: Some(v),
                 headers: Vec::new(),
-            });
+            }),
+            Err(e) => {
+                // only a batch over the envelope's size limit; an error, never a silent drop
+                metrics.errors.with_label_values(&["encode"]).inc();
+                tracing::error!(error = %e, "a chat.rows record failed to encode");
+            }
         }
     }
     for (k, v) in &o.session_aggs {
@@ -601,7 +630,10 @@ fn output_records(cfg: &Config, o: &Outputs, batch: &[OwnedMessage], partition: 
         });
     }
     if let Some(p) = &o.progress {
-        if let Ok(v) = envelope::encode(p) {
+        if let Ok(v) = envelope::encode(p).inspect_err(|e| {
+            metrics.errors.with_label_values(&["encode"]).inc();
+            tracing::error!(error = %e, "a window progress record failed to encode");
+        }) {
             out.push(Out {
                 topic: cfg.partials_topic.clone(),
                 partition: Some(0),

@@ -1,5 +1,12 @@
 //! Partition state and its changelog encoding.
 //!
+//! State is organised around the conversation: a [`Session`] (its seq, last message, member
+//! count, pending unread emission), its [`Member`]s with their read marks, the
+//! [`EventEntry`]s remembered for the dedupe horizon (message seq and sender for reads,
+//! edits and recalls; aliases of producer retries), and window counts. A message changes
+//! O(1) entries whatever the group size: the session, the sender's mark, one event entry,
+//! one window.
+//!
 //! Every piece of state lives in a [`Tracked`] map that remembers, for the current batch,
 //! the value each changed key had when the batch began. At the end of a batch the changes
 //! are written to the changelog as `(key, ChangeRecord { batch_offset, prev, new })`, then a
@@ -99,49 +106,90 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Tracked<K, V> {
     }
 }
 
-/// Per-session counters.
+/// Which members' unread values changed since `chat.unread` was last emitted for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct UnreadPending {
+    /// Every member's (the session's `last_seq` moved).
+    pub all: bool,
+    /// These users' (their mark moved, or they joined or left).
+    pub users: BTreeSet<u64>,
+}
+
+impl UnreadPending {
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.users.is_empty()
+    }
+}
+
+/// A conversation: what the `chat:sessions` row shows, plus its pending unread emission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Session {
     /// Kind as first seen.
     pub kind: SessionKind,
-    /// Last assigned per-session sequence number.
+    /// Name (from `session` events).
+    pub name: Option<String>,
+    /// Event time of the first event that created it.
+    pub created_at_ms: i64,
+    /// Last assigned per-session sequence number (= `last_seq`).
     pub seq: u64,
+    /// Id of the message with `seq`.
+    pub last_message_id: u64,
+    /// Event time of that message.
+    pub last_sent_at_ms: i64,
+    /// Members now.
+    pub members: u64,
+    /// What `chat.unread` has not yet been told.
+    pub unread_pending: UnreadPending,
 }
 
-/// A member of a session.
+/// A member of a session and their read mark.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Member {
     /// When they joined (event time, epoch ms).
     pub joined_at_ms: i64,
-}
-
-/// Unread state of one (user, session).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, bincode::Encode, bincode::Decode)]
-pub struct Unread {
-    /// Highest message id the user has read.
-    pub last_read: u64,
-    /// Messages from others above `last_read`, received while a member.
-    pub count: u64,
-    /// The session's `seq` when they joined: later messages count for them.
+    /// The session's `seq` when they joined.
     pub joined_seq: u64,
+    /// The highest `seq` they have read; starts at `joined_seq`, never moves back.
+    pub read_seq: u64,
+    /// The id of the message at `read_seq` (0 when unknown, e.g. an empty session).
+    pub read_message_id: u64,
 }
 
-/// One message in a session's log (what a read mark moving over it needs to know).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
-pub struct LogEntry {
-    /// Who sent it.
-    pub sender: u64,
+/// What the processor remembers of a message (edits, recalls, reads by id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct MessageInfo {
     /// Its per-session sequence number.
     pub seq: u64,
+    /// Who sent it (the only user who may edit or recall it).
+    pub sender: u64,
+    /// Edits applied.
+    pub edits: u32,
+    /// Whether it was fanned out to inboxes (their previews follow edits and recalls).
+    pub fanned_out: bool,
 }
 
-/// A producer retry key seen recently.
+/// What an [`EventEntry`] remembers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
-pub struct Seen {
-    /// The id the first delivery got.
-    pub message_id: u64,
-    /// Its event time (for eviction).
-    pub event_time_ms: i64,
+pub enum EntryKind {
+    /// A message.
+    Message(MessageInfo),
+    /// A producer retry that got a new id: acts as the original with this id.
+    Alias(u64),
+    /// Another event with a `client_msg_id` (kept for dedupe only).
+    Other,
+}
+
+/// An input event remembered for the dedupe horizon (by ingest time), keyed by
+/// `(session, message_id)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct EventEntry {
+    /// When ingest accepted it (pruning).
+    pub ingested_at_ms: i64,
+    /// The producer's idempotency key, if any (dedupe).
+    pub client_msg_id: Option<String>,
+    /// What it was.
+    pub kind: EntryKind,
 }
 
 /// Counts of one session in one window.
@@ -166,6 +214,8 @@ pub struct Meta {
     pub applied_offset: i64,
     /// Largest event time seen.
     pub max_event_time_ms: Option<i64>,
+    /// Largest ingest time seen (the dedupe and message-index horizon runs on it).
+    pub max_ingested_ms: i64,
     /// Watermark (max event time − grace, or advanced while idle).
     pub watermark_ms: Option<i64>,
     /// Windows (by start) whose global partial has been emitted, with its revision.
@@ -181,16 +231,10 @@ pub enum StateKey {
     Session(u64),
     /// (session, user).
     Member(u64, u64),
-    /// (user, session).
-    Unread(u64, u64),
-    /// (session, client_msg_id).
-    Seen(u64, String),
-    /// (session, message id) → edit count.
-    Edits(u64, u64),
+    /// (session, message id).
+    Event(u64, u64),
     /// (window start, session).
     Window(i64, u64),
-    /// (session, message id).
-    Log(u64, u64),
 }
 
 /// A changelog value.
@@ -202,16 +246,10 @@ pub enum StateValue {
     Session(Session),
     /// See [`Member`].
     Member(Member),
-    /// See [`Unread`].
-    Unread(Unread),
-    /// See [`Seen`].
-    Seen(Seen),
-    /// Edit count.
-    Edits(u32),
+    /// See [`EventEntry`].
+    Event(EventEntry),
     /// See [`WindowAgg`].
     Window(WindowAgg),
-    /// See [`LogEntry`].
-    Log(LogEntry),
 }
 
 /// One changelog record value.
@@ -225,7 +263,8 @@ pub struct ChangeRecord {
     pub new: Option<StateValue>,
 }
 
-/// All state of one input partition.
+/// All state of one input partition. The `Tracked` maps are the state; the other maps
+/// are indexes derived from them (rebuilt on restore, never logged).
 #[derive(Debug, Clone, Default)]
 pub struct PartitionState {
     /// Progress.
@@ -234,21 +273,19 @@ pub struct PartitionState {
     pub sessions: Tracked<u64, Session>,
     /// Memberships by (session, user).
     pub members: Tracked<(u64, u64), Member>,
-    /// Index: session → members (derived from `members`).
-    pub members_by_session: FastMap<u64, BTreeSet<u64>>,
-    /// Unread by (user, session).
-    pub unread: Tracked<(u64, u64), Unread>,
-    /// Dedupe keys by (session, client_msg_id).
-    pub seen: Tracked<(u64, String), Seen>,
-    /// Edit counts by (session, message).
-    pub edits: Tracked<(u64, u64), u32>,
+    /// Events remembered for the dedupe horizon, by (session, message id).
+    pub events: Tracked<(u64, u64), EventEntry>,
     /// Windows by (start, session).
     pub windows: Tracked<(i64, u64), WindowAgg>,
-    /// Message log by (session, id), kept while some member's read mark is below it.
-    pub log: Tracked<(u64, u64), LogEntry>,
-    /// Index: session → id → entry (derived from `log`).
-    pub log_by_session: FastMap<u64, BTreeMap<u64, LogEntry>>,
-    /// Index: window starts present (derived from `windows`).
+    /// Index: session → members (from `members`).
+    pub members_by_session: FastMap<u64, BTreeSet<u64>>,
+    /// Index: (session, client_msg_id) → message id (from `events`).
+    pub dedupe: FastMap<(u64, String), u64>,
+    /// Index: (ingested_at, session, message id) of every entry, for pruning (from `events`).
+    pub events_by_time: BTreeSet<(i64, u64, u64)>,
+    /// Index: sessions with a pending unread emission (from `sessions`).
+    pub unread_pending: BTreeSet<u64>,
+    /// Index: window starts present (from `windows`).
     pub window_index: BTreeMap<i64, BTreeSet<u64>>,
     meta_at_batch_start: Meta,
 }
@@ -272,32 +309,51 @@ impl PartitionState {
         was
     }
 
+    /// Remembers an event (and its index entries).
+    pub fn put_event(&mut self, session: u64, id: u64, e: EventEntry) {
+        if let Some(c) = &e.client_msg_id {
+            self.dedupe.insert((session, c.clone()), id);
+        }
+        self.events_by_time.insert((e.ingested_at_ms, session, id));
+        self.events.insert((session, id), e);
+    }
+
+    /// Forgets events ingested before `floor` (the dedupe horizon).
+    pub fn prune_events(&mut self, floor: i64) {
+        while let Some(&(t, session, id)) = self.events_by_time.first() {
+            if t >= floor {
+                break;
+            }
+            self.events_by_time.pop_first();
+            if let Some(e) = self.events.remove(&(session, id)) {
+                if let Some(c) = e.client_msg_id {
+                    if self.dedupe.get(&(session, c.clone())) == Some(&id) {
+                        self.dedupe.remove(&(session, c));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a session's unread as pending for everyone or for one user.
+    pub fn mark_unread(&mut self, session: u64, user: Option<u64>) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            match user {
+                None => s.unread_pending.all = true,
+                Some(u) => {
+                    if !s.unread_pending.all {
+                        s.unread_pending.users.insert(u);
+                    }
+                }
+            }
+            self.unread_pending.insert(session);
+        }
+    }
+
     /// Sets a window.
     pub fn put_window(&mut self, start: i64, session: u64, w: WindowAgg) {
         self.windows.insert((start, session), w);
         self.window_index.entry(start).or_default().insert(session);
-    }
-
-    /// Appends to a session's message log.
-    pub fn log_message(&mut self, session: u64, id: u64, e: LogEntry) {
-        self.log.insert((session, id), e);
-        self.log_by_session.entry(session).or_default().insert(id, e);
-    }
-
-    /// Drops a session's log entries at or below `id`.
-    pub fn prune_log(&mut self, session: u64, id: u64) {
-        let Some(entries) = self.log_by_session.get_mut(&session) else { return };
-        let keep = match id.checked_add(1) {
-            Some(next) => entries.split_off(&next),
-            None => BTreeMap::new(),
-        };
-        let old = std::mem::replace(entries, keep);
-        if entries.is_empty() {
-            self.log_by_session.remove(&session);
-        }
-        for k in old.keys() {
-            self.log.remove(&(session, *k));
-        }
     }
 
     /// Removes a window.
@@ -313,12 +369,7 @@ impl PartitionState {
 
     /// Number of state entries (for the state-size metric).
     pub fn entries(&self) -> usize {
-        self.sessions.len()
-            + self.members.len()
-            + self.unread.len()
-            + self.seen.len()
-            + self.edits.len()
-            + self.windows.len()
+        self.sessions.len() + self.members.len() + self.events.len() + self.windows.len()
     }
 
     /// The batch's changelog records, the `Meta` commit record last.
@@ -332,20 +383,11 @@ impl PartitionState {
         for ((s, u), p, n) in self.members.drain_changes() {
             out.push((StateKey::Member(s, u), rec(p.map(StateValue::Member), n.map(StateValue::Member))));
         }
-        for ((u, s), p, n) in self.unread.drain_changes() {
-            out.push((StateKey::Unread(u, s), rec(p.map(StateValue::Unread), n.map(StateValue::Unread))));
-        }
-        for ((s, c), p, n) in self.seen.drain_changes() {
-            out.push((StateKey::Seen(s, c), rec(p.map(StateValue::Seen), n.map(StateValue::Seen))));
-        }
-        for ((s, m), p, n) in self.edits.drain_changes() {
-            out.push((StateKey::Edits(s, m), rec(p.map(StateValue::Edits), n.map(StateValue::Edits))));
+        for ((s, m), p, n) in self.events.drain_changes() {
+            out.push((StateKey::Event(s, m), rec(p.map(StateValue::Event), n.map(StateValue::Event))));
         }
         for ((w, s), p, n) in self.windows.drain_changes() {
             out.push((StateKey::Window(w, s), rec(p.map(StateValue::Window), n.map(StateValue::Window))));
-        }
-        for ((s, m), p, n) in self.log.drain_changes() {
-            out.push((StateKey::Log(s, m), rec(p.map(StateValue::Log), n.map(StateValue::Log))));
         }
         if out.is_empty() && self.meta_at_batch_start == self.meta {
             return out;
@@ -366,21 +408,26 @@ impl PartitionState {
             let v = if r.batch_offset <= applied { r.new } else { r.prev };
             match (k, v) {
                 (StateKey::Meta, Some(StateValue::Meta(m))) => st.meta = m,
-                (StateKey::Session(s), Some(StateValue::Session(v))) => st.sessions.restore(s, Some(v)),
+                (StateKey::Session(s), Some(StateValue::Session(v))) => {
+                    if !v.unread_pending.is_empty() {
+                        st.unread_pending.insert(s);
+                    }
+                    st.sessions.restore(s, Some(v));
+                }
                 (StateKey::Member(s, u), Some(StateValue::Member(v))) => {
                     st.members.restore((s, u), Some(v));
                     st.members_by_session.entry(s).or_default().insert(u);
                 }
-                (StateKey::Unread(u, s), Some(StateValue::Unread(v))) => st.unread.restore((u, s), Some(v)),
-                (StateKey::Seen(s, c), Some(StateValue::Seen(v))) => st.seen.restore((s, c), Some(v)),
-                (StateKey::Edits(s, m), Some(StateValue::Edits(v))) => st.edits.restore((s, m), Some(v)),
+                (StateKey::Event(s, m), Some(StateValue::Event(v))) => {
+                    if let Some(c) = &v.client_msg_id {
+                        st.dedupe.insert((s, c.clone()), m);
+                    }
+                    st.events_by_time.insert((v.ingested_at_ms, s, m));
+                    st.events.restore((s, m), Some(v));
+                }
                 (StateKey::Window(w, s), Some(StateValue::Window(v))) => {
                     st.windows.restore((w, s), Some(v));
                     st.window_index.entry(w).or_default().insert(s);
-                }
-                (StateKey::Log(s, m), Some(StateValue::Log(v))) => {
-                    st.log.restore((s, m), Some(v));
-                    st.log_by_session.entry(s).or_default().insert(m, v);
                 }
                 _ => {} // absent (deleted) or a mismatched pair, which encode never writes
             }
@@ -397,6 +444,19 @@ impl PartitionState {
 mod tests {
     use super::*;
 
+    fn session(kind: SessionKind, seq: u64) -> Session {
+        Session {
+            kind,
+            name: None,
+            created_at_ms: 0,
+            seq,
+            last_message_id: 0,
+            last_sent_at_ms: 0,
+            members: 0,
+            unread_pending: UnreadPending::default(),
+        }
+    }
+
     fn latest(records: Vec<(StateKey, ChangeRecord)>) -> HashMap<StateKey, ChangeRecord> {
         records.into_iter().collect()
     }
@@ -404,11 +464,11 @@ mod tests {
     #[test]
     fn restore_takes_committed_values_and_rolls_back_an_unfinished_batch() {
         let mut st = PartitionState { meta: Meta { applied_offset: -1, ..Meta::default() }, ..Default::default() };
-        st.sessions.insert(1, Session { kind: SessionKind::Group, seq: 1 });
+        st.sessions.insert(1, session(SessionKind::Group, 1));
         st.meta.applied_offset = 10;
         let batch1 = st.drain_changes();
-        st.sessions.insert(1, Session { kind: SessionKind::Group, seq: 2 });
-        st.sessions.insert(2, Session { kind: SessionKind::Direct, seq: 1 });
+        st.sessions.insert(1, session(SessionKind::Group, 2));
+        st.sessions.insert(2, session(SessionKind::Direct, 1));
         st.meta.applied_offset = 20;
         let mut batch2 = st.drain_changes();
         // crash: batch 2's entries were written, its Meta record was not
@@ -424,9 +484,9 @@ mod tests {
     #[test]
     fn unchanged_values_are_not_logged() {
         let mut st = PartitionState::default();
-        st.sessions.insert(1, Session { kind: SessionKind::Group, seq: 1 });
+        st.sessions.insert(1, session(SessionKind::Group, 1));
         st.drain_changes();
-        st.sessions.insert(1, Session { kind: SessionKind::Group, seq: 1 });
+        st.sessions.insert(1, session(SessionKind::Group, 1));
         let ch = st.drain_changes();
         assert!(ch.is_empty(), "nothing changed: {ch:?}");
     }

@@ -95,7 +95,12 @@ async fn produce(broker: &TestBroker, topic: &str, ms: &[RowMutation]) {
     let producer: FutureProducer = broker.kafka_args().producer_config("bench", 5).create().unwrap();
     for chunk in ms.chunks(5000) {
         let sends = chunk.iter().map(|m| {
-            let value = envelope::encode(m).unwrap();
+            let mut value = Vec::new();
+            chatpipe_common::rows::encode_record(
+                &chatpipe_common::rows::RowBatch { mutations: vec![m.clone()] },
+                &mut value,
+            )
+            .unwrap();
             let producer = producer.clone();
             let key = m.row.clone();
             let topic = topic.to_owned();

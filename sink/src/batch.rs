@@ -32,15 +32,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chatpipe_common::envelope;
-use chatpipe_common::rows::RowMutation;
+use chatpipe_common::rows::{self, RowMutation};
 
 /// HBase's `HConstants.MAX_ROW_LENGTH`.
 pub const MAX_ROW_LENGTH: usize = i16::MAX as usize;
 
 /// DLQ reason codes (header `chatpipe.reason`).
 pub mod reason {
-    /// The value is not a `RowMutation` envelope.
+    /// The value is not a `RowBatch` (or, from older builds, `RowMutation`) envelope.
     pub const UNDECODABLE: &str = "undecodable";
     /// It decodes but can never be written (empty row or table, malformed column).
     pub const INVALID: &str = "invalid_mutation";
@@ -81,8 +80,9 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     /// The record value (kept for the DLQ).
     pub payload: Vec<u8>,
-    /// The decoded, validated mutation, or why it cannot be written.
-    pub content: Result<RowMutation, Rejection>,
+    /// The decoded, validated mutations (every row change of one event, in order), or why
+    /// the record cannot be written.
+    pub content: Result<Vec<RowMutation>, Rejection>,
     /// When the sink received it (flush interval).
     pub arrived: Instant,
 }
@@ -94,9 +94,14 @@ impl Record {
         let content = if payload.is_empty() {
             Err(Rejection::new(reason::UNDECODABLE, "empty value"))
         } else {
-            envelope::decode::<RowMutation>(&payload)
-                .map_err(|e| Rejection::new(reason::UNDECODABLE, e.to_string()))
-                .and_then(|m| validate(&m).map(|()| m).map_err(|d| Rejection::new(reason::INVALID, d)))
+            rows::decode_record(&payload).map_err(|e| Rejection::new(reason::UNDECODABLE, e.to_string())).and_then(
+                |ms| match ms.iter().enumerate().find_map(|(i, m)| validate(m).err().map(|d| (i, d))) {
+                    // one bad mutation makes the event's record unwritable: it goes to the
+                    // DLQ whole, so the event can be replayed as one
+                    Some((i, d)) => Err(Rejection::new(reason::INVALID, format!("mutation {i}: {d}"))),
+                    None => Ok(ms),
+                },
+            )
         };
         Record { offset, key: key.map(<[u8]>::to_vec), payload, content, arrived }
     }
@@ -223,7 +228,7 @@ pub struct Entry {
     pub row: Vec<u8>,
     /// What to do.
     pub op: EntryOp,
-    /// Indices (into the batch) of the records it stands for, in order.
+    /// Positions (in the [`flatten`]ed batch) of the mutations it stands for, in order.
     pub sources: Vec<usize>,
 }
 
@@ -266,10 +271,22 @@ fn covers(deleted: &str, column: &str) -> bool {
     deleted == column || (!deleted.contains(':') && column.split_once(':').is_some_and(|(f, _)| f == deleted))
 }
 
-/// Plans the writes of a batch (see the module doc). Records whose content is an error are
-/// left out; a put without cells is a no-op and gets no entry.
-pub fn plan(records: &[Record]) -> Vec<Phase> {
-    plan_mutations(records.iter().enumerate().filter_map(|(i, r)| r.content.as_ref().ok().map(|m| (i, m))))
+/// The mutations of a batch's writable records in order, each with its record's index.
+/// Entries of a [`plan`] name their sources by position in this list.
+pub fn flatten(records: &[Record]) -> Vec<(usize, &RowMutation)> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.content.as_ref().ok().map(|ms| ms.iter().map(move |m| (i, m))))
+        .flatten()
+        .collect()
+}
+
+/// Plans the writes of a batch (see the module doc) over its [`flatten`]ed mutations;
+/// records whose content is an error are left out; a put without cells is a no-op and gets
+/// no entry.
+pub fn plan(flat: &[(usize, &RowMutation)]) -> Vec<Phase> {
+    plan_mutations(flat.iter().enumerate().map(|(i, (_, m))| (i, *m)))
 }
 
 /// [`plan`] over `(source index, mutation)` pairs in order.
@@ -366,6 +383,7 @@ fn dedup(columns: impl Iterator<Item = String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatpipe_common::envelope;
     use chatpipe_common::rows::Cell;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -503,23 +521,51 @@ mod tests {
         assert_eq!(phases[1].entries.len(), 1);
     }
 
+    fn batch(ms: Vec<RowMutation>) -> Vec<u8> {
+        let mut v = Vec::new();
+        rows::encode_record(&rows::RowBatch { mutations: ms }, &mut v).unwrap();
+        v
+    }
+
     #[test]
     fn rejected_records_and_empty_puts_get_no_entry() {
         let now = Instant::now();
-        let good = envelope::encode(&put("t", "r", &[("m:a", "1")])).unwrap();
-        let empty = envelope::encode(&put("t", "r", &[])).unwrap();
+        let good = batch(vec![put("t", "r", &[("m:a", "1")])]);
+        let empty = batch(vec![put("t", "r", &[])]);
+        let bad = batch(vec![put("t", "s", &[("m:a", "1")]), put("", "r", &[("m:a", "1")])]);
         let records = [
             Record::decode(0, None, Some(b"garbage"), now),
             Record::decode(1, None, Some(&good), now),
             Record::decode(2, None, Some(&empty), now),
             Record::decode(3, None, None, now),
+            Record::decode(4, None, Some(&bad), now),
         ];
         assert_eq!(records[0].content.as_ref().unwrap_err().reason, reason::UNDECODABLE);
         assert_eq!(records[3].content.as_ref().unwrap_err().reason, reason::UNDECODABLE);
-        let phases = plan(&records);
+        // one invalid mutation sends the whole event record to the DLQ, its good row too
+        assert_eq!(records[4].content.as_ref().unwrap_err().reason, reason::INVALID);
+        let flat = flatten(&records);
+        let phases = plan(&flat);
         assert_eq!(phases.len(), 1);
         assert_eq!(phases[0].entries.len(), 1);
-        assert_eq!(phases[0].entries[0].sources, vec![1]);
+        assert_eq!(phases[0].entries[0].sources, vec![0]);
+        assert_eq!(flat[0].0, 1, "the entry's mutation belongs to record 1");
+    }
+
+    #[test]
+    fn a_batch_expands_into_its_rows_in_order_and_an_old_single_row_record_still_plans() {
+        let now = Instant::now();
+        let b = batch(vec![put("t", "r", &[("m:a", "1")]), del("t", "r", &[]), put("t", "r", &[("m:a", "2")])]);
+        let mut old = envelope::encode(&put("t", "q", &[("m:a", "9")])).unwrap();
+        old[1] = 2; // what builds before RowBatch wrote
+        let records = [Record::decode(0, None, Some(&b), now), Record::decode(1, None, Some(&old), now)];
+        let flat = flatten(&records);
+        assert_eq!(flat.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![0, 0, 0, 1]);
+        let mut model = Model::new();
+        apply_plan(&mut model, &plan(&flat));
+        let row = |r: &str| model.get(&("t".to_string(), r.as_bytes().to_vec())).cloned();
+        assert_eq!(row("r").unwrap().get("m:a").map(Vec::as_slice), Some(&b"2"[..]));
+        assert_eq!(row("q").unwrap().get("m:a").map(Vec::as_slice), Some(&b"9"[..]));
     }
 
     #[test]

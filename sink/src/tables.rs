@@ -12,8 +12,10 @@
 //! | `chat:channel_messages` | `m` | 1 | large and public: no history worth its storage |
 //! | `chat:inbox` | `i` | 1 | a pointer, rewritten as is on replay |
 //! | `chat:members` | `f` | 1 | current membership only |
-//! | `chat:user_sessions` | `f` | 1 | current membership and unread count only |
+//! | `chat:user_sessions` | `f` | 1 | current membership and read mark only |
 //! | `chat:counts` | `c` | 1 | a corrected window replaces the old value |
+//! | `chat:sessions` | `s` | 1 | the current state of a room (last seq, member count, name) |
+//! | `chat:users` | `u` | 1 | the current profile |
 //!
 //! On a real cluster, run the printed DDL in `hbase shell` (it creates the `chat` namespace
 //! and pre-splits every table into [`SALT_BUCKETS`] regions at `"001"`…`"127"`, the salt
@@ -53,6 +55,8 @@ pub const TABLES: &[TableSpec] = &[
     TableSpec { name: tables::MEMBERS, family: "f", max_versions: 1, ttl_secs: TTL_FOREVER },
     TableSpec { name: tables::USER_SESSIONS, family: "f", max_versions: 1, ttl_secs: TTL_FOREVER },
     TableSpec { name: tables::COUNTS, family: "c", max_versions: 1, ttl_secs: TTL_FOREVER },
+    TableSpec { name: tables::SESSIONS, family: "s", max_versions: 1, ttl_secs: TTL_FOREVER },
+    TableSpec { name: tables::USERS, family: "u", max_versions: 1, ttl_secs: TTL_FOREVER },
 ];
 
 impl TableSpec {

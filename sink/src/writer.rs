@@ -27,10 +27,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{plan, plan_mutations, reason, Entry, EntryOp, Phase, Record, Rejection};
+use crate::batch::{flatten, plan, plan_mutations, reason, Entry, EntryOp, Phase, Record, Rejection};
 use crate::hbase::{batch_mutation, HbaseClient, HbaseError, HbasePool};
 use crate::metrics::{kind, SinkMetrics};
 use crate::sink::{FinishGuard, Shared, SinkConsumer};
+use chatpipe_common::rows::RowMutation;
 
 /// HBase timestamps are milliseconds: a put must reach the server at least this long after
 /// the acknowledgement of a delete it follows, so that its timestamp is strictly greater.
@@ -93,10 +94,13 @@ fn now_ms() -> i64 {
 struct BatchRun<'a> {
     writer: &'a Writer,
     records: &'a [Record],
+    /// Every mutation of the writable records, with its record's index (entries' sources
+    /// are positions in this list).
+    flat: Vec<(usize, &'a RowMutation)>,
     partition: i32,
     cancel: CancellationToken,
     last_delete_ack: Option<Instant>,
-    /// Per record: written to HBase.
+    /// Per mutation of `flat`: written to HBase.
     written: Vec<bool>,
     /// Records for the DLQ, with why.
     rejected: Vec<(usize, Rejection)>,
@@ -121,13 +125,15 @@ impl Writer {
         _permit: OwnedSemaphorePermit,
     ) -> BatchReport {
         let _finish = FinishGuard { shared: Arc::clone(&self.shared), partition };
+        let flat = flatten(&records);
         let mut run = BatchRun {
             writer: &self,
             records: &records,
+            written: vec![false; flat.len()],
+            flat,
             partition,
             cancel,
             last_delete_ack,
-            written: vec![false; records.len()],
             rejected: Vec::new(),
             exhausted: AtomicBool::new(false),
         };
@@ -149,7 +155,7 @@ impl BatchRun<'_> {
                 self.rejected.push((i, rejection.clone()));
             }
         }
-        for phase in plan(self.records) {
+        for phase in plan(&self.flat) {
             self.run_phase(&phase).await?;
         }
         self.send_rejected().await?;
@@ -178,13 +184,14 @@ impl BatchRun<'_> {
         let m = &self.writer.metrics;
         let mut per_table: BTreeMap<&str, u64> = BTreeMap::new();
         let now = now_ms();
-        for (r, _) in self.records.iter().zip(&self.written).filter(|(_, w)| **w) {
-            if let Ok(mutation) = &r.content {
-                *per_table.entry(mutation.table.as_str()).or_default() += 1;
-                if mutation.ingested_at_ms > 0 {
-                    m.end_to_end_latency.observe((now - mutation.ingested_at_ms).max(0) as f64 / 1000.0);
-                }
+        let mut last_record = None;
+        for ((record, mutation), _) in self.flat.iter().zip(&self.written).filter(|(_, w)| **w) {
+            *per_table.entry(mutation.table.as_str()).or_default() += 1;
+            // one latency sample per event (its mutations share its ingest time)
+            if mutation.ingested_at_ms > 0 && last_record != Some(*record) {
+                m.end_to_end_latency.observe((now - mutation.ingested_at_ms).max(0) as f64 / 1000.0);
             }
+            last_record = Some(*record);
         }
         for (table, n) in per_table {
             m.rows_written.with_label_values(&[table]).inc_by(n);
@@ -277,9 +284,8 @@ impl BatchRun<'_> {
 
     /// Writes each record of a refused entry on its own, in order.
     async fn replay_one_by_one(&mut self, entry: &Entry) -> Result<(), Abandoned> {
-        let records = self.records;
         for &i in &entry.sources {
-            let Ok(m) = &records[i].content else { continue };
+            let m = self.flat[i].1;
             for phase in plan_mutations(std::iter::once((i, m))) {
                 self.run_phase(&phase).await?;
             }
@@ -293,10 +299,15 @@ impl BatchRun<'_> {
         }
     }
 
+    /// Sends the records of a refused entry's mutations to the DLQ (a record once, however
+    /// many of its rows HBase refused).
     fn reject_entry(&mut self, e: &Entry, err: &HbaseError) {
         let rejection = Rejection::new(err.dlq_reason(), err.to_string());
         for &i in &e.sources {
-            self.rejected.push((i, rejection.clone()));
+            let record = self.flat[i].0;
+            if !self.rejected.iter().any(|(r, _)| *r == record) {
+                self.rejected.push((record, rejection.clone()));
+            }
         }
     }
 

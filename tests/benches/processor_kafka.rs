@@ -2,8 +2,8 @@
 //! same run; then the time to restore the processor's state from the changelog.
 //!
 //! Run: `cargo bench -p chatpipe-tests --bench processor_kafka` (env `BENCH_EVENTS`, default
-//! 200,000). Workload: 10,000 sessions, groups of 2–50 members (joined first, not counted
-//! as events), ~300-byte text messages, 10% reads. Prints events/s and events per CPU-second
+//! 200,000). Workload: 10,000 sessions, groups of 3–30 members (joined first, not counted
+//! as events), ~300-byte text messages, 10% reads of the session's latest message. Prints events/s and events per CPU-second
 //! (this process's user+system time, broker excluded) for both, and the restore time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -52,9 +52,12 @@ fn workload(n: usize) -> (Vec<ChatEvent>, usize) {
         message: None,
         target_id: None,
         user_id: None,
+        read_seq: None,
+        name: None,
+        avatar_url: None,
     };
     for s in 0..10_000u64 {
-        let size = 2 + rnd() % 49;
+        let size = 3 + rnd() % 28;
         sizes.push(size);
         for u in 0..size {
             id += 1;
@@ -64,16 +67,18 @@ fn workload(n: usize) -> (Vec<ChatEvent>, usize) {
         }
     }
     let joins = out.len();
+    let mut last = std::collections::HashMap::new(); // session → its latest message id
     for i in 0..n {
         let s = rnd() % 10_000;
         id += 1;
         let t = t0 + (i as i64) * 1_800_000 / n as i64;
         let sender = s * 100 + rnd() % sizes[s as usize];
-        let mut e = if i % 10 == 9 {
+        let mut e = if i % 10 == 9 && last.contains_key(&s) {
             let mut e = base(t, id, EventType::Read, s, SessionKind::Group, sender);
-            e.target_id = Some(id - 20);
+            e.target_id = last.get(&s).copied();
             e
         } else {
+            last.insert(s, id);
             let mut e = base(t, id, EventType::Message, s, SessionKind::Group, sender);
             e.message = Some(MessageContent { kind: MessageKind::Text, body: body.clone(), mentions: vec![] });
             e.client_msg_id = Some(format!("c{id}"));

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatpipe_common::envelope;
 use chatpipe_common::event::{rfc3339_ms, ChatEvent, EventType, MessageContent, MessageKind, SessionKind};
 use chatpipe_common::kafka::dlq;
 use chatpipe_common::row_key;
-use chatpipe_common::rows::{tables, RowMutation};
+use chatpipe_common::rows::{self, tables, RowMutation};
 use chatpipe_common::snowflake::EPOCH_MS;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -125,6 +124,9 @@ fn base_event(g: &mut Gen, t: EventType, session: u64, kind: SessionKind, sender
         message: None,
         target_id: None,
         user_id: None,
+        read_seq: None,
+        name: None,
+        avatar_url: None,
     }
 }
 
@@ -135,9 +137,11 @@ fn session_id(partition: usize, partitions: usize, i: usize) -> u64 {
 
 /// Generates a scripted workload: `per_partition` events on each of `partitions`, covering
 /// joins and leaves, direct, small-group, large-group and channel messages of every kind,
-/// bodies on both sides of the compression threshold, edits, recalls, reads, duplicate
-/// `client_msg_id`s, a blocked sender, a disallowed kind, an oversized body, late events
-/// inside and beyond the correction horizon, and (on partition 0) one undecodable record.
+/// bodies on both sides of the compression threshold, mentions, edits and recalls (by the
+/// sender, by someone else, of unknown ids and through a retry's alias id), reads by id and
+/// by seq, session names, profiles, duplicate `client_msg_id`s, a blocked sender, a
+/// disallowed kind, an oversized body, late events inside and beyond the correction
+/// horizon, and (on partition 0) one undecodable record.
 /// Event times lie in the hours before `now_ms`.
 pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &OracleRules, seed: u64) -> Workload {
     let mut out = Vec::new();
@@ -169,7 +173,9 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
                 evs.push(Input::Event(e));
             }
         }
-        let mut sent: Vec<(u64, SessionKind, u64)> = Vec::new(); // (session, kind, message id)
+        // (session, kind, message id, sender) of messages, and of retries' alias ids
+        let mut sent: Vec<(u64, SessionKind, u64, u64)> = Vec::new();
+        let mut aliases: Vec<(u64, SessionKind, u64, u64)> = Vec::new();
         while evs.len() < per_partition {
             let roll = g.rng.gen_range(0..100);
             let (s, kind) = match g.rng.gen_range(0..10) {
@@ -185,49 +191,70 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
                     ms[g.rng.gen_range(0..ms.len())]
                 }
             };
-            if roll < 60 || sent.is_empty() {
+            // a target: mostly a message, sometimes a retry's alias id, sometimes unknown
+            let pick =
+                |g: &mut Gen, sent: &[(u64, SessionKind, u64, u64)], aliases: &[(u64, SessionKind, u64, u64)]| {
+                    if !aliases.is_empty() && g.rng.gen_bool(0.15) {
+                        aliases[g.rng.gen_range(0..aliases.len())]
+                    } else {
+                        let t = sent[g.rng.gen_range(0..sent.len())];
+                        if g.rng.gen_bool(0.05) {
+                            (t.0, t.1, g.id(), t.3) // an id this session never had
+                        } else {
+                            t
+                        }
+                    }
+                };
+            if roll < 58 || sent.is_empty() {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
                 let large = g.rng.gen_bool(0.2);
                 let allowed: Vec<MessageKind> =
                     MessageKind::ALL.iter().copied().filter(|k| *k != rules.disallowed_kind).collect();
                 let mk = allowed[g.rng.gen_range(0..allowed.len())];
-                e.message = Some(MessageContent { kind: mk, body: g.body(large), mentions: vec![] });
+                let mentions = if g.rng.gen_bool(0.1) { vec![11, 12] } else { vec![] };
+                e.message = Some(MessageContent { kind: mk, body: g.body(large), mentions });
                 if kind == SessionKind::Direct {
                     e.recipient_id = Some(sender + 1);
                 }
                 e.client_msg_id = Some(format!("c{}", e.message_id));
                 let dup = g.rng.gen_bool(0.05);
-                sent.push((s, kind, e.message_id));
+                sent.push((s, kind, e.message_id, sender));
                 evs.push(Input::Event(e.clone()));
                 if dup {
                     // a producer retry: new id, same client_msg_id
                     let mut r = e;
                     r.message_id = g.id();
                     r.ingested_at_ms += 5;
+                    aliases.push((s, kind, r.message_id, sender));
                     evs.push(Input::Event(r));
                 }
-            } else if roll < 68 {
-                let (ts, tk, target) = sent[g.rng.gen_range(0..sent.len())];
-                let mut e = base_event(&mut g, EventType::Edit, ts, tk, sender);
+            } else if roll < 70 {
+                // edits and recalls: mostly by the original sender, sometimes by someone else
+                let (ts, tk, target, original) = pick(&mut g, &sent, &aliases);
+                let by = if g.rng.gen_bool(0.8) { original } else { sender };
+                let t = if roll < 66 { EventType::Edit } else { EventType::Recall };
+                let mut e = base_event(&mut g, t, ts, tk, by);
                 e.target_id = Some(target);
-                let large = g.rng.gen_bool(0.3);
-                e.message = Some(MessageContent { kind: MessageKind::Text, body: g.body(large), mentions: vec![] });
+                if t == EventType::Edit {
+                    let large = g.rng.gen_bool(0.3);
+                    e.message = Some(MessageContent { kind: MessageKind::Text, body: g.body(large), mentions: vec![] });
+                }
                 evs.push(Input::Event(e));
-            } else if roll < 72 {
-                let (ts, tk, target) = sent[g.rng.gen_range(0..sent.len())];
-                let mut e = base_event(&mut g, EventType::Recall, ts, tk, sender);
-                e.target_id = Some(target);
-                evs.push(Input::Event(e));
-            } else if roll < 88 {
-                let (ts, tk, target) = sent[g.rng.gen_range(0..sent.len())];
+            } else if roll < 84 {
+                let (ts, tk, target, _) = pick(&mut g, &sent, &aliases);
                 let reader = match tk {
                     SessionKind::Direct => 20 + (ts % 2) + p as u64 * 100 + g.rng.gen_range(0..2),
                     _ => members[&ts][g.rng.gen_range(0..members[&ts].len())],
                 };
                 let mut e = base_event(&mut g, EventType::Read, ts, tk, reader);
-                e.target_id = Some(target);
+                if g.rng.gen_bool(0.25) {
+                    // a client that knows the seq (past the end is clamped)
+                    e.read_seq = Some(g.rng.gen_range(1..40));
+                } else {
+                    e.target_id = Some(target);
+                }
                 evs.push(Input::Event(e));
-            } else if roll < 92 {
+            } else if roll < 88 {
                 // leave and later rejoin in a small group
                 let s = groups[g.rng.gen_range(0..groups.len())];
                 let u = members[&s][0];
@@ -235,17 +262,30 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
                 let mut e = base_event(&mut g, t, s, SessionKind::Group, u);
                 e.user_id = Some(u);
                 evs.push(Input::Event(e));
-            } else if roll < 94 {
+            } else if roll < 89 {
+                let s = groups[g.rng.gen_range(0..groups.len())];
+                let mut e = base_event(&mut g, EventType::Session, s, SessionKind::Group, members[&s][0]);
+                e.name = Some(format!("room {}", g.rng.gen_range(0..100)));
+                evs.push(Input::Event(e));
+            } else if roll < 91 {
+                // a profile is keyed by its user
+                let u = 10 + p as u64 * 100 + g.rng.gen_range(0..5);
+                let mut e = base_event(&mut g, EventType::Profile, u, SessionKind::Direct, u);
+                e.user_id = Some(u);
+                e.name = Some(format!("user {u} v{}", g.rng.gen_range(0..100)));
+                e.avatar_url = g.rng.gen_bool(0.5).then(|| format!("https://img.example/{u}.png"));
+                evs.push(Input::Event(e));
+            } else if roll < 93 {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, rules.blocked_sender);
                 e.message = Some(MessageContent { kind: MessageKind::Text, body: "spam".into(), mentions: vec![] });
                 e.recipient_id = (kind == SessionKind::Direct).then_some(1);
                 evs.push(Input::Event(e));
-            } else if roll < 95 {
+            } else if roll < 94 {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
                 e.message = Some(MessageContent { kind: rules.disallowed_kind, body: "sys".into(), mentions: vec![] });
                 e.recipient_id = (kind == SessionKind::Direct).then_some(sender + 1);
                 evs.push(Input::Event(e));
-            } else if roll < 96 {
+            } else if roll < 95 {
                 let mut e = base_event(&mut g, EventType::Message, s, kind, sender);
                 e.message = Some(MessageContent {
                     kind: MessageKind::File,
@@ -261,7 +301,7 @@ pub fn scripted(partitions: usize, per_partition: usize, now_ms: i64, rules: &Or
                 e.sent_at_ms -= back;
                 e.message = Some(MessageContent { kind: MessageKind::Text, body: "late".into(), mentions: vec![] });
                 e.recipient_id = (kind == SessionKind::Direct).then_some(sender + 1);
-                sent.push((s, kind, e.message_id));
+                sent.push((s, kind, e.message_id, sender));
                 evs.push(Input::Event(e));
             }
         }
@@ -301,7 +341,14 @@ pub struct Folder {
 impl Folder {
     /// A `chat.rows` record.
     pub fn row(&mut self, value: &[u8]) {
-        let Ok(m) = envelope::decode::<RowMutation>(value) else { return };
+        let Ok(ms) = rows::decode_record(value) else { return };
+        for m in ms {
+            self.mutation(m);
+        }
+    }
+
+    /// One row mutation, applied as HBase would.
+    pub fn mutation(&mut self, m: RowMutation) {
         let key = (m.table.clone(), m.row.clone());
         if m.delete {
             if m.cells.is_empty() {
@@ -359,12 +406,12 @@ impl Folder {
     }
 }
 
+/// One message as the oracle knows it.
 #[derive(Debug, Clone)]
 struct Msg {
-    session: u64,
-    id: u64,
+    seq: u64,
     sender: u64,
-    pos: usize,
+    fanned_out: bool,
 }
 
 /// (kind, messages, per-kind counts, senders) of one session in one window.
@@ -380,24 +427,53 @@ fn s(v: impl ToString) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// A member as the oracle tracks it: when (position) and at which seq they joined.
+#[derive(Debug, Clone)]
+struct Membership {
+    joined_at: i64,
+    pos: usize,
+    joined_seq: u64,
+    joined_last_id: u64,
+}
+
+/// A conversation as the oracle tracks it.
+#[derive(Debug, Clone, Default)]
+struct Conv {
+    kind: Option<SessionKind>,
+    created_at: i64,
+    name: Option<String>,
+    last_seq: u64,
+    last_id: u64,
+    last_sent_at: i64,
+    members: BTreeMap<u64, Membership>,
+}
+
 /// Computes the expected outputs of a workload.
+///
+/// Unread is computed from final values: a member's `read_seq` is the largest of the seq
+/// when they last joined, the seqs their reads after that named (a read by seq is clamped
+/// to the session's last seq at that point) and the seqs of their own messages after it;
+/// `unread = last_seq − read_seq`.
 pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
     let mut out = Outputs::default();
     // per-window counted messages over all partitions: (window) → list
     let mut counted: BTreeMap<i64, Vec<(u64, SessionKind, u64, MessageKind)>> = BTreeMap::new();
     for events in &w.partitions {
         let mut seen: BTreeSet<(u64, String)> = BTreeSet::new();
-        let mut seq: HashMap<u64, u64> = HashMap::new();
-        let mut members: BTreeMap<u64, BTreeMap<u64, (i64, usize)>> = BTreeMap::new(); // session → user → (joined_at, pos)
+        let mut convs: BTreeMap<u64, Conv> = BTreeMap::new();
         let mut ever_member: BTreeSet<(u64, u64)> = BTreeSet::new();
-        let mut msgs: Vec<Msg> = Vec::new();
-        let mut reads: Vec<(u64, u64, u64, usize)> = Vec::new(); // (user, session, target, pos)
+        let mut msgs: BTreeMap<(u64, u64), Msg> = BTreeMap::new(); // (session, id)
+        let mut alias: BTreeMap<(u64, u64), u64> = BTreeMap::new(); // (session, retry id) → original
+        let mut cmid_msg: BTreeMap<(u64, String), u64> = BTreeMap::new(); // the message that carried it
+                                                                          // read-mark candidates: (user, session) → [(pos, seq, message id)]
+        let mut marks: BTreeMap<(u64, u64), Vec<(usize, u64, u64)>> = BTreeMap::new();
         let mut max_t: Option<i64> = None;
         for (pos, input) in events.iter().enumerate() {
             let Input::Event(e) = input else {
                 *out.dlq.entry("undecodable".into()).or_default() += 1;
                 continue;
             };
+            let sid = e.session_id;
             let is_body = matches!(e.event_type, EventType::Message | EventType::Edit);
             let mut skip = false;
             if is_body {
@@ -411,43 +487,68 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
             }
             if !skip {
                 if let Some(c) = &e.client_msg_id {
-                    if !seen.insert((e.session_id, c.clone())) {
+                    if !seen.insert((sid, c.clone())) {
+                        if e.event_type == EventType::Message {
+                            if let Some(o) = cmid_msg.get(&(sid, c.clone())) {
+                                alias.insert((sid, e.message_id), *o);
+                            }
+                        }
                         skip = true;
                     }
                 }
             }
+            let resolve = |msgs: &BTreeMap<(u64, u64), Msg>, target: u64| -> Option<(u64, Msg)> {
+                let id = alias.get(&(sid, target)).copied().unwrap_or(target);
+                msgs.get(&(sid, id)).map(|m| (id, m.clone()))
+            };
             if !skip {
                 let table =
                     if e.session_kind == SessionKind::Channel { tables::CHANNEL_MESSAGES } else { tables::MESSAGES };
-                let join = |members: &mut BTreeMap<u64, BTreeMap<u64, (i64, usize)>>,
-                            ever: &mut BTreeSet<(u64, u64)>,
-                            u: u64| {
-                    let m = members.entry(e.session_id).or_default();
-                    if let std::collections::btree_map::Entry::Vacant(v) = m.entry(u) {
-                        v.insert((e.sent_at_ms, pos));
-                        ever.insert((u, e.session_id));
+                let create = |convs: &mut BTreeMap<u64, Conv>| {
+                    let c = convs.entry(sid).or_default();
+                    if c.kind.is_none() {
+                        c.kind = Some(e.session_kind);
+                        c.created_at = e.sent_at_ms;
                     }
+                };
+                let join = |convs: &mut BTreeMap<u64, Conv>, ever: &mut BTreeSet<(u64, u64)>, u: u64| {
+                    if convs.get(&sid).is_some_and(|c| c.members.contains_key(&u)) {
+                        return;
+                    }
+                    create(convs);
+                    let c = convs.entry(sid).or_default();
+                    let m =
+                        Membership { joined_at: e.sent_at_ms, pos, joined_seq: c.last_seq, joined_last_id: c.last_id };
+                    c.members.insert(u, m);
+                    ever.insert((u, sid));
                 };
                 match e.event_type {
                     EventType::Message => {
                         let m = e.message.as_ref().expect("message");
-                        let n = seq.entry(e.session_id).or_default();
-                        *n += 1;
                         if e.session_kind == SessionKind::Direct {
-                            join(&mut members, &mut ever_member, e.sender_id);
+                            join(&mut convs, &mut ever_member, e.sender_id);
                             if let Some(r) = e.recipient_id {
-                                join(&mut members, &mut ever_member, r);
+                                join(&mut convs, &mut ever_member, r);
                             }
                         }
+                        create(&mut convs);
+                        let c = convs.entry(sid).or_default();
+                        c.last_seq += 1;
+                        c.last_id = e.message_id;
+                        c.last_sent_at = e.sent_at_ms;
+                        let seq = c.last_seq;
                         let mut row = BTreeMap::new();
                         row.insert("m:sender".into(), s(e.sender_id));
                         row.insert("m:kind".into(), s(m.kind.as_str()));
                         set_body(&mut row, &m.body, rules);
                         row.insert("m:sent_at".into(), s(e.sent_at_ms));
-                        row.insert("m:seq".into(), s(*n));
-                        out.rows.insert((table.into(), row_key::encode(e.session_id, e.message_id).into_bytes()), row);
-                        let mem: BTreeSet<u64> =
-                            members.get(&e.session_id).map(|m| m.keys().copied().collect()).unwrap_or_default();
+                        row.insert("m:seq".into(), s(seq));
+                        if !m.mentions.is_empty() {
+                            let list: Vec<String> = m.mentions.iter().map(u64::to_string).collect();
+                            row.insert("m:mentions".into(), s(list.join(",")));
+                        }
+                        out.rows.insert((table.into(), row_key::encode(sid, e.message_id).into_bytes()), row);
+                        let mem: BTreeSet<u64> = c.members.keys().copied().collect();
                         let fan = match e.session_kind {
                             SessionKind::Direct => true,
                             SessionKind::Group => mem.len() <= rules.fanout_max_members,
@@ -457,84 +558,158 @@ pub fn oracle(w: &Workload, rules: &OracleRules) -> Outputs {
                             let preview: String = m.body.chars().take(80).collect();
                             for u in mem.iter().copied().chain([e.sender_id]) {
                                 let mut r = BTreeMap::new();
-                                r.insert("i:session".into(), s(e.session_id));
+                                r.insert("i:session".into(), s(sid));
                                 r.insert("i:sender".into(), s(e.sender_id));
                                 r.insert("i:kind".into(), s(m.kind.as_str()));
                                 r.insert("i:preview".into(), preview.clone().into_bytes());
+                                r.insert("i:seq".into(), s(seq));
                                 out.rows
                                     .insert((tables::INBOX.into(), row_key::encode(u, e.message_id).into_bytes()), r);
                             }
+                        }
+                        if mem.contains(&e.sender_id) {
+                            marks.entry((e.sender_id, sid)).or_default().push((pos, seq, e.message_id));
                         }
                         let beyond = max_t.is_some_and(|mt| e.sent_at_ms < mt - rules.correction_horizon_ms);
                         if beyond {
                             *out.dlq.entry("late".into()).or_default() += 1;
                         } else {
                             counted.entry(window(rules, e.sent_at_ms)).or_default().push((
-                                e.session_id,
+                                sid,
                                 e.session_kind,
                                 e.sender_id,
                                 m.kind,
                             ));
                         }
-                        msgs.push(Msg { session: e.session_id, id: e.message_id, sender: e.sender_id, pos });
-                    }
-                    EventType::Edit | EventType::Recall => {
-                        let key = (
-                            table.to_string(),
-                            row_key::encode(e.session_id, e.target_id.expect("target")).into_bytes(),
-                        );
-                        let row = out.rows.entry(key).or_default();
-                        if e.event_type == EventType::Edit {
-                            let m = e.message.as_ref().expect("edit body");
-                            row.insert("m:kind".into(), s(m.kind.as_str()));
-                            set_body(row, &m.body, rules);
-                            let n: u64 = row
-                                .get("m:edited")
-                                .map(|v| String::from_utf8_lossy(v).parse().unwrap_or(0))
-                                .unwrap_or(0);
-                            row.insert("m:edited".into(), s(n + 1));
-                        } else {
-                            row.insert("m:recalled".into(), s(1));
+                        msgs.insert((sid, e.message_id), Msg { seq, sender: e.sender_id, fanned_out: fan });
+                        if let Some(c) = &e.client_msg_id {
+                            cmid_msg.insert((sid, c.clone()), e.message_id);
                         }
                     }
-                    EventType::Read => reads.push((e.sender_id, e.session_id, e.target_id.expect("target"), pos)),
-                    EventType::Join => join(&mut members, &mut ever_member, e.user_id.expect("user")),
+                    EventType::Edit | EventType::Recall => match resolve(&msgs, e.target_id.expect("target")) {
+                        None => *out.dlq.entry("unknown_target".into()).or_default() += 1,
+                        Some((_, m)) if m.sender != e.sender_id => *out.dlq.entry("forbidden".into()).or_default() += 1,
+                        Some((id, m)) => {
+                            let key = (table.to_string(), row_key::encode(sid, id).into_bytes());
+                            let row = out.rows.entry(key).or_default();
+                            let mut inbox: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+                            if e.event_type == EventType::Edit {
+                                let b = e.message.as_ref().expect("edit body");
+                                row.insert("m:kind".into(), s(b.kind.as_str()));
+                                set_body(row, &b.body, rules);
+                                let n: u64 = row
+                                    .get("m:edited")
+                                    .map(|v| String::from_utf8_lossy(v).parse().unwrap_or(0))
+                                    .unwrap_or(0);
+                                row.insert("m:edited".into(), s(n + 1));
+                                inbox.insert("i:kind".into(), s(b.kind.as_str()));
+                                inbox.insert(
+                                    "i:preview".into(),
+                                    b.body.chars().take(80).collect::<String>().into_bytes(),
+                                );
+                            } else {
+                                row.insert("m:recalled".into(), s(1));
+                                inbox.insert("i:recalled".into(), s(1));
+                            }
+                            if m.fanned_out {
+                                // the sender's inbox row and those of members present when it was sent
+                                let c = &convs[&sid];
+                                let users: BTreeSet<u64> = c
+                                    .members
+                                    .iter()
+                                    .filter(|(_, ms)| ms.joined_seq < m.seq)
+                                    .map(|(u, _)| *u)
+                                    .chain([m.sender])
+                                    .collect();
+                                for u in users {
+                                    let r = out
+                                        .rows
+                                        .entry((tables::INBOX.into(), row_key::encode(u, id).into_bytes()))
+                                        .or_default();
+                                    r.extend(inbox.clone());
+                                }
+                            }
+                        }
+                    },
+                    EventType::Read => {
+                        let member = convs.get(&sid).filter(|c| c.members.contains_key(&e.sender_id));
+                        if let (Some(c), Some(rs)) = (member, e.read_seq) {
+                            let seq = rs.min(c.last_seq);
+                            let id = if seq == c.last_seq { c.last_id } else { 0 };
+                            marks.entry((e.sender_id, sid)).or_default().push((pos, seq, id));
+                        } else if member.is_some() {
+                            match resolve(&msgs, e.target_id.expect("target")) {
+                                Some((id, m)) => marks.entry((e.sender_id, sid)).or_default().push((pos, m.seq, id)),
+                                None => *out.dlq.entry("unknown_target".into()).or_default() += 1,
+                            }
+                        }
+                        // a non-member's read marks nothing
+                    }
+                    EventType::Join => join(&mut convs, &mut ever_member, e.user_id.expect("user")),
                     EventType::Leave => {
-                        if let Some(m) = members.get_mut(&e.session_id) {
-                            m.remove(&e.user_id.expect("user"));
+                        if let Some(c) = convs.get_mut(&sid) {
+                            c.members.remove(&e.user_id.expect("user"));
                         }
+                    }
+                    EventType::Session => {
+                        create(&mut convs);
+                        convs.entry(sid).or_default().name = e.name.clone();
+                    }
+                    EventType::Profile => {
+                        let u = e.user_id.expect("user");
+                        let r = out.rows.entry((tables::USERS.into(), row_key::encode_id(u).into_bytes())).or_default();
+                        if let Some(n) = &e.name {
+                            r.insert("u:name".into(), s(n));
+                        }
+                        if let Some(a) = &e.avatar_url {
+                            r.insert("u:avatar".into(), s(a));
+                        }
+                        r.insert("u:updated_at".into(), s(e.sent_at_ms));
                     }
                 }
             }
             max_t = Some(max_t.map_or(e.sent_at_ms, |m| m.max(e.sent_at_ms)));
         }
-        // membership rows and unread, from final membership
-        for (session, ms) in &members {
-            for (user, (joined_at, join_pos)) in ms {
-                let last_read = reads
-                    .iter()
-                    .filter(|(u, s2, _, p)| u == user && s2 == session && p > join_pos)
-                    .map(|r| r.2)
-                    .max()
-                    .unwrap_or(0);
-                let unread = msgs
-                    .iter()
-                    .filter(|m| m.session == *session && m.sender != *user && m.id > last_read && m.pos >= *join_pos)
-                    .count();
+        // sessions, membership rows and unread, from final values
+        for (session, c) in &convs {
+            let mut r = BTreeMap::new();
+            r.insert("s:kind".into(), s(c.kind.map_or("", |k| k.as_str())));
+            r.insert("s:created_at".into(), s(c.created_at));
+            r.insert("s:members".into(), s(c.members.len()));
+            r.insert("s:last_seq".into(), s(c.last_seq));
+            if c.last_seq > 0 {
+                r.insert("s:last_message_id".into(), s(c.last_id));
+                r.insert("s:last_sent_at".into(), s(c.last_sent_at));
+            }
+            if let Some(n) = &c.name {
+                r.insert("s:name".into(), s(n));
+            }
+            out.rows.insert((tables::SESSIONS.into(), row_key::encode_id(*session).into_bytes()), r);
+            for (user, m) in &c.members {
+                // the mark: the join's, or the first candidate after the join that reached the highest seq
+                let mut read = (m.joined_seq, m.joined_last_id);
+                for (pos, seq, id) in marks.get(&(*user, *session)).into_iter().flatten() {
+                    if *pos > m.pos && *seq > read.0 {
+                        read = (*seq, *id);
+                    }
+                }
                 let mut r = BTreeMap::new();
-                r.insert("f:joined_at".into(), s(joined_at));
+                r.insert("f:joined_at".into(), s(m.joined_at));
                 out.rows
                     .insert((tables::MEMBERS.into(), row_key::encode_pair(*session, *user).into_bytes()), r.clone());
-                r.insert("f:unread".into(), s(unread));
+                r.insert("f:joined_seq".into(), s(m.joined_seq));
+                r.insert("f:read_seq".into(), s(read.0));
                 out.rows.insert((tables::USER_SESSIONS.into(), row_key::encode_pair(*user, *session).into_bytes()), r);
                 out.unread.insert(
                     format!("{user}|{session}"),
-                    Some(json!({"user_id": user.to_string(), "session_id": session.to_string(), "unread": unread, "last_read_message_id": last_read.to_string()})),
+                    Some(json!({"user_id": user.to_string(), "session_id": session.to_string(),
+                                "unread": c.last_seq - read.0, "last_read_message_id": read.1.to_string(),
+                                "read_seq": read.0, "last_seq": c.last_seq})),
                 );
             }
         }
         for (user, session) in ever_member {
-            let still = members.get(&session).is_some_and(|m| m.contains_key(&user));
+            let still = convs.get(&session).is_some_and(|c| c.members.contains_key(&user));
             if !still {
                 out.unread.insert(format!("{user}|{session}"), None);
             }

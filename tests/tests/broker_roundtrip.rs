@@ -29,6 +29,9 @@ fn event(i: u64) -> ChatEvent {
         }),
         target_id: None,
         user_id: None,
+        read_seq: None,
+        name: None,
+        avatar_url: None,
     };
     ChatEvent::from_input(input, 7_000_000 + i, 1_790_000_000_500 + i as i64, 60_000)
 }

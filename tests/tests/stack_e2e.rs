@@ -40,6 +40,9 @@ fn input_of(e: &ChatEvent) -> EventInput {
         message: e.message.clone(),
         target_id: e.target_id,
         user_id: e.user_id,
+        read_seq: e.read_seq,
+        name: e.name.clone(),
+        avatar_url: e.avatar_url.clone(),
     }
 }
 

@@ -209,7 +209,10 @@ impl<'a> Scanner<'a> {
                     return Some(());
                 }
                 8 => &mut ev.target_id,
-                _ => &mut ev.user_id,
+                9 => &mut ev.user_id,
+                10 => &mut ev.read_seq,
+                11 => &mut ev.name,
+                _ => &mut ev.avatar_url,
             };
             *slot = s.scalar()?;
             Some(())
@@ -273,6 +276,9 @@ fn event_key(key: &[u8]) -> Option<u32> {
         b"message" => 7,
         b"target_id" => 8,
         b"user_id" => 9,
+        b"read_seq" => 10,
+        b"name" => 11,
+        b"avatar_url" => 12,
         _ => return None,
     })
 }

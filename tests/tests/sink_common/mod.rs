@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chatpipe_common::envelope;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::row_key;
-use chatpipe_common::rows::{tables, Cell, RowMutation};
+use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_sink::Config;
 use chatpipe_tests::TestBroker;
@@ -113,7 +113,8 @@ pub fn workload(n: usize, seed: u64) -> Vec<RowMutation> {
     out
 }
 
-/// Produces mutations keyed by row key (so one row stays in one partition, in order) and
+/// Produces mutations keyed by row key (so one row stays in one partition, in order), one
+/// per record — every seventh in the single-row format of builds before `RowBatch` — and
 /// returns each one's `(partition, offset)`.
 pub async fn produce(broker: &TestBroker, topic: &str, ms: &[RowMutation]) -> Vec<(i32, i64)> {
     let producer: FutureProducer = broker.kafka_args().producer_config("test", 5).create().unwrap();
@@ -121,8 +122,19 @@ pub async fn produce(broker: &TestBroker, topic: &str, ms: &[RowMutation]) -> Ve
     for chunk in ms.chunks(2000) {
         let sends: Vec<_> = chunk
             .iter()
-            .map(|m| {
-                let value = envelope::encode(m).unwrap();
+            .enumerate()
+            .map(|(i, m)| {
+                let value = if i % 7 == 3 {
+                    // as builds before RowBatch wrote it (a rolling upgrade): one RowMutation,
+                    // envelope version 2 (same body encoding as 3)
+                    let mut v = envelope::encode(m).unwrap();
+                    v[1] = 2;
+                    v
+                } else {
+                    let mut v = Vec::new();
+                    rows::encode_record(&rows::RowBatch { mutations: vec![m.clone()] }, &mut v).unwrap();
+                    v
+                };
                 let key = m.row.clone();
                 let producer = producer.clone();
                 let topic = topic.to_owned();
