@@ -1,6 +1,7 @@
 //! Write and scan throughput of the emulator through a real Thrift client over TCP, on disk
-//! (every call is a redb commit acknowledged once the operating system has it, the default
-//! `--durability os`).
+//! (every call is appended to the write-ahead log in a group commit and acknowledged once the
+//! operating system has it, the default `--durability os`; memstore flushes and compactions
+//! run in the background as the data grows).
 //!
 //! * `mutate_rows/batch_<rows>x3/<conns>conn`: one iteration is one `mutateRows` call of
 //!   `<rows>` rows × 3 cells (~200 B values) on each of `<conns>` connections at once;

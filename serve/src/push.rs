@@ -46,7 +46,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use chatpipe_common::envelope;
 use chatpipe_common::http::Health;
 use chatpipe_common::kafka::KafkaArgs;
 use chatpipe_common::row_key;
@@ -71,9 +70,10 @@ pub const RESUME_WINDOW: Duration = Duration::from_secs(300);
 /// Events queued for one stream before it is dropped as too slow.
 const CLIENT_QUEUE: usize = 1024;
 
-/// The value of a `chat.rows` record: the mutations it carries.
-fn decode_record(bytes: &[u8]) -> Result<Vec<RowMutation>, envelope::EnvelopeError> {
-    envelope::decode::<RowMutation>(bytes).map(|m| vec![m])
+/// The value of a `chat.rows` record: the mutations it carries (a `RowBatch`, or one
+/// `RowMutation` from builds before envelope version 3).
+fn decode_record(bytes: &[u8]) -> Result<Vec<RowMutation>, chatpipe_common::envelope::EnvelopeError> {
+    chatpipe_common::rows::decode_record(bytes)
 }
 
 /// One event for one user.

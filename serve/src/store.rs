@@ -22,17 +22,15 @@ use hbase_thrift::hbase::THbaseSyncClient;
 use crate::metrics::{kind, op, ServeMetrics};
 
 /// `chat:sessions` (DESIGN §6 v2), family `s`.
-pub const SESSIONS: &str = "chat:sessions";
+pub const SESSIONS: &str = tables::SESSIONS;
 /// `chat:users` (DESIGN §6 v2), family `u`.
-pub const USERS: &str = "chat:users";
+pub const USERS: &str = tables::USERS;
 /// Most sessions of one user read for the sessions list and the inbox merge.
 pub const MAX_USER_SESSIONS: usize = 10_000;
 
 /// The key of a one-id row (`chat:sessions`, `chat:users`): `SALT|ID`.
 pub fn encode_id(id: u64) -> String {
-    let mut p = row_key::prefix(id);
-    p.pop(); // the trailing '|'
-    p
+    row_key::encode_id(id)
 }
 
 /// HBase operations made for one request.

@@ -17,7 +17,7 @@
 //!   container (read-only root, only `/tmp` and the data directories writable, as the chart
 //!   mounts them) on the host network against a tansu broker started on the host; posts one
 //!   event to the container's ingest and reads it back from HBase with `chatpipe query
-//!   timeline` run from the image and from a `serve` container's read API
+//!   timeline` run from the image and from the `serve` container's read API
 //!   (`GET /v1/sessions/4242/messages`); then stops the roles with SIGTERM and requires a
 //!   clean exit (each drains).
 //!

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use serve_support::{Membership, Model, Msg, Serve, Sess, Stream, PREVIEW_CHARS};
 
 const PARTITIONS: i32 = 3;
-const FANOUT: u64 = 3;
+const FANOUT: u64 = serve_support::FANOUT_MAX;
 
 fn kafka(broker: &TestBroker) -> KafkaArgs {
     let mut k = broker.kafka_args();
@@ -215,7 +215,7 @@ fn script(t0: i64) -> Vec<(Value, Option<usize>)> {
     for i in 0..2u64 {
         out.push((msg(300, "group", 1 + i, format!("big early {i}"), at()), None));
     }
-    for u in 3..=5 {
+    for u in 3..=7 {
         out.push((member("join", 300, u, at()), None));
     }
     let first_big = out.len();
@@ -283,7 +283,7 @@ async fn answers(serve: &Serve, model: &Model) -> Result<(), String> {
         let (_, p) = serve.get(&format!("/v1/sessions/{id}/members?limit=200")).await;
         eq(format!("members of {id}"), &p["members"], &json!(model.members(id)))?;
     }
-    for user in 1..=5u64 {
+    for user in 1..=7u64 {
         let (_, p) = serve.get(&format!("/v1/users/{user}/inbox?limit=200")).await;
         eq(format!("inbox of {user}"), &p["entries"], &json!(model.inbox(user)))?;
         let (_, p) = serve.get(&format!("/v1/users/{user}/sessions?limit=200")).await;
@@ -298,7 +298,6 @@ async fn answers(serve: &Serve, model: &Model) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the DESIGN v2 processor (sessions/users rows, read_seq); enabled when it lands"]
 async fn posted_chat_reads_back_through_every_endpoint() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
