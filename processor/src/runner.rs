@@ -552,7 +552,8 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             set.into_iter()
                 .filter_map(|(k, r)| {
                     // a record with neither value is a committed delete: a Kafka tombstone
-                    let value = if r.prev.is_none() && r.new.is_none() { None } else { Some(envelope::encode(&r).ok()?) };
+                    let value =
+                        if r.prev.is_none() && r.new.is_none() { None } else { Some(envelope::encode(&r).ok()?) };
                     Some(Out {
                         topic: cfg.changelog_topic.clone(),
                         partition: Some(partition),
