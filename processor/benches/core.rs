@@ -5,6 +5,7 @@
 //! 3–30 members joined up front, 10% direct), 20–400-byte text bodies with a
 //! `client_msg_id`, one event in ten a read; batches of 2,000 as the runner does, each
 //! finished 20 ms of wall time after the last (so `chat.unread` is coalesced per second).
+//! `BENCH_PROFILE=count` turns fan-out and unread off (the counting path alone).
 //! Prints events/s on one thread (= per core), then the time to encode a ≥1M-entry state
 //! as changelog records, decode them and rebuild the state.
 
@@ -97,7 +98,10 @@ fn main() {
         }
         events.push(e);
     }
-    let mut core = PartitionCore::new(0, Rules::default(), PartitionState::default());
+    // BENCH_PROFILE=count: fan-out and unread off (the counting path alone)
+    let count_only = std::env::var("BENCH_PROFILE").is_ok_and(|v| v == "count");
+    let rules = Rules { fan_out: !count_only, unread: !count_only, ..Rules::default() };
+    let mut core = PartitionCore::new(0, rules, PartitionState::default());
     let start = Instant::now();
     let mut rows = 0usize;
     let mut mutations = 0usize;

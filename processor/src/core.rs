@@ -291,7 +291,7 @@ impl PartitionCore {
             }
         }
         if let Some(cmid) = &ev.client_msg_id {
-            if let Some(&original) = self.state.dedupe.get(&(ev.session_id, cmid.clone())) {
+            if let Some(&original) = self.state.dedupe.get(&ev.session_id).and_then(|m| m.get(cmid.as_str())) {
                 if ev.event_type == EventType::Message && original != ev.message_id {
                     // the retry's id acts on the original (edits, recalls, reads naming it)
                     let alias = EventEntry {

@@ -279,8 +279,9 @@ pub struct PartitionState {
     pub windows: Tracked<(i64, u64), WindowAgg>,
     /// Index: session → members (from `members`).
     pub members_by_session: FastMap<u64, BTreeSet<u64>>,
-    /// Index: (session, client_msg_id) → message id (from `events`).
-    pub dedupe: FastMap<(u64, String), u64>,
+    /// Index: session → client_msg_id → message id (from `events`; nested so a lookup needs
+    /// no owned key).
+    pub dedupe: FastMap<u64, FastMap<String, u64>>,
     /// Index: (ingested_at, session, message id) of every entry, for pruning (from `events`).
     pub events_by_time: BTreeSet<(i64, u64, u64)>,
     /// Index: sessions with a pending unread emission (from `sessions`).
@@ -317,7 +318,7 @@ impl PartitionState {
     /// Remembers an event (and its index entries).
     pub fn put_event(&mut self, session: u64, id: u64, e: EventEntry) {
         if let Some(c) = &e.client_msg_id {
-            self.dedupe.insert((session, c.clone()), id);
+            self.dedupe.entry(session).or_default().insert(c.clone(), id);
         }
         self.events_by_time.insert((e.ingested_at_ms, session, id));
         self.events.insert((session, id), e);
@@ -331,9 +332,12 @@ impl PartitionState {
             }
             self.events_by_time.pop_first();
             if let Some(e) = self.events.remove(&(session, id)) {
-                if let Some(c) = e.client_msg_id {
-                    if self.dedupe.get(&(session, c.clone())) == Some(&id) {
-                        self.dedupe.remove(&(session, c));
+                if let (Some(c), Some(m)) = (e.client_msg_id, self.dedupe.get_mut(&session)) {
+                    if m.get(&c) == Some(&id) {
+                        m.remove(&c);
+                    }
+                    if m.is_empty() {
+                        self.dedupe.remove(&session);
                     }
                 }
             }
@@ -484,7 +488,7 @@ impl PartitionState {
                 }
                 (StateKey::Event(s, m), Some(StateValue::Event(v))) => {
                     if let Some(c) = &v.client_msg_id {
-                        st.dedupe.insert((s, c.clone()), m);
+                        st.dedupe.entry(s).or_default().insert(c.clone(), m);
                     }
                     st.events_by_time.insert((v.ingested_at_ms, s, m));
                     st.events.restore((s, m), Some(v));

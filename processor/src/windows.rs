@@ -44,7 +44,10 @@ impl PartitionCore {
             });
             return Outcome::Late;
         }
-        let mut w = self.state.windows.get(&(start, ev.session_id)).cloned().unwrap_or(WindowAgg {
+        // updated in place: a clone of the window (its sender set) per message was most of
+        // the counting path's cost
+        let new_window = self.state.windows.get(&(start, ev.session_id)).is_none();
+        let w = self.state.windows.entry_or((start, ev.session_id), || WindowAgg {
             session_kind: skind,
             messages: 0,
             by_kind: BTreeMap::new(),
@@ -56,13 +59,18 @@ impl PartitionCore {
         w.senders.insert(ev.sender_id);
         if closed {
             w.revision += 1;
-            self.emit_session_window(start, ev.session_id, &w, ev.ingested_at_ms);
-            self.state.put_window(start, ev.session_id, w);
+        }
+        if new_window {
+            self.state.window_index.entry(start).or_default().insert(ev.session_id);
+        }
+        if closed {
+            if let Some(w) = self.state.windows.get(&(start, ev.session_id)).cloned() {
+                self.emit_session_window(start, ev.session_id, &w, ev.ingested_at_ms);
+            }
             let partial = self.partial(start);
             self.push_progress(vec![partial]);
             Outcome::Corrected
         } else {
-            self.state.put_window(start, ev.session_id, w);
             Outcome::Processed
         }
     }
