@@ -552,15 +552,26 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             set.into_iter()
                 .filter_map(|(k, r)| {
                     // a record with neither value is a committed delete: a Kafka tombstone
-                    let value =
-                        if r.prev.is_none() && r.new.is_none() { None } else { Some(envelope::encode(&r).ok()?) };
-                    Some(Out {
-                        topic: cfg.changelog_topic.clone(),
-                        partition: Some(partition),
-                        key: envelope::encode(&k).ok()?,
-                        value,
-                        headers: Vec::new(),
-                    })
+                    let encoded = envelope::encode(&k).and_then(|key| {
+                        let value =
+                            if r.prev.is_none() && r.new.is_none() { None } else { Some(envelope::encode(&r)?) };
+                        Ok((key, value))
+                    });
+                    match encoded {
+                        Ok((key, value)) => Some(Out {
+                            topic: cfg.changelog_topic.clone(),
+                            partition: Some(partition),
+                            key,
+                            value,
+                            headers: Vec::new(),
+                        }),
+                        Err(e) => {
+                            // only a value over the envelope's size limit: an error, never silent
+                            shared.metrics.errors.with_label_values(&["encode"]).inc();
+                            tracing::error!(error = %e, "a changelog record failed to encode");
+                            None
+                        }
+                    }
                 })
                 .collect()
         };
