@@ -75,17 +75,29 @@ pub fn encode_into(id: u64, message_id: u64, out: &mut String) {
 /// `salt|user|session`): salted by the first id, the second decimal and unpadded.
 pub fn encode_pair(id: u64, other: u64) -> String {
     let mut out = String::with_capacity(48);
-    push_prefix(id, &mut out);
-    out.push_str(itoa::Buffer::new().format(other));
+    encode_pair_into(id, other, &mut out);
     out
+}
+
+/// Appends the pair key of [`encode_pair`] to `out`.
+#[inline]
+pub fn encode_pair_into(id: u64, other: u64, out: &mut String) {
+    push_prefix(id, out);
+    out.push_str(itoa::Buffer::new().format(other));
 }
 
 /// The key of a row owned by one id (`chat:sessions`, `chat:users`): `SALT|ID`.
 pub fn encode_id(id: u64) -> String {
     let mut out = String::with_capacity(24);
-    push_prefix(id, &mut out);
-    out.pop(); // the trailing separator
+    encode_id_into(id, &mut out);
     out
+}
+
+/// Appends the key of [`encode_id`] to `out`.
+#[inline]
+pub fn encode_id_into(id: u64, out: &mut String) {
+    push_prefix(id, out);
+    out.pop(); // the trailing separator
 }
 
 /// The scan prefix of everything under `id`: `SALT|ID|`.

@@ -5,7 +5,8 @@
 //! 3–30 members joined up front, 10% direct), 20–400-byte text bodies with a
 //! `client_msg_id`, one event in ten a read; batches of 2,000 as the runner does, each
 //! finished 20 ms of wall time after the last (so `chat.unread` is coalesced per second).
-//! `BENCH_PROFILE=count` turns fan-out and unread off (the counting path alone).
+//! `BENCH_PROFILE=count` turns fan-out and unread off (the counting path alone);
+//! `BENCH_SKIP_RESTORE=1` stops after the throughput part (for profiles).
 //! Prints events/s on one thread (= per core), then the time to encode a ≥1M-entry state
 //! as changelog records, decode them and rebuild the state.
 
@@ -20,6 +21,16 @@ use chatpipe_processor::state::{ChangeRecord, PartitionState, StateKey};
 // the allocator the chatpipe binary uses
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// This thread's CPU time (user + system), seconds: on a shared machine the events per
+/// CPU-second are steadier than per wall second.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // utime + stime, in clock ticks of 1/100 s
+}
 
 struct Lcg(u64);
 impl Lcg {
@@ -103,6 +114,7 @@ fn main() {
     let rules = Rules { fan_out: !count_only, unread: !count_only, ..Rules::default() };
     let mut core = PartitionCore::new(0, rules, PartitionState::default());
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut rows = 0usize;
     let mut mutations = 0usize;
     let mut unread = 0usize;
@@ -113,22 +125,28 @@ fn main() {
         }
         let (out, changes) = core.finish_batch(t0 + i as i64 * 20);
         rows += out.rows.len();
-        mutations += out.mutations().count();
+        mutations += out.rows.iter().map(|r| r.mutations).sum::<usize>();
         unread += out.unread.len();
         changelog += changes.len();
     }
     let took = start.elapsed();
+    let cpu = cpu_seconds() - cpu0;
     let total = events.len();
     println!(
-        "core: {total} events ({joins} joins + {n} messages/reads) in {:.2} s = {:.0} events/s on one core; \
+        "core: {total} events ({joins} joins + {n} messages/reads) in {:.2} s = {:.0} events/s on one core \
+         ({:.0} per CPU-second); \
          {rows} chat.rows records ({:.2}/event, {mutations} row mutations), {unread} chat.unread records, \
          {changelog} changelog records ({:.2}/event)",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
+        total as f64 / cpu.max(0.01),
         rows as f64 / total as f64,
         changelog as f64 / total as f64
     );
 
+    if std::env::var("BENCH_SKIP_RESTORE").is_ok() {
+        return;
+    }
     // restore of a state with at least 1M entries
     let mut state = PartitionState::default();
     state.meta.applied_offset = 0;

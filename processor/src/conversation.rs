@@ -15,11 +15,10 @@
 //! `unknown_target`; an alias (a retry that got a new id) acts on its original.
 
 use chatpipe_common::event::{ChatEvent, EventType, MessageContent, SessionKind};
-use chatpipe_common::row_key;
 use chatpipe_common::rows::tables;
 
 use crate::core::{reason, Outcome, PartitionCore};
-use crate::rows::{body_cells, delete, mentions_cell, num, put, session_row, text, timeline_table, user_row};
+use crate::rows::{body_cells, mentions_cell, timeline_table, RowKey};
 use crate::state::{EntryKind, EventEntry, Member, MessageInfo, Session, UnreadPending};
 
 impl PartitionCore {
@@ -42,17 +41,12 @@ impl PartitionCore {
                 unread_pending: UnreadPending::default(),
             },
         );
-        self.cur.push(put(
-            tables::SESSIONS,
-            session_row(session),
-            vec![
-                text("s:kind", ev.session_kind.as_str()),
-                num("s:created_at", ev.sent_at_ms),
-                num("s:members", 0u64),
-                num("s:last_seq", 0u64),
-            ],
-            ev.ingested_at_ms,
-        ));
+        self.cur
+            .put(tables::SESSIONS, RowKey::Id(session), ev.ingested_at_ms)
+            .cell("s:kind", ev.session_kind.as_str().as_bytes())
+            .num("s:created_at", ev.sent_at_ms)
+            .num("s:members", 0u64)
+            .num("s:last_seq", 0u64);
     }
 
     /// Adds `user` to the event's session (no-op for a member).
@@ -71,19 +65,13 @@ impl PartitionCore {
             self.state.mark_unread(session, Some(user));
         }
         let at = ev.ingested_at_ms;
-        self.cur.push(put(
-            tables::MEMBERS,
-            row_key::encode_pair(session, user),
-            vec![num("f:joined_at", ev.sent_at_ms)],
-            at,
-        ));
-        self.cur.push(put(
-            tables::USER_SESSIONS,
-            row_key::encode_pair(user, session),
-            vec![num("f:joined_at", ev.sent_at_ms), num("f:joined_seq", seq), num("f:read_seq", seq)],
-            at,
-        ));
-        self.cur.push(put(tables::SESSIONS, session_row(session), vec![num("s:members", count)], at));
+        self.cur.put(tables::MEMBERS, RowKey::Pair(session, user), at).num("f:joined_at", ev.sent_at_ms);
+        self.cur
+            .put(tables::USER_SESSIONS, RowKey::Pair(user, session), at)
+            .num("f:joined_at", ev.sent_at_ms)
+            .num("f:joined_seq", seq)
+            .num("f:read_seq", seq);
+        self.cur.put(tables::SESSIONS, RowKey::Id(session), at).num("s:members", count);
     }
 
     /// Removes `user` from the event's session (no-op for a non-member).
@@ -99,13 +87,17 @@ impl PartitionCore {
             self.state.mark_unread(session, Some(user));
         }
         let at = ev.ingested_at_ms;
-        self.cur.push(delete(tables::MEMBERS, row_key::encode_pair(session, user), Vec::new(), at));
-        self.cur.push(delete(tables::USER_SESSIONS, row_key::encode_pair(user, session), Vec::new(), at));
-        self.cur.push(put(tables::SESSIONS, session_row(session), vec![num("s:members", count)], at));
+        self.cur.delete(tables::MEMBERS, RowKey::Pair(session, user), at);
+        self.cur.delete(tables::USER_SESSIONS, RowKey::Pair(user, session), at);
+        self.cur.put(tables::SESSIONS, RowKey::Id(session), at).num("s:members", count);
     }
 
-    fn preview(&self, body: &str) -> String {
-        body.chars().take(self.rules.preview_chars).collect()
+    /// The first `preview_chars` characters of `body` (a slice: no copy).
+    fn preview<'b>(&self, body: &'b str) -> &'b str {
+        match body.char_indices().nth(self.rules.preview_chars) {
+            Some((end, _)) => &body[..end],
+            None => body,
+        }
     }
 
     /// Moves `user`'s read mark forward to `seq` (never back), with its row.
@@ -119,12 +111,7 @@ impl PartitionCore {
             m.read_seq = seq;
             m.read_message_id = message_id;
         }
-        self.cur.push(put(
-            tables::USER_SESSIONS,
-            row_key::encode_pair(user, session),
-            vec![num("f:read_seq", seq)],
-            ev.ingested_at_ms,
-        ));
+        self.cur.put(tables::USER_SESSIONS, RowKey::Pair(user, session), ev.ingested_at_ms).num("f:read_seq", seq);
         true
     }
 
@@ -150,14 +137,11 @@ impl PartitionCore {
         }
         let at = ev.ingested_at_ms;
         // timeline
-        let mut cells = Vec::with_capacity(8);
-        cells.push(num("m:sender", ev.sender_id));
-        cells.push(text("m:kind", msg.kind.as_str()));
-        body_cells(&msg.body, self.rules.compress_min_bytes, &mut cells);
-        cells.push(num("m:sent_at", ev.sent_at_ms));
-        cells.push(num("m:seq", seq));
-        cells.extend(mentions_cell(&msg.mentions));
-        self.cur.push(put(timeline_table(kind), row_key::encode(session, ev.message_id), cells, at));
+        let m = self.cur.put(timeline_table(kind), RowKey::Message(session, ev.message_id), at);
+        m.num("m:sender", ev.sender_id).cell("m:kind", msg.kind.as_str().as_bytes());
+        body_cells(&msg.body, self.rules.compress_min_bytes, m);
+        m.num("m:sent_at", ev.sent_at_ms).num("m:seq", seq);
+        mentions_cell(&msg.mentions, m);
         // inbox fan-out on write (larger groups are read from the timeline by `serve`)
         let fanned_out = self.rules.fan_out
             && match kind {
@@ -168,12 +152,11 @@ impl PartitionCore {
         if fanned_out {
             self.fan_out(ev, msg, seq);
         }
-        self.cur.push(put(
-            tables::SESSIONS,
-            session_row(session),
-            vec![num("s:last_seq", seq), num("s:last_message_id", ev.message_id), num("s:last_sent_at", ev.sent_at_ms)],
-            at,
-        ));
+        self.cur
+            .put(tables::SESSIONS, RowKey::Id(session), at)
+            .num("s:last_seq", seq)
+            .num("s:last_message_id", ev.message_id)
+            .num("s:last_sent_at", ev.sent_at_ms);
         // sending implies having read
         self.advance_mark(ev, ev.sender_id, seq, ev.message_id);
         let info = MessageInfo { seq, sender: ev.sender_id, edits: 0, fanned_out };
@@ -190,22 +173,21 @@ impl PartitionCore {
         let sender_is_member = self.state.members.get(&(session, ev.sender_id)).is_some();
         let members = self.state.members_by_session.get(&session);
         let targets = members.into_iter().flatten().copied().chain((!sender_is_member).then_some(ev.sender_id));
-        let mut rows = Vec::with_capacity(members.map_or(1, |m| m.len() + 1));
+        let mut b = itoa::Buffer::new();
+        let session_s = b.format(session).as_bytes().to_vec();
+        let mut b = itoa::Buffer::new();
+        let sender_s = b.format(ev.sender_id).as_bytes().to_vec();
+        let mut b = itoa::Buffer::new();
+        let seq_s = b.format(seq).as_bytes().to_vec();
         for user in targets {
-            rows.push(put(
-                tables::INBOX,
-                row_key::encode(user, ev.message_id),
-                vec![
-                    num("i:session", session),
-                    num("i:sender", ev.sender_id),
-                    text("i:kind", msg.kind.as_str()),
-                    text("i:preview", &preview),
-                    num("i:seq", seq),
-                ],
-                ev.ingested_at_ms,
-            ));
+            self.cur
+                .put(tables::INBOX, RowKey::Message(user, ev.message_id), ev.ingested_at_ms)
+                .cell("i:session", &session_s)
+                .cell("i:sender", &sender_s)
+                .cell("i:kind", msg.kind.as_str().as_bytes())
+                .cell("i:preview", preview.as_bytes())
+                .cell("i:seq", &seq_s);
         }
-        self.cur.extend(rows);
     }
 
     /// The message a target id names in this session, following an alias.
@@ -235,30 +217,32 @@ impl PartitionCore {
             return self.dlq(offset, reason::FORBIDDEN, detail);
         }
         let at = ev.ingested_at_ms;
-        let row = row_key::encode(session, id);
+        let row = RowKey::Message(session, id);
         let table = timeline_table(ev.session_kind);
-        let mut inbox_cells = Vec::new();
-        if ev.event_type == EventType::Edit {
-            let Some(msg) = &ev.message else { return Outcome::Dlq };
-            let edits = info.edits + 1;
-            let mut cells = vec![text("m:kind", msg.kind.as_str())];
-            if !body_cells(&msg.body, self.rules.compress_min_bytes, &mut cells) {
-                // the new body is plain: an earlier compressed body's flag must go
-                self.cur.push(delete(table, row.clone(), vec![text("m:enc", "")], at));
-            }
-            cells.push(num("m:edited", edits));
-            self.cur.push(put(table, row, cells, at));
-            if let Some(e) = self.state.events.get_mut(&(session, id)) {
-                if let EntryKind::Message(m) = &mut e.kind {
-                    m.edits = edits;
+        let edit = match ev.event_type {
+            EventType::Edit => {
+                let Some(msg) = &ev.message else { return Outcome::Dlq };
+                let edits = info.edits + 1;
+                if msg.body.len() < self.rules.compress_min_bytes {
+                    // the new body is plain: an earlier compressed body's flag must go
+                    self.cur.delete(table, row, at).cell("m:enc", b"");
                 }
+                let m = self.cur.put(table, row, at);
+                m.cell("m:kind", msg.kind.as_str().as_bytes());
+                body_cells(&msg.body, self.rules.compress_min_bytes, m);
+                m.num("m:edited", edits);
+                if let Some(e) = self.state.events.get_mut(&(session, id)) {
+                    if let EntryKind::Message(m) = &mut e.kind {
+                        m.edits = edits;
+                    }
+                }
+                Some(msg)
             }
-            inbox_cells.push(text("i:kind", msg.kind.as_str()));
-            inbox_cells.push(text("i:preview", &self.preview(&msg.body)));
-        } else {
-            self.cur.push(put(table, row, vec![num("m:recalled", 1u8)], at));
-            inbox_cells.push(num("i:recalled", 1u8));
-        }
+            _ => {
+                self.cur.put(table, row, at).num("m:recalled", 1u8);
+                None
+            }
+        };
         if info.fanned_out {
             // the inbox rows the message was fanned out to: the sender's and those of
             // members who were in the session when it was sent
@@ -274,8 +258,17 @@ impl PartitionCore {
             if !users.contains(&info.sender) {
                 users.push(info.sender);
             }
+            let preview = edit.map(|msg| self.preview(&msg.body));
             for user in users {
-                self.cur.push(put(tables::INBOX, row_key::encode(user, id), inbox_cells.clone(), at));
+                let m = self.cur.put(tables::INBOX, RowKey::Message(user, id), at);
+                match (edit, preview) {
+                    (Some(msg), Some(preview)) => {
+                        m.cell("i:kind", msg.kind.as_str().as_bytes()).cell("i:preview", preview.as_bytes());
+                    }
+                    _ => {
+                        m.num("i:recalled", 1u8);
+                    }
+                }
             }
         }
         Outcome::Processed
@@ -314,12 +307,9 @@ impl PartitionCore {
             if let Some(s) = self.state.sessions.get_mut(&ev.session_id) {
                 s.name = Some(name.clone());
             }
-            self.cur.push(put(
-                tables::SESSIONS,
-                session_row(ev.session_id),
-                vec![text("s:name", name)],
-                ev.ingested_at_ms,
-            ));
+            self.cur
+                .put(tables::SESSIONS, RowKey::Id(ev.session_id), ev.ingested_at_ms)
+                .cell("s:name", name.as_bytes());
         }
         Outcome::Processed
     }
@@ -334,15 +324,14 @@ impl PartitionCore {
                 format!("profile of user {user} routed as session {}; ingest routes by user_id", ev.session_id);
             return self.dlq(offset, reason::INVALID, detail);
         }
-        let mut cells = Vec::with_capacity(3);
+        let m = self.cur.put(tables::USERS, RowKey::Id(user), ev.ingested_at_ms);
         if let Some(name) = &ev.name {
-            cells.push(text("u:name", name));
+            m.cell("u:name", name.as_bytes());
         }
         if let Some(url) = &ev.avatar_url {
-            cells.push(text("u:avatar", url));
+            m.cell("u:avatar", url.as_bytes());
         }
-        cells.push(num("u:updated_at", ev.sent_at_ms));
-        self.cur.push(put(tables::USERS, user_row(user), cells, ev.ingested_at_ms));
+        m.num("u:updated_at", ev.sent_at_ms);
         Outcome::Processed
     }
 }

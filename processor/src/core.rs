@@ -23,10 +23,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chatpipe_common::event::{ChatEvent, EventType, MessageKind, SessionKind};
-use chatpipe_common::rows::{RowBatch, RowMutation};
+use chatpipe_common::rows::RowMutation;
 
 use crate::records::{to_json, UnreadRecord};
-use crate::rows::RowRecord;
+use crate::rows::{RowBuilder, RowRecord};
 use crate::state::{EntryKind, EventEntry, PartitionState};
 
 /// The processing rules (from the CLI flags).
@@ -193,9 +193,10 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Row mutations over all records (metrics, tests).
-    pub fn mutations(&self) -> impl Iterator<Item = &RowMutation> {
-        self.rows.iter().flat_map(|r| r.batch.mutations.iter())
+    /// Row mutations over all records, decoded (tests, tools; records this build wrote
+    /// always decode).
+    pub fn mutations(&self) -> Vec<RowMutation> {
+        self.rows.iter().flat_map(|r| r.decode().unwrap_or_default()).collect()
     }
 }
 
@@ -210,7 +211,7 @@ pub struct PartitionCore {
     pub state: PartitionState,
     pub(crate) out: Outputs,
     /// Mutations of the event being applied (become one [`RowRecord`]).
-    pub(crate) cur: Vec<RowMutation>,
+    pub(crate) cur: RowBuilder,
     /// Wall time of the last `chat.unread` emission.
     last_unread_emit_ms: i64,
 }
@@ -223,7 +224,7 @@ impl PartitionCore {
             rules,
             state,
             out: Outputs::default(),
-            cur: Vec::new(),
+            cur: RowBuilder::default(),
             last_unread_emit_ms: i64::MIN,
         }
     }
@@ -267,7 +268,7 @@ impl PartitionCore {
         if !self.cur.is_empty() {
             let owner =
                 if ev.event_type == EventType::Profile { ev.user_id.unwrap_or(ev.session_id) } else { ev.session_id };
-            self.out.rows.push(RowRecord { key: owner, batch: RowBatch { mutations: std::mem::take(&mut self.cur) } });
+            self.out.rows.push(self.cur.finish(owner));
         }
         self.count(outcome);
         self.observe_event_time(ev.sent_at_ms);

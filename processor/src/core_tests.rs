@@ -96,8 +96,8 @@ impl Script {
     }
 }
 
-fn rows<'a>(o: &'a Outputs, table: &str) -> Vec<&'a RowMutation> {
-    o.mutations().filter(|r| r.table == table).collect()
+fn rows(o: &Outputs, table: &str) -> Vec<RowMutation> {
+    o.mutations().into_iter().filter(|r| r.table == table).collect()
 }
 
 fn cell_str(r: &RowMutation, col: &str) -> Option<String> {
@@ -116,11 +116,11 @@ fn seq_is_dense_per_session_and_rows_are_keyed_newest_first() {
     let b = s.msg(7, SessionKind::Group, 2, T0 + 1, "b");
     let o = s.finish();
     let m = rows(&o, tables::MESSAGES);
-    let seqs: Vec<_> = m.iter().map(|r| (row_key::decode(&r.row).unwrap(), cell_str(r, "m:seq").unwrap())).collect();
+    let seqs: Vec<_> = m.iter().map(|r| (row_key::decode(&r.row).unwrap(), cell_str(&r, "m:seq").unwrap())).collect();
     assert_eq!(seqs, vec![((7, a), "1".into()), ((8, a + 1), "1".into()), ((7, b), "2".into())]);
-    assert_eq!(cell_str(m[0], "m:body").as_deref(), Some("a"));
-    assert_eq!(cell_str(m[0], "m:enc"), None);
-    assert_eq!(cell_str(m[0], "m:mentions"), None);
+    assert_eq!(cell_str(&m[0], "m:body").as_deref(), Some("a"));
+    assert_eq!(cell_str(&m[0], "m:enc"), None);
+    assert_eq!(cell_str(&m[0], "m:mentions"), None);
 }
 
 #[test]
@@ -139,9 +139,9 @@ fn one_rows_record_per_event_keyed_by_its_session_and_profiles_by_their_user() {
     let users = rows(&o, tables::USERS);
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].row, row_key::encode_id(42).into_bytes());
-    assert_eq!(cell_str(users[0], "u:name").as_deref(), Some("Ann"));
-    assert_eq!(cell_str(users[0], "u:avatar").as_deref(), Some("https://a.example/ann.png"));
-    assert_eq!(cell_str(users[0], "u:updated_at"), Some(T0.to_string()));
+    assert_eq!(cell_str(&users[0], "u:name").as_deref(), Some("Ann"));
+    assert_eq!(cell_str(&users[0], "u:avatar").as_deref(), Some("https://a.example/ann.png"));
+    assert_eq!(cell_str(&users[0], "u:updated_at"), Some(T0.to_string()));
 }
 
 #[test]
@@ -185,9 +185,9 @@ fn large_bodies_are_lz4_compressed_and_mentions_stored() {
     e.message = Some(MessageContent { kind: MessageKind::Text, body: text.clone(), mentions: vec![5, 9] });
     s.push(e);
     let o = s.finish();
-    let r = rows(&o, tables::MESSAGES)[0];
-    assert_eq!(cell_str(r, "m:enc").as_deref(), Some("lz4"));
-    assert_eq!(cell_str(r, "m:mentions").as_deref(), Some("5,9"));
+    let r = rows(&o, tables::MESSAGES)[0].clone();
+    assert_eq!(cell_str(&r, "m:enc").as_deref(), Some("lz4"));
+    assert_eq!(cell_str(&r, "m:mentions").as_deref(), Some("5,9"));
     let stored = &r.cells.iter().find(|c| c.column == "m:body").unwrap().value;
     assert_eq!(lz4_flex::decompress_size_prepended(stored).unwrap(), text.as_bytes());
 }
@@ -208,11 +208,11 @@ fn fan_out_includes_sender_and_stops_above_threshold() {
     let o = s.finish();
     let inbox: BTreeSet<(u64, u64)> = rows(&o, tables::INBOX)
         .iter()
-        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(r, "i:session").unwrap().parse().unwrap()))
+        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(&r, "i:session").unwrap().parse().unwrap()))
         .collect();
     let expected: BTreeSet<(u64, u64)> = [(1, 10), (2, 10), (3, 10), (9, 10), (5, 13), (6, 13)].into();
     assert_eq!(inbox, expected);
-    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(r, "i:seq").as_deref() == Some("1")));
+    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(&r, "i:seq").as_deref() == Some("1")));
     assert_eq!(rows(&o, tables::CHANNEL_MESSAGES).len(), 1);
 }
 
@@ -235,7 +235,7 @@ fn duplicates_are_dropped_and_a_retry_id_acts_on_the_original() {
     let edited: Vec<_> = rows(&o, tables::MESSAGES).into_iter().filter(|r| !r.delete).collect();
     assert_eq!(edited.len(), 1);
     assert_eq!(row_key::decode(&edited[0].row).unwrap(), (7, original));
-    assert_eq!(cell_str(edited[0], "m:edited").as_deref(), Some("1"));
+    assert_eq!(cell_str(&edited[0], "m:edited").as_deref(), Some("1"));
     assert!(o.dlq.is_empty());
 }
 
@@ -261,10 +261,10 @@ fn only_the_sender_may_edit_or_recall_and_unknown_targets_create_nothing() {
     r.target_id = Some(m);
     s.push(r);
     let o = s.finish();
-    assert_eq!(cell_str(rows(&o, tables::MESSAGES)[0], "m:recalled").as_deref(), Some("1"));
+    assert_eq!(cell_str(&rows(&o, tables::MESSAGES)[0], "m:recalled").as_deref(), Some("1"));
     let inbox: BTreeSet<u64> = rows(&o, tables::INBOX).iter().map(|r| row_key::decode(&r.row).unwrap().0).collect();
     assert_eq!(inbox, [1, 2].into());
-    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(r, "i:recalled").as_deref() == Some("1")));
+    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(&r, "i:recalled").as_deref() == Some("1")));
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn edits_update_the_inbox_previews_of_members_who_got_the_message() {
     let o = s.finish();
     let inbox: BTreeMap<u64, String> = rows(&o, tables::INBOX)
         .iter()
-        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(r, "i:preview").unwrap()))
+        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(&r, "i:preview").unwrap()))
         .collect();
     assert_eq!(inbox, [(1, "fixed".to_string()), (2, "fixed".to_string())].into());
 }
@@ -313,7 +313,7 @@ fn unread_is_last_seq_minus_read_seq_and_sending_implies_reading() {
     assert_eq!(u.len(), 1);
     assert_eq!(u["1|7"].as_ref().unwrap()["unread"], 0);
     let us = rows(&o, tables::USER_SESSIONS);
-    assert_eq!(cell_str(us[0], "f:read_seq").as_deref(), Some("3"));
+    assert_eq!(cell_str(&us[0], "f:read_seq").as_deref(), Some("3"));
 }
 
 #[test]
@@ -328,14 +328,14 @@ fn a_joiner_starts_at_the_current_seq_and_a_leaver_gets_a_tombstone() {
     assert_eq!(u["2|7"].as_ref().unwrap()["unread"], 1);
     let joined = rows(&o, tables::USER_SESSIONS)
         .into_iter()
-        .find(|r| r.row == row_key::encode_pair(2, 7).into_bytes() && cell_str(r, "f:joined_seq").is_some())
+        .find(|r| r.row == row_key::encode_pair(2, 7).into_bytes() && cell_str(&r, "f:joined_seq").is_some())
         .unwrap();
-    assert_eq!(cell_str(joined, "f:joined_seq").as_deref(), Some("1"));
-    assert_eq!(cell_str(joined, "f:read_seq").as_deref(), Some("1"));
+    assert_eq!(cell_str(&joined, "f:joined_seq").as_deref(), Some("1"));
+    assert_eq!(cell_str(&joined, "f:read_seq").as_deref(), Some("1"));
     s.leave(7, 2, T0);
     let o = s.finish();
     assert_eq!(o.unread, vec![("2|7".to_string(), None)]);
-    let deletes: Vec<_> = o.mutations().filter(|r| r.delete).map(|r| r.table.as_str()).collect();
+    let deletes: Vec<_> = o.mutations().into_iter().filter(|r| r.delete).map(|r| r.table).collect();
     assert_eq!(deletes, vec![tables::MEMBERS, tables::USER_SESSIONS]);
 }
 
@@ -399,7 +399,7 @@ fn windows_emit_once_the_watermark_passes_and_late_events_correct_them() {
     assert_eq!((v["messages"].as_u64(), v["senders"].as_u64(), v["revision"].as_u64()), (Some(2), Some(2), Some(1)));
     assert_eq!(v["session_id"], "7");
     assert_eq!(o.session_aggs[0].0, format!("7|{}", rfc3339_ms(w0)));
-    let counts: Vec<_> = o.rows.iter().filter(|r| r.batch.mutations[0].table == tables::COUNTS).collect();
+    let counts: Vec<_> = o.rows.iter().filter(|r| r.decode().unwrap()[0].table == tables::COUNTS).collect();
     assert_eq!(counts.len(), 1);
     assert_eq!(counts[0].key, 7, "a window's counts row is keyed by its session");
     let p = o.progress.unwrap();
@@ -539,7 +539,7 @@ proptest! {
             now += 5_000;
             let (o, _) = core.finish_batch(now);
             for r in &o.rows {
-                for m in &r.batch.mutations {
+                for m in &r.decode().unwrap() {
                     let owner = *owners.entry((m.table.clone(), m.row.clone())).or_insert(r.key);
                     prop_assert_eq!(owner, r.key, "{} {:?} written under two keys", m.table, String::from_utf8_lossy(&m.row));
                 }

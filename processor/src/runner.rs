@@ -33,7 +33,6 @@ use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{dlq, ensure_topics, record_consumer_lag, TopicSpec};
-use chatpipe_common::rows;
 
 use crate::config::Config;
 use crate::core::{Outcome, Outputs, PartitionCore, Progress};
@@ -543,7 +542,8 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
         if changes.is_empty() {
             continue;
         }
-        let mut records = output_records(cfg, &outputs, &batch, partition, &shared.metrics);
+        let mut outputs = outputs;
+        let mut records = output_records(cfg, &mut outputs, &batch, partition, &shared.metrics);
         record_outcomes(&shared.metrics, &outputs);
         // Outputs and state entries in one wave, then the Meta record that commits the batch:
         // a crash before Meta restores the batch's `prev` values and redoes the batch.
@@ -615,28 +615,27 @@ fn record_outcomes(m: &ProcessorMetrics, o: &Outputs) {
 
 fn output_records(
     cfg: &Config,
-    o: &Outputs,
+    o: &mut Outputs,
     batch: &[OwnedMessage],
     partition: i32,
     metrics: &ProcessorMetrics,
 ) -> Vec<Out> {
     let mut out = Vec::with_capacity(o.rows.len() + o.session_aggs.len() + o.unread.len() + 2);
-    for r in &o.rows {
-        let mut v = Vec::new();
-        match rows::encode_record(&r.batch, &mut v) {
-            Ok(()) => out.push(Out {
-                topic: cfg.rows_topic.clone(),
-                partition: None,
-                key: itoa::Buffer::new().format(r.key).as_bytes().to_vec(),
-                value: Some(v),
-                headers: Vec::new(),
-            }),
-            Err(e) => {
-                // only a batch over the envelope's size limit; an error, never a silent drop
-                metrics.errors.with_label_values(&["encode"]).inc();
-                tracing::error!(error = %e, "a chat.rows record failed to encode");
-            }
+    for r in &mut o.rows {
+        if r.value.len() > envelope::MAX_BODY {
+            // no event's rows come near it (bodies ≤ --max-body-bytes, fan-out bounded);
+            // an error to alert on, never a silent drop
+            metrics.errors.with_label_values(&["encode"]).inc();
+            tracing::error!(bytes = r.value.len(), "a chat.rows record is over the envelope's size limit");
+            continue;
         }
+        out.push(Out {
+            topic: cfg.rows_topic.clone(),
+            partition: None,
+            key: itoa::Buffer::new().format(r.key).as_bytes().to_vec(),
+            value: Some(std::mem::take(&mut r.value)),
+            headers: Vec::new(),
+        });
     }
     for (k, v) in &o.session_aggs {
         out.push(Out {

@@ -288,6 +288,9 @@ pub struct PartitionState {
     pub unread_pending: BTreeSet<u64>,
     /// Index: window starts present (from `windows`).
     pub window_index: BTreeMap<i64, BTreeSet<u64>>,
+    /// Index: windows not emitted yet (revision 0), by (start, session) (from `windows`):
+    /// the watermark visits only these, not every window kept for corrections.
+    pub open_windows: BTreeSet<(i64, u64)>,
     meta_at_batch_start: Meta,
     /// Keys whose latest changelog record belonged to a batch that never committed: the
     /// next batch logs their restored value again (see [`PartitionState::restore`]).
@@ -361,6 +364,11 @@ impl PartitionState {
 
     /// Sets a window.
     pub fn put_window(&mut self, start: i64, session: u64, w: WindowAgg) {
+        if w.revision == 0 {
+            self.open_windows.insert((start, session));
+        } else {
+            self.open_windows.remove(&(start, session));
+        }
         self.windows.insert((start, session), w);
         self.window_index.entry(start).or_default().insert(session);
     }
@@ -368,6 +376,7 @@ impl PartitionState {
     /// Removes a window.
     pub fn remove_window(&mut self, start: i64, session: u64) {
         self.windows.remove(&(start, session));
+        self.open_windows.remove(&(start, session));
         if let Some(set) = self.window_index.get_mut(&start) {
             set.remove(&session);
             if set.is_empty() {
@@ -398,20 +407,26 @@ impl PartitionState {
         for ((w, s), p, n) in self.windows.drain_changes() {
             out.push((StateKey::Window(w, s), rec(p.map(StateValue::Window), n.map(StateValue::Window))));
         }
-        let logged: std::collections::HashSet<StateKey> = out.iter().map(|(k, _)| k.clone()).collect();
         let deleted: Vec<StateKey> = out.iter().filter(|(_, r)| r.new.is_none()).map(|(k, _)| k.clone()).collect();
-        // keys an aborted batch wrote last: their restored value, committed by this batch's
-        // Meta, so that no later restore can take the aborted record as committed
-        for k in std::mem::take(&mut self.relog) {
-            if !logged.contains(&k) {
-                let v = self.value_of(&k);
-                out.push((k, rec(v.clone(), v)));
+        // keys an aborted batch wrote last (only in the first batch after a restore): their
+        // restored value, committed by this batch's Meta, so that no later restore can take
+        // the aborted record as committed
+        let relog = std::mem::take(&mut self.relog);
+        if !relog.is_empty() {
+            let logged: std::collections::HashSet<StateKey> = out.iter().map(|(k, _)| k.clone()).collect();
+            for k in relog {
+                if !logged.contains(&k) {
+                    let v = self.value_of(&k);
+                    out.push((k, rec(v.clone(), v)));
+                }
             }
         }
         // deletes of the last batch are committed: tombstones let compaction drop the key
-        // (a record with neither value is written as a Kafka tombstone)
+        // (a record with neither value is written as a Kafka tombstone). A key absent now
+        // was not logged by this batch: it was absent when the batch began, so a change
+        // would have ended with a value.
         for k in std::mem::replace(&mut self.deleted, deleted) {
-            if !logged.contains(&k) && self.value_of(&k).is_none() {
+            if self.value_of(&k).is_none() {
                 out.push((k, rec(None, None)));
             }
         }
@@ -494,6 +509,9 @@ impl PartitionState {
                     st.events.restore((s, m), Some(v));
                 }
                 (StateKey::Window(w, s), Some(StateValue::Window(v))) => {
+                    if v.revision == 0 {
+                        st.open_windows.insert((w, s));
+                    }
                     st.windows.restore((w, s), Some(v));
                     st.window_index.entry(w).or_default().insert(s);
                 }

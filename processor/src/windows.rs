@@ -8,12 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chatpipe_common::event::{rfc3339_ms, ChatEvent, MessageKind, SessionKind};
-use chatpipe_common::row_key;
-use chatpipe_common::rows::{tables, RowBatch};
+use chatpipe_common::rows::tables;
 
 use crate::core::{reason, Outcome, PartitionCore, Progress, WindowPartial};
 use crate::records::{to_json, SessionWindowRecord};
-use crate::rows::{num, put, RowRecord};
+use crate::rows::{RowBuilder, RowKey};
 use crate::state::WindowAgg;
 
 impl PartitionCore {
@@ -62,8 +61,12 @@ impl PartitionCore {
         }
         if new_window {
             self.state.window_index.entry(start).or_default().insert(ev.session_id);
+            if !closed {
+                self.state.open_windows.insert((start, ev.session_id));
+            }
         }
         if closed {
+            self.state.open_windows.remove(&(start, ev.session_id));
             if let Some(w) = self.state.windows.get(&(start, ev.session_id)).cloned() {
                 self.emit_session_window(start, ev.session_id, &w, ev.ingested_at_ms);
             }
@@ -98,27 +101,22 @@ impl PartitionCore {
             return;
         }
         // emit every window that ended at or before the watermark and is not emitted yet
-        let due: Vec<i64> = self.state.window_index.range(..=wm - self.rules.window_ms).map(|(s, _)| *s).collect();
+        let limit = (wm - self.rules.window_ms).saturating_add(1);
+        let due: Vec<(i64, u64)> = self.state.open_windows.range(..(limit, 0)).copied().collect();
         let mut partials = Vec::new();
-        for start in due {
-            let sessions: Vec<u64> =
-                self.state.window_index.get(&start).map(|s| s.iter().copied().collect()).unwrap_or_default();
-            let mut any = false;
-            for session in sessions {
-                let Some(w) = self.state.windows.get(&(start, session)) else { continue };
-                if w.revision > 0 {
-                    continue;
-                }
-                let mut w = w.clone();
-                w.revision = 1;
-                self.emit_session_window(start, session, &w, ingested_at_ms);
-                self.state.put_window(start, session, w);
-                any = true;
+        let mut last_start = None;
+        for (start, session) in due {
+            if last_start.is_some_and(|s| s != start) {
+                partials.extend(last_start.map(|s| self.partial(s)));
             }
-            if any {
-                partials.push(self.partial(start));
-            }
+            last_start = Some(start);
+            let Some(w) = self.state.windows.get_mut(&(start, session)) else { continue };
+            w.revision = 1;
+            let w = w.clone();
+            self.state.open_windows.remove(&(start, session));
+            self.emit_session_window(start, session, &w, ingested_at_ms);
         }
+        partials.extend(last_start.map(|s| self.partial(s)));
         self.evict(wm);
         self.push_progress(partials);
     }
@@ -182,17 +180,17 @@ impl PartitionCore {
             Ok(json) => self.out.session_aggs.push((format!("{session}|{window_start}"), json)),
             Err(_) => self.out.encode_errors += 1,
         }
-        let mut cells = vec![
-            num("c:window_start", start),
-            num("c:messages", w.messages),
-            num("c:senders", w.senders.len()),
-            num("c:revision", w.revision),
-        ];
+        // its own record (an emission is not part of the event being applied)
+        let mut b = RowBuilder::default();
+        let m = b.put(tables::COUNTS, RowKey::Message(session, start.max(0) as u64), ingested_at_ms);
+        m.num("c:window_start", start)
+            .num("c:messages", w.messages)
+            .num("c:senders", w.senders.len())
+            .num("c:revision", w.revision);
         for (k, n) in &w.by_kind {
-            cells.push(num(&format!("c:{}", k.as_str()), *n));
+            m.num(&format!("c:{}", k.as_str()), *n);
         }
-        let counts = put(tables::COUNTS, row_key::encode(session, start.max(0) as u64), cells, ingested_at_ms);
-        self.out.rows.push(RowRecord { key: session, batch: RowBatch { mutations: vec![counts] } });
+        self.out.rows.push(b.finish(session));
         self.out.windows_emitted += 1;
     }
 
