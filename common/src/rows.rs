@@ -101,6 +101,13 @@ pub fn encode_record(batch: &RowBatch, out: &mut Vec<u8>) -> Result<(), Envelope
     envelope::encode_into(batch, out)
 }
 
+/// Encodes one mutation as a whole `chat.rows` value (a batch of one; tools and tests).
+pub fn encode_one(m: &RowMutation) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = Vec::new();
+    encode_record(&RowBatch { mutations: vec![m.clone()] }, &mut out)?;
+    Ok(out)
+}
+
 /// Writes a `chat.rows` value (a [`RowBatch`] in an envelope of the current version)
 /// straight into bytes, one mutation at a time: exactly the bytes [`encode_record`] writes
 /// for the equivalent batch (a property test holds them equal), without building a

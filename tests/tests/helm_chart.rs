@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use chatpipe_common::envelope;
 use chatpipe_common::http::{ObservabilityServer, Telemetry};
 use chatpipe_common::kafka::{parse_kafka_option, topics, KafkaArgs};
-use chatpipe_common::rows::{Cell, RowMutation};
+use chatpipe_common::rows::{self, Cell, RowMutation};
 use chatpipe_tests::{chatpipe_binary, free_port, TestBroker, TestHbase, SETUP_COMMAND};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
@@ -202,7 +201,7 @@ async fn alert_and_dashboard_metrics_exist_in_a_running_stack() {
         delete: false,
         ingested_at_ms: now_ms() as i64,
     };
-    produce(&producer, topics::ROWS, "000|1|1", &envelope::encode(&missing_table).unwrap()).await;
+    produce(&producer, topics::ROWS, "000|1|1", &rows::encode_one(&missing_table).unwrap()).await;
 
     let deadline = Instant::now() + Duration::from_secs(180);
     let (missing, scraped) = loop {

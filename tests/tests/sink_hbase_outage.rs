@@ -84,7 +84,7 @@ async fn hbase_outage_loses_nothing_and_commits_never_pass_unwritten_rows() {
             let mut placed = Vec::new();
             for chunk in during.chunks(1000) {
                 let sends = chunk.iter().map(|m| {
-                    let value = chatpipe_common::envelope::encode(m).unwrap();
+                    let value = chatpipe_common::rows::encode_one(m).unwrap();
                     let producer = producer.clone();
                     let key = m.row.clone();
                     async move {

@@ -10,10 +10,9 @@ mod sink_common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chatpipe_common::envelope;
 use chatpipe_common::kafka::{dlq, topics, TopicSpec};
 use chatpipe_common::row_key;
-use chatpipe_common::rows::{tables, Cell, RowMutation};
+use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::metrics;
 use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -51,15 +50,15 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() {
             10 => recs.push(Rec::Bad(Some(b"not an envelope".to_vec()), "undecodable")),
             20 => recs.push(Rec::Bad(None, "undecodable")),
             30 => recs.push(Rec::Bad(
-                Some(envelope::encode(&put("chat:nope", "001|1|x", &[("m:a", "1")])).unwrap()),
+                Some(rows::encode_one(&put("chat:nope", "001|1|x", &[("m:a", "1")])).unwrap()),
                 "unknown_table",
             )),
             40 => recs.push(Rec::Bad(
-                Some(envelope::encode(&put(tables::MESSAGES, "001|1|y", &[("zz:a", "1")])).unwrap()),
+                Some(rows::encode_one(&put(tables::MESSAGES, "001|1|y", &[("zz:a", "1")])).unwrap()),
                 "unknown_family",
             )),
             50 => recs.push(Rec::Bad(
-                Some(envelope::encode(&put(tables::MESSAGES, "", &[("m:a", "1")])).unwrap()),
+                Some(rows::encode_one(&put(tables::MESSAGES, "", &[("m:a", "1")])).unwrap()),
                 "invalid_mutation",
             )),
             60 => {
@@ -68,7 +67,7 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() {
                 recs.push(Rec::Good(put(tables::MESSAGES, &shared_row, &[("m:a", "1")])));
                 recs.push(Rec::Bad(
                     Some(
-                        envelope::encode(&put(tables::MESSAGES, &shared_row, &[("m:b", "2"), ("zz:x", "1")])).unwrap(),
+                        rows::encode_one(&put(tables::MESSAGES, &shared_row, &[("m:b", "2"), ("zz:x", "1")])).unwrap(),
                     ),
                     "unknown_family",
                 ));
@@ -85,7 +84,7 @@ async fn poison_records_go_to_the_dlq_and_the_partition_moves_on() {
     for r in &recs {
         match r {
             Rec::Good(m) => {
-                let value = envelope::encode(m).unwrap();
+                let value = rows::encode_one(m).unwrap();
                 placed.push(produce_raw(&producer, topics::ROWS, 0, &m.row, Some(&value)).await);
                 good.push(m.clone());
             }

@@ -30,7 +30,7 @@ async fn a_joining_and_a_leaving_instance_leave_the_exact_state() {
             for chunk in ms.chunks(1000) {
                 let sends = chunk.iter().map(|m| {
                     let (producer, key) = (producer.clone(), m.row.clone());
-                    let value = chatpipe_common::envelope::encode(m).unwrap();
+                    let value = chatpipe_common::rows::encode_one(m).unwrap();
                     async move {
                         let record = rdkafka::producer::FutureRecord::to(topics::ROWS).key(&key).payload(&value);
                         let d = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).unwrap();
