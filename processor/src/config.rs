@@ -121,6 +121,10 @@ pub struct Config {
     /// Bound on draining a revoked partition or shutting down (below the session timeout).
     #[arg(long, env = "CHATPIPE_DRAIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Input records queued per partition between the poller and the partition's task;
+    /// a full queue pauses the partition (the poller never blocks).
+    #[arg(long, env = "CHATPIPE_PARTITION_QUEUE", default_value_t = 4096)]
+    pub partition_queue: usize,
     /// Producer linger (ms).
     #[arg(long, env = "CHATPIPE_PRODUCER_LINGER_MS", default_value_t = 5)]
     pub producer_linger_ms: u64,

@@ -30,6 +30,8 @@ pub const OUTPUT: &str = "chatpipe_processor_output_records_total";
 pub const ERRORS: &str = "chatpipe_processor_errors_total";
 /// Assigned partitions.
 pub const ASSIGNED: &str = "chatpipe_processor_assigned_partitions";
+/// Partitions paused because their task's queue is full.
+pub const PAUSED: &str = "chatpipe_processor_paused_partitions";
 
 /// The processor's metrics.
 #[derive(Clone)]
@@ -60,6 +62,8 @@ pub struct ProcessorMetrics {
     pub errors: IntCounterVec,
     /// See [`ASSIGNED`].
     pub assigned: IntGauge,
+    /// See [`PAUSED`].
+    pub paused: IntGauge,
 }
 
 impl ProcessorMetrics {
@@ -80,6 +84,7 @@ impl ProcessorMetrics {
             output: r.counter_vec(OUTPUT, "Output records by topic.", &["topic"]),
             errors: r.counter_vec(ERRORS, "Errors by kind.", &["kind"]),
             assigned: r.gauge(ASSIGNED, "Input partitions assigned to this instance."),
+            paused: r.gauge(PAUSED, "Input partitions paused because their task's queue is full."),
         }
     }
 }

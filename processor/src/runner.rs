@@ -10,7 +10,10 @@
 //! A failure at any step retries the step with backoff (outputs are deterministic, so a
 //! retry rewrites identical records); the partition does not read further meanwhile.
 //!
-//! The poller thread owns the consumer. Rebalance callbacks run on it: on revocation the
+//! The poller thread owns the consumer and never blocks on a slow partition: when a
+//! task's queue is full, the partition is paused and resumed (at the exact next offset)
+//! once the task catches up, so the consumer keeps polling and stays in the group.
+//! Rebalance callbacks run on it: on revocation the
 //! affected partition tasks are closed and awaited (bounded by `--drain-timeout`, below
 //! the session timeout) and the producer is flushed before the partition can be assigned
 //! elsewhere; on assignment a task restores the partition from the changelog and skips
@@ -41,9 +44,6 @@ use crate::metrics::ProcessorMetrics;
 use crate::state::{ChangeRecord, PartitionState, StateKey};
 use crate::Error;
 
-/// Records buffered per partition between the poller and its task.
-const PARTITION_QUEUE: usize = 4096;
-
 struct PartitionTask {
     tx: mpsc::Sender<OwnedMessage>,
     task: JoinHandle<()>,
@@ -65,7 +65,7 @@ impl Shared {
     }
 
     fn start_partition(self: &Arc<Self>, partition: i32) {
-        let (tx, rx) = mpsc::channel(PARTITION_QUEUE);
+        let (tx, rx) = mpsc::channel(self.config.partition_queue.max(1));
         let shared = self.clone();
         let task = self.runtime.spawn(async move { partition_task(partition, rx, shared).await });
         if let Some(old) = self.tasks().insert(partition, PartitionTask { tx, task }) {
@@ -297,48 +297,83 @@ fn poll_loop(
             tracing::debug!(error = %e, "offset commit failed");
         }
     };
-    // Partitions whose first record after assignment is not yet known to start at or
-    // before the committed offset, with how far back the last seek went. tansu answers a
-    // fetch from inside a record batch with the *next* batch, silently skipping records;
-    // seeking back until the first record is at or before the committed offset (records at
-    // or below the applied offset are skipped by the task) makes the start exact on any
-    // broker.
-    let mut unverified: HashMap<i32, i64> = HashMap::new();
+    // Partitions whose first record after assignment (or after a resume) is not yet known
+    // to start at or before the expected offset. tansu answers a fetch from inside a record
+    // batch with the *next* batch, silently skipping records; seeking back until the first
+    // record is at or before the expected offset (records at or below the applied offset
+    // are skipped by the task) makes the start exact on any broker.
+    let mut unverified: HashMap<i32, Verify> = HashMap::new();
+    // A record a partition's full queue could not take. The poll loop never blocks (so the
+    // consumer keeps polling and stays in the group however slow a partition is): the
+    // partition is paused instead, its record parked, and once the task takes the record
+    // the partition is resumed at the record after it.
+    let mut parked: HashMap<i32, OwnedMessage> = HashMap::new();
     let mut known: std::collections::HashSet<i32> = std::collections::HashSet::new();
     while !stop.load(Ordering::SeqCst) {
         commit(&consumer, &mut commits);
         let assigned: std::collections::HashSet<i32> = shared.tasks().keys().copied().collect();
         for p in assigned.difference(&known) {
-            unverified.insert(*p, 0);
+            unverified.insert(*p, Verify { expected: None, back: 0 });
         }
         unverified.retain(|p, _| assigned.contains(p));
+        parked.retain(|p, _| assigned.contains(p));
         known = assigned;
+        for (p, m) in std::mem::take(&mut parked) {
+            let next = m.offset() + 1;
+            match hand_over(&shared, m) {
+                Ok(()) => {
+                    let mut tpl = TopicPartitionList::new();
+                    let _ = tpl.add_partition(&topic, p);
+                    // resume, then fetch exactly from the record after the parked one
+                    // (records fetched meanwhile were dropped)
+                    let resumed = consumer.resume(&tpl).is_ok()
+                        && consumer.seek(&topic, p, Offset::Offset(next), Duration::from_secs(10)).is_ok();
+                    if !resumed {
+                        shared.metrics.errors.with_label_values(&["seek"]).inc();
+                    }
+                    unverified.insert(p, Verify { expected: Some(next), back: 0 });
+                }
+                Err(Some(m)) => {
+                    parked.insert(p, m);
+                }
+                Err(None) => {}
+            }
+        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                if let Some(back) = unverified.get(&m.partition()).copied() {
-                    let mut tpl = TopicPartitionList::new();
-                    let _ = tpl.add_partition(&topic, m.partition());
-                    let committed = consumer
-                        .committed_offsets(tpl, Duration::from_secs(10))
-                        .ok()
-                        .and_then(|c| c.elements().first().map(|e| e.offset()));
-                    match committed {
+                if parked.contains_key(&m.partition()) {
+                    continue; // fetched before the pause took effect; re-read after the resume
+                }
+                if let Some(v) = unverified.get(&m.partition()).copied() {
+                    let expected = v.expected.or_else(|| {
+                        let mut tpl = TopicPartitionList::new();
+                        let _ = tpl.add_partition(&topic, m.partition());
+                        match consumer
+                            .committed_offsets(tpl, Duration::from_secs(10))
+                            .ok()
+                            .and_then(|c| c.elements().first().map(|e| e.offset()))
+                        {
+                            Some(Offset::Offset(c)) => Some(c),
+                            _ => None,
+                        }
+                    });
+                    match expected {
                         // (once a seek reached offset 0, whatever comes first is the start:
                         // earlier records are gone by retention)
-                        Some(Offset::Offset(c)) if m.offset() > c && (back == 0 || c - back > 0) => {
-                            let back = if back == 0 { 16 } else { back * 4 };
+                        Some(c) if m.offset() > c && (v.back == 0 || c - v.back > 0) => {
+                            let back = if v.back == 0 { 16 } else { v.back * 4 };
                             let to = (c - back).max(0);
                             tracing::debug!(
                                 partition = m.partition(),
                                 first = m.offset(),
-                                committed = c,
+                                expected = c,
                                 seek = to,
-                                "fetch started past the committed offset; seeking back"
+                                "fetch started past the expected offset; seeking back"
                             );
                             if consumer.seek(&topic, m.partition(), Offset::Offset(to), Duration::from_secs(10)).is_ok()
                             {
-                                unverified.insert(m.partition(), back);
+                                unverified.insert(m.partition(), Verify { expected: Some(c), back });
                                 continue;
                             }
                             shared.metrics.errors.with_label_values(&["seek"]).inc();
@@ -347,10 +382,15 @@ fn poll_loop(
                     }
                     unverified.remove(&m.partition());
                 }
-                let tx = shared.tasks().get(&m.partition()).map(|t| t.tx.clone());
-                if let Some(tx) = tx {
-                    // blocks when the partition's queue is full: backpressure on polling
-                    let _ = tx.blocking_send(m.detach());
+                let p = m.partition();
+                if let Err(Some(m)) = hand_over(&shared, m.detach()) {
+                    let mut tpl = TopicPartitionList::new();
+                    let _ = tpl.add_partition(&topic, p);
+                    if let Err(e) = consumer.pause(&tpl) {
+                        shared.metrics.errors.with_label_values(&["pause"]).inc();
+                        tracing::warn!(partition = p, error = %e, "pausing a full partition failed");
+                    }
+                    parked.insert(p, m);
                 }
             }
             Some(Err(e)) => {
@@ -358,11 +398,33 @@ fn poll_loop(
                 tracing::warn!(error = %e, "consume error");
             }
         }
+        shared.metrics.paused.set(parked.len() as i64);
     }
     let all: Vec<i32> = shared.tasks().keys().copied().collect();
     shared.stop_partitions(&all);
     commit(&consumer, &mut commits);
     consumer.unsubscribe();
+}
+
+/// What the first record of a partition is checked against (see `poll_loop`).
+#[derive(Debug, Clone, Copy)]
+struct Verify {
+    /// The offset the partition must start at or before; `None`: its committed offset.
+    expected: Option<i64>,
+    /// How far back the last seek went (0: none yet).
+    back: i64,
+}
+
+/// Gives a record to its partition's task without blocking: `Err(Some(record))` when the
+/// task's queue is full, `Err(None)` when the partition has no task (revoked: the record
+/// is the new owner's to read).
+fn hand_over(shared: &Shared, m: OwnedMessage) -> Result<(), Option<OwnedMessage>> {
+    let Some(tx) = shared.tasks().get(&m.partition()).map(|t| t.tx.clone()) else { return Err(None) };
+    match tx.try_send(m) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(m)) => Err(Some(m)),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+    }
 }
 
 /// A record to produce.

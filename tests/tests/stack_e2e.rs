@@ -54,7 +54,8 @@ async fn flush(client: &reqwest::Client, url: &str, batch: &[&ChatEvent], ids: &
         .iter()
         .map(|e| {
             let mut i = input_of(e);
-            i.target_id = i.target_id.map(|t| ids[&t]);
+            // (a target the workload never sent — an unknown id on purpose — stays as it is)
+            i.target_id = i.target_id.map(|t| ids.get(&t).copied().unwrap_or(t));
             i.to_json()
         })
         .collect();
@@ -83,7 +84,8 @@ async fn post(url: &str, w: &Workload) {
         let mut batch: Vec<&ChatEvent> = Vec::new();
         for input in events {
             let Input::Event(e) = input else { continue };
-            let needs_flush = e.target_id.is_some_and(|t| !ids.contains_key(&t)) || batch.len() >= 50;
+            let unsent_target = e.target_id.is_some_and(|t| batch.iter().any(|b| b.message_id == t));
+            let needs_flush = unsent_target || batch.len() >= 50;
             if needs_flush {
                 flush(&client, url, &std::mem::take(&mut batch), &mut ids).await;
             }
