@@ -53,6 +53,7 @@ mod conversation;
 pub mod core;
 #[cfg(test)]
 mod core_tests;
+mod fetch_start;
 pub mod merge;
 pub mod metrics;
 pub mod records;

@@ -39,6 +39,7 @@ use chatpipe_common::kafka::{dlq, ensure_topics, record_consumer_lag, TopicSpec}
 
 use crate::config::Config;
 use crate::core::{Outcome, Outputs, PartitionCore, Progress};
+use crate::fetch_start::{FetchStarts, Verdict};
 use crate::merge::Merger;
 use crate::metrics::ProcessorMetrics;
 use crate::state::{ChangeRecord, PartitionState, StateKey};
@@ -297,41 +298,46 @@ fn poll_loop(
             tracing::debug!(error = %e, "offset commit failed");
         }
     };
-    // Partitions whose first record after assignment (or after a resume) is not yet known
-    // to start at or before the expected offset. tansu answers a fetch from inside a record
-    // batch with the *next* batch, silently skipping records; seeking back until the first
-    // record is at or before the expected offset (records at or below the applied offset
-    // are skipped by the task) makes the start exact on any broker.
-    let mut unverified: HashMap<i32, Verify> = HashMap::new();
+    // Where each partition's fetch starts is checked (`fetch_start`): tansu answers a
+    // fetch from inside a record batch with the next batch or nothing.
+    let mut starts = FetchStarts::default();
     // A record a partition's full queue could not take. The poll loop never blocks (so the
     // consumer keeps polling and stays in the group however slow a partition is): the
     // partition is paused instead, its record parked, and once the task takes the record
     // the partition is resumed at the record after it.
     let mut parked: HashMap<i32, OwnedMessage> = HashMap::new();
+    // The offset after the last record handed to each partition's task: a record below it
+    // (fetched again after a seek) is dropped here rather than queued for the task to skip,
+    // so a seek back never refills a queue with old records.
+    let mut next: HashMap<i32, i64> = HashMap::new();
     let mut known: std::collections::HashSet<i32> = std::collections::HashSet::new();
     while !stop.load(Ordering::SeqCst) {
         commit(&consumer, &mut commits);
         let assigned: std::collections::HashSet<i32> = shared.tasks().keys().copied().collect();
         for p in assigned.difference(&known) {
-            unverified.insert(*p, Verify { expected: None, back: 0 });
+            starts.assigned(*p);
+            next.remove(p);
         }
-        unverified.retain(|p, _| assigned.contains(p));
+        starts.retain(&assigned);
         parked.retain(|p, _| assigned.contains(p));
+        next.retain(|p, _| assigned.contains(p));
         known = assigned;
         for (p, m) in std::mem::take(&mut parked) {
-            let next = m.offset() + 1;
+            let after = m.offset() + 1;
             match hand_over(&shared, m) {
                 Ok(()) => {
+                    next.insert(p, after);
                     let mut tpl = TopicPartitionList::new();
                     let _ = tpl.add_partition(&topic, p);
-                    // resume, then fetch exactly from the record after the parked one
-                    // (records fetched meanwhile were dropped)
-                    let resumed = consumer.resume(&tpl).is_ok()
-                        && consumer.seek(&topic, p, Offset::Offset(next), Duration::from_secs(10)).is_ok();
+                    // fetch exactly from the record after the parked one (records fetched
+                    // meanwhile were dropped), then let it run again
+                    let resumed = consumer.seek(&topic, p, Offset::Offset(after), Duration::from_secs(10)).is_ok()
+                        && consumer.resume(&tpl).is_ok();
                     if !resumed {
                         shared.metrics.errors.with_label_values(&["seek"]).inc();
                     }
-                    unverified.insert(p, Verify { expected: Some(next), back: 0 });
+                    tracing::debug!(partition = p, next = after, "partition resumed");
+                    starts.resumed(p, after);
                 }
                 Err(Some(m)) => {
                     parked.insert(p, m);
@@ -339,57 +345,32 @@ fn poll_loop(
                 Err(None) => {}
             }
         }
+        starts.check_stalled(&consumer, &topic);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
-                if parked.contains_key(&m.partition()) {
+                let (p, offset) = (m.partition(), m.offset());
+                if parked.contains_key(&p) {
                     continue; // fetched before the pause took effect; re-read after the resume
                 }
-                if let Some(v) = unverified.get(&m.partition()).copied() {
-                    let expected = v.expected.or_else(|| {
-                        let mut tpl = TopicPartitionList::new();
-                        let _ = tpl.add_partition(&topic, m.partition());
-                        match consumer
-                            .committed_offsets(tpl, Duration::from_secs(10))
-                            .ok()
-                            .and_then(|c| c.elements().first().map(|e| e.offset()))
-                        {
-                            Some(Offset::Offset(c)) => Some(c),
-                            _ => None,
-                        }
-                    });
-                    match expected {
-                        // (once a seek reached offset 0, whatever comes first is the start:
-                        // earlier records are gone by retention)
-                        Some(c) if m.offset() > c && (v.back == 0 || c - v.back > 0) => {
-                            let back = if v.back == 0 { 16 } else { v.back * 4 };
-                            let to = (c - back).max(0);
-                            tracing::debug!(
-                                partition = m.partition(),
-                                first = m.offset(),
-                                expected = c,
-                                seek = to,
-                                "fetch started past the expected offset; seeking back"
-                            );
-                            if consumer.seek(&topic, m.partition(), Offset::Offset(to), Duration::from_secs(10)).is_ok()
-                            {
-                                unverified.insert(m.partition(), Verify { expected: Some(c), back });
-                                continue;
-                            }
-                            shared.metrics.errors.with_label_values(&["seek"]).inc();
-                        }
-                        _ => {}
-                    }
-                    unverified.remove(&m.partition());
+                if starts.check(&consumer, &topic, p, offset) == Verdict::SoughtBack {
+                    continue;
                 }
-                let p = m.partition();
-                if let Err(Some(m)) = hand_over(&shared, m.detach()) {
+                if next.get(&p).is_some_and(|n| offset < *n) {
+                    continue; // handed over before
+                }
+                let handed = hand_over(&shared, m.detach());
+                if handed.is_ok() {
+                    next.insert(p, offset + 1);
+                }
+                if let Err(Some(m)) = handed {
                     let mut tpl = TopicPartitionList::new();
                     let _ = tpl.add_partition(&topic, p);
                     if let Err(e) = consumer.pause(&tpl) {
                         shared.metrics.errors.with_label_values(&["pause"]).inc();
                         tracing::warn!(partition = p, error = %e, "pausing a full partition failed");
                     }
+                    tracing::debug!(partition = p, offset, "partition paused");
                     parked.insert(p, m);
                 }
             }
@@ -404,15 +385,6 @@ fn poll_loop(
     shared.stop_partitions(&all);
     commit(&consumer, &mut commits);
     consumer.unsubscribe();
-}
-
-/// What the first record of a partition is checked against (see `poll_loop`).
-#[derive(Debug, Clone, Copy)]
-struct Verify {
-    /// The offset the partition must start at or before; `None`: its committed offset.
-    expected: Option<i64>,
-    /// How far back the last seek went (0: none yet).
-    back: i64,
 }
 
 /// Gives a record to its partition's task without blocking: `Err(Some(record))` when the

@@ -165,18 +165,25 @@ async fn scripted_workload_outputs_equal_the_oracle() {
     handle.shutdown().await.unwrap();
 }
 
-/// Partition queues of two records: the poller pauses a partition on almost every record
+/// Partition queues of four records: the poller pauses a partition on almost every record
 /// and resumes it at the exact next offset once its task has taken the parked one. Nothing
 /// may be lost, duplicated or reordered by that (outputs equal the oracle).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_partition_queues_pause_and_resume_without_losing_a_record() {
+    let _ = chatpipe_common::telemetry::init(
+        &chatpipe_common::telemetry::LogArgs {
+            log_format: Some(chatpipe_common::telemetry::LogFormat::Text),
+            log_level: std::env::var("CHATPIPE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        },
+        chatpipe_common::telemetry::LogFormat::Text,
+    );
     let broker = TestBroker::start();
     setup(&broker).await;
     let rules = OracleRules::default();
-    let w = scripted(PARTITIONS, 300, now_ms(), &rules, 3);
+    let w = scripted(PARTITIONS, 200, now_ms(), &rules, 3);
     let expected = oracle(&w, &rules);
     let mut c = config(&broker, &rules, "p-paused");
-    c.partition_queue = 2;
+    c.partition_queue = 4;
     let telemetry = Telemetry::new();
     let handle = chatpipe_processor::start(c, telemetry.clone()).await.unwrap();
     let collector = Collector::start(&broker);

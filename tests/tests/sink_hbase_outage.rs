@@ -31,11 +31,21 @@ fn unique_put(i: u64) -> RowMutation {
 
 /// Rows present in a copy of the emulator's data directory.
 fn durable_rows(data_dir: &std::path::Path) -> BTreeSet<Vec<u8>> {
-    let copy = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(data_dir).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
     }
+    // the store is a directory tree (write-ahead log, sorted files): copied as it is now
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(data_dir, copy.path());
     let config = chatpipe_hbase_emulator::Config::on_disk(([127, 0, 0, 1], 0).into(), copy.path());
     let emulator = chatpipe_hbase_emulator::start(config).unwrap();
     let mut client = HbaseClient::connect(&HbaseConfig::new(emulator.local_addr().to_string())).unwrap();
