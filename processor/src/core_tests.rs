@@ -116,7 +116,7 @@ fn seq_is_dense_per_session_and_rows_are_keyed_newest_first() {
     let b = s.msg(7, SessionKind::Group, 2, T0 + 1, "b");
     let o = s.finish();
     let m = rows(&o, tables::MESSAGES);
-    let seqs: Vec<_> = m.iter().map(|r| (row_key::decode(&r.row).unwrap(), cell_str(&r, "m:seq").unwrap())).collect();
+    let seqs: Vec<_> = m.iter().map(|r| (row_key::decode(&r.row).unwrap(), cell_str(r, "m:seq").unwrap())).collect();
     assert_eq!(seqs, vec![((7, a), "1".into()), ((8, a + 1), "1".into()), ((7, b), "2".into())]);
     assert_eq!(cell_str(&m[0], "m:body").as_deref(), Some("a"));
     assert_eq!(cell_str(&m[0], "m:enc"), None);
@@ -208,11 +208,11 @@ fn fan_out_includes_sender_and_stops_above_threshold() {
     let o = s.finish();
     let inbox: BTreeSet<(u64, u64)> = rows(&o, tables::INBOX)
         .iter()
-        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(&r, "i:session").unwrap().parse().unwrap()))
+        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(r, "i:session").unwrap().parse().unwrap()))
         .collect();
     let expected: BTreeSet<(u64, u64)> = [(1, 10), (2, 10), (3, 10), (9, 10), (5, 13), (6, 13)].into();
     assert_eq!(inbox, expected);
-    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(&r, "i:seq").as_deref() == Some("1")));
+    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(r, "i:seq").as_deref() == Some("1")));
     assert_eq!(rows(&o, tables::CHANNEL_MESSAGES).len(), 1);
 }
 
@@ -264,7 +264,7 @@ fn only_the_sender_may_edit_or_recall_and_unknown_targets_create_nothing() {
     assert_eq!(cell_str(&rows(&o, tables::MESSAGES)[0], "m:recalled").as_deref(), Some("1"));
     let inbox: BTreeSet<u64> = rows(&o, tables::INBOX).iter().map(|r| row_key::decode(&r.row).unwrap().0).collect();
     assert_eq!(inbox, [1, 2].into());
-    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(&r, "i:recalled").as_deref() == Some("1")));
+    assert!(rows(&o, tables::INBOX).iter().all(|r| cell_str(r, "i:recalled").as_deref() == Some("1")));
 }
 
 #[test]
@@ -279,7 +279,7 @@ fn edits_update_the_inbox_previews_of_members_who_got_the_message() {
     let o = s.finish();
     let inbox: BTreeMap<u64, String> = rows(&o, tables::INBOX)
         .iter()
-        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(&r, "i:preview").unwrap()))
+        .map(|r| (row_key::decode(&r.row).unwrap().0, cell_str(r, "i:preview").unwrap()))
         .collect();
     assert_eq!(inbox, [(1, "fixed".to_string()), (2, "fixed".to_string())].into());
 }
@@ -328,7 +328,7 @@ fn a_joiner_starts_at_the_current_seq_and_a_leaver_gets_a_tombstone() {
     assert_eq!(u["2|7"].as_ref().unwrap()["unread"], 1);
     let joined = rows(&o, tables::USER_SESSIONS)
         .into_iter()
-        .find(|r| r.row == row_key::encode_pair(2, 7).into_bytes() && cell_str(&r, "f:joined_seq").is_some())
+        .find(|r| r.row == row_key::encode_pair(2, 7).into_bytes() && cell_str(r, "f:joined_seq").is_some())
         .unwrap();
     assert_eq!(cell_str(&joined, "f:joined_seq").as_deref(), Some("1"));
     assert_eq!(cell_str(&joined, "f:read_seq").as_deref(), Some("1"));
