@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatpipe_tests::TestBroker;
-use ingest_support::{event, topic_count, Ingest, TOPIC};
+use ingest_support::{event, read_topic_all, Ingest, TOPIC};
 
 /// A generous bound on the growth of peak RSS: 16 buffered 1 MiB bodies, the parser's
 /// working set on each worker thread, and the allocator's slack. Before bodies were counted
@@ -124,13 +124,14 @@ async fn hostile_bodies_are_refused_before_they_are_built_and_memory_stays_bound
 
     // Nothing of the refused requests reached Kafka (the warm-up event did), the refusals
     // are counted, and ingest still serves.
-    assert_eq!(topic_count(&broker.bootstrap(), TOPIC), 1);
+    let quiet = Duration::from_secs(2);
+    assert_eq!(read_topic_all(&broker.bootstrap(), TOPIC, 1, quiet).len(), 1);
     let metrics = ingest.metrics().await;
     let refused = (ROUNDS * CONCURRENT + bodies.len()) * 3 / 4;
     let line = format!("chatpipe_ingest_events_rejected_total{{reason=\"too_many\"}} {refused}");
     assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
     assert!(metrics.contains("chatpipe_ingest_buffered_body_bytes 0"), "every body released:\n{metrics}");
     assert_eq!(ingest.post_json(&event(2)).await.status, 202);
-    assert_eq!(topic_count(&broker.bootstrap(), TOPIC), 2);
+    assert_eq!(read_topic_all(&broker.bootstrap(), TOPIC, 2, quiet).len(), 2);
     ingest.stop().await;
 }
