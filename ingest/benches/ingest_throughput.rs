@@ -278,7 +278,9 @@ fn main() {
         config.events_partitions = 8;
         config.linger = linger;
         config.worker_id = Some(1);
-        config.rate_limit_per_second = 0; // measure the pipeline, not the limiter
+        // measure the pipeline, not the limiters
+        config.rate_limit_per_second = 0;
+        config.rate_limit_events_per_second = 0;
         let ingest = chatpipe_ingest::start(config, Telemetry::new()).await.unwrap();
         assert!(ingest.wait_ready(Duration::from_secs(30)).await, "ingest ready");
         let url = format!("http://{}/v1/events", ingest.local_addr());

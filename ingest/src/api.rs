@@ -1,12 +1,20 @@
 //! The HTTP API: `POST /v1/events`.
 //!
-//! A request goes through, in order: authentication (401), the client's rate limit (429),
-//! content type and encoding (415), the declared length (413), an in-flight slot (503), the
-//! body within `--max-body-bytes` and `--read-timeout` (413, 408), parsing and validation of
-//! every event (400, nothing produced), id assignment, and publishing (202 once Kafka
-//! acknowledged every event; 503 with per-event statuses otherwise). Every non-2xx answer
-//! has a JSON body `{"code", "message", "errors": [{"code", "message", ...}]}`; a 400 lists
-//! the validation errors with their `index` and `field`.
+//! A request goes through, in order: authentication (401), the key's request rate (429),
+//! content type and encoding (415), the declared length (413), readiness (503), the body —
+//! received whole within `--max-body-bytes` (413), `--read-timeout` (408) and the shared
+//! `--max-buffered-body-bytes` (503) **before** any in-flight slot is taken, so slow
+//! clients cannot hold the slots fast ones need (`body.rs`) — the event count (more than
+//! `--max-batch`: 400 before anything is parsed), an in-flight slot (503), parsing and
+//! validation of every event (400, nothing produced), the key's event rate (429, all the
+//! request's events or none), id assignment, and publishing (202 once Kafka acknowledged
+//! every event; 503 with per-event statuses otherwise). Every non-2xx answer has a JSON
+//! body `{"code", "message", "errors": [{"code", "message", ...}]}`; a 400 lists the
+//! validation errors with their `index` and `field`. Nothing of a refused request is
+//! produced.
+//!
+//! Memory of one request: its body (≤ `--max-body-bytes`, counted in the shared budget
+//! until parsed) and at most `--max-batch` parsed events.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +27,11 @@ use axum::routing::post;
 use axum::Router;
 use chatpipe_common::event::{self, BodyFormat, ChatEvent, FieldError, ParseLimits};
 use chatpipe_common::snowflake::Snowflake;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::auth::{Auth, AuthFailure, RateLimits};
+use crate::body::{self, BodyBudget, ReadError};
 use crate::metrics::{reason, route, InflightGuard, IngestMetrics};
 use crate::producer::{Delivery, EventProducer};
 
@@ -34,7 +42,9 @@ const RETRY_AFTER_UNAVAILABLE: Duration = Duration::from_secs(1);
 pub(crate) struct AppState {
     pub(crate) auth: Auth,
     pub(crate) limits: Option<RateLimits>,
+    pub(crate) event_limits: Option<RateLimits>,
     pub(crate) inflight: Arc<Semaphore>,
+    pub(crate) body_budget: BodyBudget,
     pub(crate) producer: Arc<EventProducer>,
     pub(crate) ids: Snowflake,
     pub(crate) metrics: IngestMetrics,
@@ -103,6 +113,7 @@ struct ErrorBody<'a, E: Serialize> {
 pub(crate) enum Rejection {
     Unauthorized(AuthFailure),
     RateLimited(Duration),
+    EventRateLimited(Duration),
     UnsupportedMediaType(String),
     UnsupportedEncoding(String),
     TooLarge(usize),
@@ -110,6 +121,7 @@ pub(crate) enum Rejection {
     BadBody(String),
     Invalid(Vec<FieldError>),
     Overloaded,
+    BodyBufferFull,
     NotReady,
     Clock(String),
     ProduceFailed(Vec<EventResult>),
@@ -121,16 +133,18 @@ impl Rejection {
     fn status(&self) -> StatusCode {
         match self {
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Rejection::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::RateLimited(_) | Rejection::EventRateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::UnsupportedMediaType(_) | Rejection::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::ReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::BadBody(_) | Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
-            Rejection::Overloaded | Rejection::NotReady | Rejection::Clock(_) | Rejection::ProduceFailed(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Rejection::Overloaded
+            | Rejection::BodyBufferFull
+            | Rejection::NotReady
+            | Rejection::Clock(_)
+            | Rejection::ProduceFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -142,6 +156,7 @@ impl Rejection {
             Rejection::Unauthorized(AuthFailure::Missing) => reason::MISSING_API_KEY,
             Rejection::Unauthorized(AuthFailure::Invalid) => reason::INVALID_API_KEY,
             Rejection::RateLimited(_) => reason::RATE_LIMITED,
+            Rejection::EventRateLimited(_) => reason::EVENT_RATE_LIMITED,
             Rejection::UnsupportedMediaType(_) => reason::UNSUPPORTED_MEDIA_TYPE,
             Rejection::UnsupportedEncoding(_) => "unsupported_encoding",
             Rejection::TooLarge(_) => reason::BODY_TOO_LARGE,
@@ -149,6 +164,7 @@ impl Rejection {
             Rejection::BadBody(_) => reason::BAD_BODY,
             Rejection::Invalid(_) => reason::INVALID_EVENTS,
             Rejection::Overloaded => reason::OVERLOADED,
+            Rejection::BodyBufferFull => reason::BODY_BUFFER_FULL,
             Rejection::NotReady => reason::NOT_READY,
             Rejection::Clock(_) => reason::CLOCK,
             Rejection::ProduceFailed(_) => "produce_failed",
@@ -164,6 +180,9 @@ impl Rejection {
             }
             Rejection::Unauthorized(AuthFailure::Invalid) => "the API key is not valid".into(),
             Rejection::RateLimited(_) => "too many requests for this API key; retry after the given delay".into(),
+            Rejection::EventRateLimited(_) => {
+                "too many events for this API key; retry after the given delay (nothing was accepted)".into()
+            }
             Rejection::UnsupportedMediaType(got) => {
                 format!("content type {got} is not accepted; send application/json or application/x-ndjson")
             }
@@ -173,6 +192,7 @@ impl Rejection {
             Rejection::BadBody(e) => format!("the request body could not be read: {e}"),
             Rejection::Invalid(errors) => format!("{} invalid field(s); nothing was accepted", errors.len()),
             Rejection::Overloaded => "too many requests in progress; retry shortly".into(),
+            Rejection::BodyBufferFull => "too many request bodies being received; retry shortly".into(),
             Rejection::NotReady => "ingest is not ready (Kafka topic not available or shutting down)".into(),
             Rejection::Clock(e) => format!("message ids cannot be generated now: {e}"),
             Rejection::ProduceFailed(results) => {
@@ -189,10 +209,12 @@ impl Rejection {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Rejection::RateLimited(d) => Some(*d),
-            Rejection::Overloaded | Rejection::NotReady | Rejection::Clock(_) | Rejection::ProduceFailed(_) => {
-                Some(RETRY_AFTER_UNAVAILABLE)
-            }
+            Rejection::RateLimited(d) | Rejection::EventRateLimited(d) => Some(*d),
+            Rejection::Overloaded
+            | Rejection::BodyBufferFull
+            | Rejection::NotReady
+            | Rejection::Clock(_)
+            | Rejection::ProduceFailed(_) => Some(RETRY_AFTER_UNAVAILABLE),
             _ => None,
         }
     }
@@ -320,24 +342,34 @@ async fn handle(state: &AppState, request: Request) -> Result<Accepted, Rejectio
     if !state.producer.topic_ready() {
         return Err(Rejection::NotReady);
     }
+    // The body first, outside any in-flight slot: a slow client holds its connection and
+    // the bytes it sent, nothing a fast client needs.
+    let received = body::read_body(body, state.max_body_bytes, state.read_timeout, &state.body_budget).await.map_err(
+        |e| match e {
+            ReadError::TooLarge => Rejection::TooLarge(state.max_body_bytes),
+            ReadError::Timeout => Rejection::ReadTimeout,
+            ReadError::BudgetSpent => Rejection::BodyBufferFull,
+            ReadError::Failed(e) => Rejection::BadBody(e),
+        },
+    )?;
+    let max_events = state.parse_limits.max_events;
+    if body::too_many_events(&received.bytes, format, max_events) {
+        let errors = vec![too_many_events(max_events)];
+        count_invalid(&state.metrics, &errors);
+        return Err(Rejection::Invalid(errors));
+    }
+
     let _permit = state.inflight.clone().try_acquire_owned().map_err(|_| Rejection::Overloaded)?;
     let _inflight = InflightGuard::new(&state.metrics.inflight);
-
-    let limited = Limited::new(body, state.max_body_bytes);
-    let bytes = match tokio::time::timeout(state.read_timeout, limited.collect()).await {
-        Err(_elapsed) => return Err(Rejection::ReadTimeout),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(Rejection::TooLarge(state.max_body_bytes))
-        }
-        Ok(Err(e)) => return Err(Rejection::BadBody(e.to_string())),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-
-    let inputs = event::parse_body(&bytes, format, state.parse_limits).map_err(|errors| {
+    let inputs = event::parse_body(&received.bytes, format, state.parse_limits).map_err(|errors| {
         count_invalid(&state.metrics, &errors);
         Rejection::Invalid(errors)
     })?;
-    drop(bytes);
+    drop(received);
+    if let Some(limits) = &state.event_limits {
+        let n = u32::try_from(inputs.len()).unwrap_or(u32::MAX);
+        limits.check_n(client, n).map_err(Rejection::EventRateLimited)?;
+    }
 
     let ingested_at = chrono::Utc::now().timestamp_millis();
     let mut ids = Vec::with_capacity(inputs.len());
@@ -382,6 +414,18 @@ async fn handle(state: &AppState, request: Request) -> Result<Accepted, Rejectio
         Ok(Accepted { results })
     } else {
         Err(Rejection::ProduceFailed(results))
+    }
+}
+
+/// The error of a body with more than `max_events` events: the one the parser gives (code
+/// `too_many`, no index, the field empty: it is the request's), without its total, which
+/// the scan does not count past the limit.
+fn too_many_events(max_events: usize) -> FieldError {
+    FieldError {
+        index: None,
+        field: String::new(),
+        code: "too_many",
+        message: format!("more than {max_events} events in one request; at most {max_events} are allowed"),
     }
 }
 

@@ -1,4 +1,5 @@
-//! API-key authentication and per-client rate limits.
+//! API-key authentication and per-client rate limits (requests per second, and events per
+//! second next to it: one token bucket of each per key).
 //!
 //! Keys are secrets: only their SHA-256 digests are kept in memory, they never appear in
 //! `Debug`, logs or errors (the file parser names line numbers, not content), and a
@@ -218,6 +219,8 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 pub struct RateLimits {
     buckets: Vec<DefaultDirectRateLimiter>,
     clock: DefaultClock,
+    /// How long an empty bucket takes to fill (`burst / per_second`).
+    refill: Duration,
 }
 
 impl fmt::Debug for RateLimits {
@@ -234,13 +237,27 @@ impl RateLimits {
         let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::per_second(rate).allow_burst(burst);
         let buckets = (0..clients.max(1)).map(|_| RateLimiter::direct(quota)).collect();
-        Some(RateLimits { buckets, clock: DefaultClock::default() })
+        let refill = Duration::from_secs_f64(f64::from(burst.get()) / f64::from(rate.get()));
+        Some(RateLimits { buckets, clock: DefaultClock::default(), refill })
     }
 
     /// Takes one token from `client`'s bucket, or says how long until one is available.
     pub fn check(&self, client: usize) -> Result<(), Duration> {
-        let Some(bucket) = self.buckets.get(client) else { return Ok(()) };
-        bucket.check().map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        self.check_n(client, 1)
+    }
+
+    /// Takes `n` tokens at once from `client`'s bucket (none when it lacks any of them), or
+    /// says how long until `n` are available. `n` of 0 always passes; `n` above the burst
+    /// can never pass, and is answered with the time the whole bucket takes to refill (the
+    /// configuration check keeps the event burst at least `--max-batch`, so a request never
+    /// asks for that many).
+    pub fn check_n(&self, client: usize, n: u32) -> Result<(), Duration> {
+        let (Some(bucket), Some(n)) = (self.buckets.get(client), NonZeroU32::new(n)) else { return Ok(()) };
+        match bucket.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
+            Err(_insufficient) => Err(self.refill),
+        }
     }
 }
 
@@ -292,5 +309,17 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(limits.check(1).is_ok(), "another key has its own bucket");
         assert!(RateLimits::new(0, 10, 1).is_none());
+    }
+
+    #[test]
+    fn event_rate_takes_a_request_s_events_at_once_or_none() {
+        let limits = RateLimits::new(10, 20, 2).unwrap();
+        assert!(limits.check_n(0, 15).is_ok());
+        let wait = limits.check_n(0, 10).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(limits.check_n(0, 5).is_ok(), "a refused request took no tokens");
+        assert!(limits.check_n(0, 0).is_ok());
+        assert!(limits.check_n(1, 20).is_ok(), "another key has its own bucket");
+        assert_eq!(limits.check_n(1, 21), Err(Duration::from_secs(2)), "more than the burst never passes");
     }
 }

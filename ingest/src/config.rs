@@ -16,12 +16,21 @@ pub const DEFAULT_MAX_BATCH: usize = 1000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Partitions of `chat.events` when ingest creates it (DESIGN §3: configurable).
 pub const DEFAULT_EVENTS_PARTITIONS: i32 = 8;
-/// Requests served at once; with 1 MiB bodies this bounds buffered bodies to 256 MiB.
+/// Requests processed (parsed and produced) at once.
 pub const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 256;
+/// Bytes of all request bodies being received or parsed at once: 256 full 1 MiB bodies,
+/// the bound the in-flight limit gave when bodies were read under a slot.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = DEFAULT_MAX_INFLIGHT_REQUESTS * DEFAULT_MAX_BODY_BYTES;
 /// Requests per second per API key (0 disables rate limiting).
 pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 1000;
 /// Requests a key may send at once above its steady rate.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 2000;
+/// Events per second per API key: a fifth of what one ingest pod carries on two cores
+/// (~500k events/s, docs/BENCHMARKS.md), so no single key can take a pod (0 disables).
+pub const DEFAULT_RATE_LIMIT_EVENTS_PER_SECOND: u32 = 100_000;
+/// Events a key may send at once above its steady event rate: two seconds' worth, like the
+/// request burst.
+pub const DEFAULT_RATE_LIMIT_EVENTS_BURST: u32 = 200_000;
 /// Most validation errors returned in one 400 body.
 pub const DEFAULT_MAX_ERRORS: usize = 100;
 
@@ -105,9 +114,16 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_INGEST_PRODUCE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub produce_timeout: Duration,
 
-    /// Requests processed at once; further requests get 503 with `Retry-After`.
+    /// Requests processed (parsed and produced) at once, once their body is received;
+    /// further requests get 503 with `Retry-After`.
     #[arg(long, env = "CHATPIPE_INGEST_MAX_INFLIGHT_REQUESTS", default_value_t = DEFAULT_MAX_INFLIGHT_REQUESTS)]
     pub max_inflight_requests: usize,
+
+    /// Bytes of all request bodies being received or parsed at once, charged as the bytes
+    /// arrive; a request that would go beyond gets 503 with `Retry-After`. At least
+    /// --max-body-bytes.
+    #[arg(long, env = "CHATPIPE_INGEST_MAX_BUFFERED_BODY_BYTES", default_value_t = DEFAULT_MAX_BUFFERED_BODY_BYTES)]
+    pub max_buffered_body_bytes: usize,
 
     /// Steady requests per second allowed per API key (one shared bucket when auth is off);
     /// 0 disables rate limiting.
@@ -118,7 +134,23 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_INGEST_RATE_LIMIT_BURST", default_value_t = DEFAULT_RATE_LIMIT_BURST)]
     pub rate_limit_burst: u32,
 
-    /// How long a client may take to send its request body; then 408.
+    /// Steady events per second allowed per API key (one shared bucket when auth is off),
+    /// next to the request rate: a request takes one token per event, all or none; over the
+    /// rate it gets 429 with `Retry-After`. 0 disables.
+    #[arg(
+        long,
+        env = "CHATPIPE_INGEST_RATE_LIMIT_EVENTS_PER_SECOND",
+        default_value_t = DEFAULT_RATE_LIMIT_EVENTS_PER_SECOND
+    )]
+    pub rate_limit_events_per_second: u32,
+
+    /// Events a key may send in a burst above the steady event rate (token bucket size); at
+    /// least --max-batch, so a full request can pass.
+    #[arg(long, env = "CHATPIPE_INGEST_RATE_LIMIT_EVENTS_BURST", default_value_t = DEFAULT_RATE_LIMIT_EVENTS_BURST)]
+    pub rate_limit_events_burst: u32,
+
+    /// How long a client may take to send its request body; then 408. The body is received
+    /// before the request takes an in-flight slot, so slow clients do not hold slots.
     #[arg(long, env = "CHATPIPE_INGEST_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub read_timeout: Duration,
 
@@ -152,8 +184,11 @@ impl Config {
             linger: Duration::from_millis(5),
             produce_timeout: Duration::from_secs(5),
             max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             rate_limit_per_second: DEFAULT_RATE_LIMIT_PER_SECOND,
             rate_limit_burst: DEFAULT_RATE_LIMIT_BURST,
+            rate_limit_events_per_second: DEFAULT_RATE_LIMIT_EVENTS_PER_SECOND,
+            rate_limit_events_burst: DEFAULT_RATE_LIMIT_EVENTS_BURST,
             read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(25),
             max_errors: DEFAULT_MAX_ERRORS,
@@ -176,6 +211,23 @@ impl Config {
         }
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err("--rate-limit-burst must be at least 1 when rate limiting is on".into());
+        }
+        if self.rate_limit_events_per_second > 0
+            && usize::try_from(self.rate_limit_events_burst).is_ok_and(|b| b < self.max_batch)
+        {
+            return Err(format!(
+                "--rate-limit-events-burst ({}) must be at least --max-batch ({}) when the event rate is limited",
+                self.rate_limit_events_burst, self.max_batch
+            ));
+        }
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return Err(format!(
+                "--max-buffered-body-bytes ({}) must be at least --max-body-bytes ({})",
+                self.max_buffered_body_bytes, self.max_body_bytes
+            ));
+        }
+        if self.read_timeout.is_zero() {
+            return Err("--read-timeout must be positive".into());
         }
         if self.produce_timeout.is_zero() {
             return Err("--produce-timeout must be positive".into());
@@ -251,5 +303,35 @@ mod tests {
         let mut c = Config::new(KafkaArgs::new("b:1"));
         c.linger = Duration::from_secs(10);
         assert!(c.validate().unwrap_err().contains("--linger"));
+        let mut c = Config::new(KafkaArgs::new("b:1"));
+        c.rate_limit_events_burst = 999;
+        assert!(c.validate().unwrap_err().contains("--rate-limit-events-burst"));
+        c.rate_limit_events_per_second = 0;
+        assert!(c.validate().is_ok(), "no event rate, no burst to check");
+        let mut c = Config::new(KafkaArgs::new("b:1"));
+        c.max_buffered_body_bytes = c.max_body_bytes - 1;
+        assert!(c.validate().unwrap_err().contains("--max-buffered-body-bytes"));
+    }
+
+    #[test]
+    fn hardening_flags_parse() {
+        let c = Cli::try_parse_from([
+            "ingest",
+            "--insecure-no-auth",
+            "--rate-limit-events-per-second",
+            "50",
+            "--rate-limit-events-burst",
+            "1000",
+            "--max-buffered-body-bytes",
+            "4194304",
+            "--read-timeout",
+            "2s",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!((c.rate_limit_events_per_second, c.rate_limit_events_burst), (50, 1000));
+        assert_eq!(c.max_buffered_body_bytes, 4 << 20);
+        assert_eq!(c.read_timeout, Duration::from_secs(2));
+        assert!(c.validate().is_ok());
     }
 }

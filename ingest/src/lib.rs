@@ -24,9 +24,12 @@
 //! * The events topic is created at start if missing (`--events-partitions`). If the broker
 //!   cannot be reached, ingest **keeps running, not ready**, retrying with backoff (0.5 s
 //!   doubling to 30 s, each failure logged as a warning); events requests get 503 meanwhile.
-//! * Overload: at most `--max-inflight-requests` requests are processed at once (503 beyond),
-//!   bodies are bounded by `--max-body-bytes` (413) and `--read-timeout` (408), and each API
-//!   key has a token bucket (429 with `Retry-After`).
+//! * Overload: a body is received before the request takes an in-flight slot, bounded by
+//!   `--max-body-bytes` (413) and `--read-timeout` (408), and all bodies being received by
+//!   `--max-buffered-body-bytes` (503), so slow clients cannot lock fast ones out; a body
+//!   with more events than `--max-batch` is refused (400) before any event is built; at most
+//!   `--max-inflight-requests` requests are parsed and produced at once (503 beyond); each
+//!   API key has a token bucket of requests and one of events (429 with `Retry-After`).
 //! * Shutdown ([`IngestHandle::shutdown`]): `/readyz` turns not ready, the listener stops
 //!   accepting, in-flight requests finish, then the producer is flushed, all within
 //!   `--drain-timeout`.
@@ -36,6 +39,7 @@
 //! * `config.rs` — [`Config`], the `chatpipe ingest` flags;
 //! * `auth.rs` — API keys (digests, constant-time comparison) and per-key rate limits;
 //! * `api.rs` — the router and the request pipeline, JSON error bodies;
+//! * `body.rs` — receiving a body under its limits, and counting its events before parsing;
 //! * `producer.rs` — publishing with per-event delivery status, topic creation, readiness;
 //! * `metrics.rs` — metric names (`chatpipe_ingest_*`) and their registration;
 //! * `error.rs` — [`Error`], with [`Error::is_retriable`].
@@ -48,6 +52,7 @@
 
 mod api;
 mod auth;
+mod body;
 mod config;
 mod error;
 pub mod metrics;
@@ -67,8 +72,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{ApiKeys, Auth, AuthFailure, RateLimits, Secret};
 pub use config::{
-    Config, DEFAULT_EVENTS_PARTITIONS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ERRORS,
-    DEFAULT_MAX_INFLIGHT_REQUESTS, DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_PER_SECOND,
+    Config, DEFAULT_EVENTS_PARTITIONS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BUFFERED_BODY_BYTES,
+    DEFAULT_MAX_ERRORS, DEFAULT_MAX_INFLIGHT_REQUESTS, DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_EVENTS_BURST,
+    DEFAULT_RATE_LIMIT_EVENTS_PER_SECOND, DEFAULT_RATE_LIMIT_PER_SECOND,
 };
 pub use error::Error;
 pub use producer::HEALTH_COMPONENT as KAFKA_HEALTH_COMPONENT;
@@ -215,6 +221,8 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<IngestHandle,
         }
     };
     let limits = auth::RateLimits::new(config.rate_limit_per_second, config.rate_limit_burst, auth.clients());
+    let event_limits =
+        auth::RateLimits::new(config.rate_limit_events_per_second, config.rate_limit_events_burst, auth.clients());
     let ids = Snowflake::new(worker_id(&config), MAX_CLOCK_BACKWARDS)?;
     let metrics = metrics::IngestMetrics::new(&telemetry.registry);
     let producer = Arc::new(producer::EventProducer::new(&config, metrics.clone(), telemetry.health.clone())?);
@@ -222,7 +230,9 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<IngestHandle,
     let state = Arc::new(api::AppState {
         auth,
         limits,
+        event_limits,
         inflight: Arc::new(Semaphore::new(config.max_inflight_requests)),
+        body_budget: body::BodyBudget::new(config.max_buffered_body_bytes, metrics.buffered_body_bytes.clone()),
         producer: producer.clone(),
         ids,
         metrics,

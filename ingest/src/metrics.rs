@@ -22,6 +22,8 @@ pub const PRODUCE_LATENCY_SECONDS: &str = "chatpipe_ingest_produce_latency_secon
 pub const REQUEST_SIZE_EVENTS: &str = "chatpipe_ingest_request_size_events";
 /// Requests being processed (holding an in-flight slot).
 pub const INFLIGHT_REQUESTS: &str = "chatpipe_ingest_inflight_requests";
+/// Bytes of request bodies being received or parsed (charged to `--max-buffered-body-bytes`).
+pub const BUFFERED_BODY_BYTES: &str = "chatpipe_ingest_buffered_body_bytes";
 /// Operational errors by `kind` (see [`kind`]).
 pub const ERRORS_TOTAL: &str = "chatpipe_ingest_errors_total";
 
@@ -61,8 +63,10 @@ pub mod reason {
     pub const MISSING_API_KEY: &str = "missing_api_key";
     /// Unknown API key.
     pub const INVALID_API_KEY: &str = "invalid_api_key";
-    /// Over the key's rate.
+    /// Over the key's request rate.
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// Over the key's event rate.
+    pub const EVENT_RATE_LIMITED: &str = "event_rate_limited";
     /// Content type or encoding not accepted.
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     /// Body over `--max-body-bytes`.
@@ -75,6 +79,8 @@ pub mod reason {
     pub const INVALID_EVENTS: &str = "invalid_events";
     /// Every in-flight slot taken.
     pub const OVERLOADED: &str = "overloaded";
+    /// `--max-buffered-body-bytes` spent by the bodies being received.
+    pub const BODY_BUFFER_FULL: &str = "body_buffer_full";
     /// Kafka topic not ready yet, or shutting down.
     pub const NOT_READY: &str = "not_ready";
     /// The id generator refused (clock stepped back too far).
@@ -122,6 +128,8 @@ pub struct IngestMetrics {
     pub request_size: Histogram,
     /// [`INFLIGHT_REQUESTS`].
     pub inflight: IntGauge,
+    /// [`BUFFERED_BODY_BYTES`].
+    pub buffered_body_bytes: IntGauge,
     /// [`ERRORS_TOTAL`].
     pub errors: IntCounterVec,
 }
@@ -160,6 +168,7 @@ impl IngestMetrics {
             ),
             request_size: m.histogram(REQUEST_SIZE_EVENTS, "Events per accepted request", SIZE_BUCKETS),
             inflight: m.gauge(INFLIGHT_REQUESTS, "Requests being processed"),
+            buffered_body_bytes: m.gauge(BUFFERED_BODY_BYTES, "Bytes of request bodies being received or parsed"),
             errors: m.counter_vec(ERRORS_TOTAL, "Operational errors by kind", &[label::KIND]),
         }
     }
@@ -206,6 +215,7 @@ mod tests {
             PRODUCE_LATENCY_SECONDS,
             REQUEST_SIZE_EVENTS,
             INFLIGHT_REQUESTS,
+            BUFFERED_BODY_BYTES,
             ERRORS_TOTAL,
         ] {
             assert!(name.starts_with("chatpipe_ingest_"), "{name}");

@@ -1,5 +1,7 @@
 //! Against tansu: every kind of bad request gets its status and a JSON error body with a
-//! code (400s name the index and field), and nothing of it reaches `chat.events`.
+//! code (400s name the index and field), and nothing of it reaches `chat.events`: bad
+//! bodies, keys over their request or event rate (429, per key), slow bodies (408, without
+//! locking fast clients out of the in-flight slots) and a spent body budget (503).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod ingest_support;
@@ -8,7 +10,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use chatpipe_tests::TestBroker;
-use ingest_support::{batch, event, topic_count, Ingest, Reply, TOPIC};
+use ingest_support::{batch, event, eventually, read_topic_all, topic_count, Ingest, Reply, TOPIC};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -212,5 +214,158 @@ async fn over_the_rate_gets_429_with_retry_after_per_key() {
     // a bad key is refused as unauthorized, not rate limited
     assert_eq!(ingest.post(body, ct, Some("nope")).await.status, 401);
     assert_eq!(topic_count(&broker.bootstrap(), TOPIC), 0);
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_event_rate_gets_429_per_key_and_nothing_of_it_is_produced() {
+    let broker = TestBroker::start();
+    let keys = keys_file();
+    let ingest = Ingest::start(&broker.bootstrap(), |c| {
+        c.api_keys_file = Some(keys.path().to_owned());
+        c.insecure_no_auth = false;
+        c.rate_limit_per_second = 0; // requests unlimited: only the event rate applies
+        c.rate_limit_events_per_second = 1;
+        c.rate_limit_events_burst = 20;
+        c.max_batch = 20;
+    })
+    .await;
+    let ct = Some("application/json");
+    let post = |from: u64, n: u64, key: &'static str| {
+        let ingest = &ingest;
+        async move { ingest.post(batch(from, n).to_string(), ct, Some(key)).await }
+    };
+    // 15 of the 20 tokens, then a request of 10 is refused whole (and takes none) ...
+    assert_eq!(post(0, 15, KEY).await.status, 202);
+    let r = post(15, 10, KEY).await;
+    assert_error(&r, 429, "event_rate_limited");
+    let secs: u64 = r.retry_after.as_deref().expect("Retry-After").parse().unwrap();
+    assert!((1..=10).contains(&secs), "Retry-After {secs}");
+    // ... so the 5 left still pass, and a full batch after them does not.
+    assert_eq!(post(25, 5, KEY).await.status, 202);
+    assert_error(&post(30, 10, KEY).await, 429, "event_rate_limited");
+    // Another key has its own bucket.
+    assert_eq!(post(40, 20, OTHER_KEY).await.status, 202);
+
+    // Exactly the accepted events are in Kafka: none of the refused requests'.
+    let got = read_topic_all(&broker.bootstrap(), TOPIC, 40, Duration::from_secs(2));
+    let mut ids: Vec<String> = got.into_iter().map(|(_, e)| e.client_msg_id.unwrap()).collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..15).chain(25..30).chain(40..60).map(|i| format!("c-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    let metrics = ingest.metrics().await;
+    let line = "chatpipe_ingest_requests_rejected_total{reason=\"event_rate_limited\"} 2";
+    assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    ingest.stop().await;
+}
+
+/// Opens a request whose body never completes: the head declares `declared` bytes and only
+/// `sent` of them are written. The stream is returned open.
+async fn stalled_request(addr: std::net::SocketAddr, declared: usize, sent: &[u8]) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    s
+}
+
+/// The status and JSON body of the response on `s` (read until the server closes it).
+async fn response(mut s: tokio::net::TcpStream) -> (u16, serde_json::Value) {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split_whitespace().nth(1).unwrap_or_else(|| panic!("no response: {text:?}")).parse().unwrap();
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let (start, end) = (json.find('{').unwrap(), json.rfind('}').unwrap());
+    (status, serde_json::from_str(&json[start..=end]).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_do_not_lock_fast_clients_out_and_get_408() {
+    const SLOW: usize = 8;
+    let broker = TestBroker::start();
+    let read_timeout = Duration::from_secs(3);
+    let ingest = Ingest::start(&broker.bootstrap(), |c| {
+        c.max_inflight_requests = 2;
+        c.read_timeout = read_timeout;
+    })
+    .await;
+    let addr = ingest.handle.local_addr();
+    let body = batch(0, 3).to_string();
+
+    // Four times as many slow bodies as in-flight slots, each a few bytes into its body.
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        slow.push(stalled_request(addr, body.len(), &body.as_bytes()[..10]).await);
+    }
+    let receiving = format!("chatpipe_ingest_buffered_body_bytes {}\n", SLOW * 10);
+    assert!(
+        eventually(Duration::from_secs(10), async || ingest.metrics().await.contains(&receiving)).await,
+        "every slow body is being received"
+    );
+    let started = std::time::Instant::now();
+
+    // A fast client is served while they stall, well before their timeout ...
+    for i in 0..3 {
+        let r = ingest.post_json(&batch(100 + i * 5, 5)).await;
+        assert_eq!(r.status, 202, "fast request {i}: {:?}", r.body);
+    }
+    let fast = started.elapsed();
+    assert!(fast < read_timeout, "fast requests took {fast:?} while slow bodies stalled");
+    let metrics = ingest.metrics().await;
+    assert!(metrics.contains("chatpipe_ingest_inflight_requests 0"), "slow bodies hold no slot:\n{metrics}");
+
+    // ... and each slow one gets 408 with a JSON error once its time is up.
+    for s in slow {
+        let (status, body) = response(s).await;
+        assert_eq!((status, body["code"].as_str()), (408, Some("read_timeout")), "{body}");
+    }
+    assert!(started.elapsed() >= read_timeout - Duration::from_millis(500));
+
+    // Only the fast requests' events are in Kafka; every body's bytes were released.
+    assert_eq!(read_topic_all(&broker.bootstrap(), TOPIC, 15, Duration::from_secs(2)).len(), 15);
+    let metrics = ingest.metrics().await;
+    for line in [
+        format!("chatpipe_ingest_requests_rejected_total{{reason=\"read_timeout\"}} {SLOW}"),
+        "chatpipe_ingest_buffered_body_bytes 0".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_body_budget_gets_503_at_once_and_is_released_after() {
+    let broker = TestBroker::start();
+    let ingest = Ingest::start(&broker.bootstrap(), |c| {
+        c.max_body_bytes = 16 * 1024;
+        c.max_buffered_body_bytes = 16 * 1024;
+        c.read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let addr = ingest.handle.local_addr();
+    // One stalled body holds all but a few bytes of the budget ...
+    let hog = stalled_request(addr, 16 * 1024, &[b' '; 16 * 1024 - 8]).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || ingest
+            .metrics()
+            .await
+            .contains(&format!("chatpipe_ingest_buffered_body_bytes {}\n", 16 * 1024 - 8)))
+        .await
+    );
+    // ... so a body that does not fit is refused at once, not queued.
+    let started = std::time::Instant::now();
+    let r = ingest.post_json(&batch(0, 2)).await;
+    assert_error(&r, 503, "body_buffer_full");
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Once the stalled body times out its bytes are released and requests fit again.
+    assert_eq!(response(hog).await.0, 408);
+    let r = ingest.post_json(&batch(0, 2)).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(read_topic_all(&broker.bootstrap(), TOPIC, 2, Duration::from_secs(2)).len(), 2);
     ingest.stop().await;
 }

@@ -190,6 +190,17 @@ pub fn topic_count(brokers: &str, topic: &str) -> i64 {
 /// Reads every record of `topic` from the beginning until `n` are read (panics after
 /// `timeout`). Returns `(key, event)` pairs in partition order.
 pub fn read_topic(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Vec<(String, ChatEvent)> {
+    read_records(brokers, topic, n, timeout, Duration::ZERO)
+}
+
+/// [`read_topic`], then keeps reading for `quiet` and returns whatever else came: a test
+/// that asserts the result has exactly `n` records proves nothing more was produced (the
+/// topic's watermarks are not a record count on tansu).
+pub fn read_topic_all(brokers: &str, topic: &str, n: usize, quiet: Duration) -> Vec<(String, ChatEvent)> {
+    read_records(brokers, topic, n, Duration::from_secs(30), quiet)
+}
+
+fn read_records(brokers: &str, topic: &str, n: usize, timeout: Duration, quiet: Duration) -> Vec<(String, ChatEvent)> {
     let consumer: BaseConsumer = KafkaArgs::new(brokers)
         .client_config("test")
         .set("group.id", "ingest-test-reader")
@@ -205,8 +216,16 @@ pub fn read_topic(brokers: &str, topic: &str, n: usize, timeout: Duration) -> Ve
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::with_capacity(n);
     let deadline = Instant::now() + timeout;
-    while out.len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} records came back", out.len());
+    let mut quiet_until: Option<Instant> = None;
+    loop {
+        if out.len() >= n {
+            let until = *quiet_until.get_or_insert_with(|| Instant::now() + quiet);
+            if Instant::now() >= until {
+                break;
+            }
+        } else {
+            assert!(Instant::now() < deadline, "only {} of {n} records came back", out.len());
+        }
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
