@@ -46,6 +46,12 @@ cleanup() {
     stop_pid "${BENCH_PIDS[$i]}"
   done
   if [ -n "$BENCH_TMP" ] && [ -d "$BENCH_TMP" ]; then
+    if [ "$rc" != 0 ]; then
+      local f
+      for f in $(find "$BENCH_TMP" -name '*.log' -newer "$BENCH_TMP" 2>/dev/null; find "$BENCH_TMP" -maxdepth 2 -name '*.log'); do
+        [ -s "$f" ] && { echo "---- last lines of ${f#"$BENCH_TMP"/}" >&2; tail -5 "$f" >&2; }
+      done | awk '!seen[$0]++' >&2
+    fi
     if [ -n "${KEEP_TMP:-}" ]; then
       log "kept $BENCH_TMP (KEEP_TMP set)"
     else
@@ -73,11 +79,15 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# wait_port PORT [SECONDS] : until something accepts connections on 127.0.0.1:PORT
+# wait_port PORT [SECONDS [PID]] : until something accepts connections on 127.0.0.1:PORT;
+# fails at once if PID (the process that should listen) has exited
 wait_port() {
-  local port="$1" secs="${2:-60}" i
+  local port="$1" secs="${2:-60}" pid="${3:-}" i
   for i in $(seq 1 $((secs * 5))); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      die "process $pid exited before listening on port $port"
+    fi
     sleep 0.2
   done
   die "nothing listens on port $port after $secs s"
@@ -97,6 +107,23 @@ cpu_seconds() {
 # RSS of a live process in MiB
 rss_mib() {
   awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "nan"
+}
+
+# run_timed OUTFILE CMD… : runs CMD in the foreground, its stdout to OUTFILE and stderr;
+# leaves the CPU seconds it used (user + system, its children included) in $TIMED_CPU
+run_timed() {
+  local out="$1" t
+  shift
+  t="$( (
+    "$@" >"$out"
+    rc=$?
+    times >"$out.times" # no pipe: a forked `times` would not see the children
+    tail -1 "$out.times"
+    exit $rc
+  ))" || { cat "$out" >&2; die "failed: $*"; }
+  cat "$out" >&2
+  # `times`: "XmY.YYYs XmY.YYYs" (children's user and system)
+  TIMED_CPU="$(echo "$t" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] } printf "%.1f", n }')"
 }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -125,7 +152,7 @@ start_tansu() {
   ) >"$dir/tansu.log" 2>&1 </dev/null &
   TANSU_PID=$!
   BENCH_PIDS+=("$TANSU_PID")
-  wait_port "$port" 60
+  wait_port "$port" 60 "$TANSU_PID"
 }
 
 # fmt_int N : 1234567 → 1,234,567
