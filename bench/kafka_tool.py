@@ -11,7 +11,8 @@ Subcommands (all take --brokers):
                                       (minus low watermarks); prints `topic count` lines
   wait-consumed --group G --topic T   poll G's committed offsets on T every --interval until
                                       they reach the high watermarks (taken once at the start);
-                                      prints the seconds waited; exit 1 on --timeout
+                                      prints the seconds waited; exit 1 on --timeout or
+                                      when the consumer's --pid has exited
   mean-size --topic T                 mean value size in bytes of the first --sample records
   raw-produce --topic T               produce records of --size bytes as fast as the broker
                                       takes them for --seconds (idempotent, acks=all, the
@@ -96,6 +97,15 @@ def cmd_count(a):
     return 0
 
 
+def alive(pid):
+    """True while the process runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def cmd_wait_consumed(a):
     c = plain_consumer(a.brokers, a.group)
     parts = partitions(a.brokers, a.topic)
@@ -125,6 +135,10 @@ def cmd_wait_consumed(a):
             last_print = now
             note = f" ({err})" if err else ""
             print(f"  … {now - start:6.1f} s: {behind} records not yet committed by {a.group}{note}", file=sys.stderr)
+        if a.pid and not alive(a.pid):
+            print(f"process {a.pid} exited; group {a.group} still {behind} records behind", file=sys.stderr)
+            c.close()
+            return 1
         if now > deadline:
             print(f"group {a.group} still {behind} records behind after {a.timeout} s", file=sys.stderr)
             c.close()
@@ -209,6 +223,7 @@ def main():
     s.add_argument("--interval", type=float, default=0.2)
     s.add_argument("--timeout", type=float, default=3600)
     s.add_argument("--progress", type=float, default=10, help="seconds between progress lines (0: none)")
+    s.add_argument("--pid", type=int, help="give up when this process (the consumer) has exited")
     s = sub.add_parser("mean-size")
     s.add_argument("--topic", required=True)
     s.add_argument("--sample", type=int, default=5000)

@@ -74,6 +74,15 @@ spawn() {
   BENCH_PIDS+=("$SPAWNED")
 }
 
+# interruptible CMD… : runs CMD (a program, not a shell function) to its end, but in the background, so that a signal to this
+# script runs the exit trap at once (bash defers traps while a foreground command runs)
+interruptible() {
+  "$@" &
+  local pid=$!
+  BENCH_PIDS+=("$pid")
+  wait "$pid"
+}
+
 # a TCP port nobody listens on now
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

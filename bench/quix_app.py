@@ -16,6 +16,23 @@ import argparse
 from datetime import timedelta
 
 from quixstreams import Application
+from quixstreams.kafka.consumer import BaseConsumer
+
+# Quix asks the changelog's watermarks with a 10 s timeout when a partition is assigned.
+# tansu 0.6 answers requests of one connection in order, and the consumer's first fetches
+# from a 1M-record SQLite topic keep it busy 5–15 s, so the call times out and the
+# application stops ("Error during partition assignment"). A longer timeout for that call
+# only; processing is unchanged.
+_get_watermark_offsets = BaseConsumer.get_watermark_offsets
+
+
+def _patient_get_watermark_offsets(self, partition, timeout=None, cached=False):
+    if timeout is not None and timeout >= 0:
+        timeout = max(timeout, 120)
+    return _get_watermark_offsets(self, partition, timeout=timeout, cached=cached)
+
+
+BaseConsumer.get_watermark_offsets = _patient_get_watermark_offsets
 
 
 def main():
