@@ -164,6 +164,15 @@ start_tansu() {
   wait_port "$port" 60 "$TANSU_PID"
 }
 
+# The processor's producer is idempotent with librdkafka's message timeout of 30 s
+# (common::kafka::producer_config). When tansu (SQLite engine, 2 shared cores) takes longer
+# than that to acknowledge a produce, librdkafka bumps the producer epoch locally (KIP-360),
+# and tansu 0.6 then panics in its storage ("more or less than one row",
+# lite.rs idempotent_message_check) and refuses every request until restarted: the run
+# is lost. Ingest guards against this itself (ingest/src/producer.rs); the processor does
+# not, so the harnesses give it a message timeout long enough never to expire here.
+TANSU_PRODUCER_OPTS=(--kafka-option message.timeout.ms=900000)
+
 # fmt_int N : 1234567 → 1,234,567
 fmt_int() { echo "${1%.*}" | sed -e ':a' -e 's/\B[0-9]\{3\}\>/,&/' -e 'ta'; }
 
