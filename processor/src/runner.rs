@@ -97,7 +97,11 @@ impl Shared {
             }
         }
         if let Err(e) = self.producer.flush(deadline) {
-            tracing::error!(error = %e, "producer flush on revocation failed");
+            // nothing of a revoked partition may be delivered after its new owner starts:
+            // drop what is still queued (other partitions' tasks see their deliveries fail
+            // and resend them, which is safe)
+            tracing::error!(error = %e, "producer flush on revocation failed; purging the producer's queue");
+            self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         }
     }
 }
@@ -210,7 +214,14 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
             config.changelog_topic, config.events_topic
         )));
     }
-    let producer: FutureProducer = config.kafka.producer_config("processor", config.producer_linger_ms).create()?;
+    let mut producer_config = config.kafka.producer_config("processor", config.producer_linger_ms);
+    if !config.kafka.options.iter().any(|o| o.key == "message.timeout.ms" || o.key == "delivery.timeout.ms") {
+        // Deliveries are awaited and retried by the processor itself; a local message
+        // timeout would only make the idempotent producer bump its epoch (KIP-360), which
+        // tansu 0.6 answers by refusing every later request (DESIGN §2).
+        producer_config.set("message.timeout.ms", "0");
+    }
+    let producer: FutureProducer = producer_config.create()?;
     let (commit_tx, commit_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared {
         config: config.clone(),
@@ -400,6 +411,7 @@ fn hand_over(shared: &Shared, m: OwnedMessage) -> Result<(), Option<OwnedMessage
 }
 
 /// A record to produce.
+#[derive(Clone)]
 struct Out {
     topic: String,
     partition: Option<i32>,
@@ -410,13 +422,31 @@ struct Out {
 
 /// Produces every record and awaits every delivery; retries the whole set with backoff
 /// until all are acknowledged (re-sending identical records is safe).
+///
+/// A record the broker or client refuses for what it is (over the size limit) is never
+/// retried forever and never dropped silently: it is replaced by a DLQ record naming its
+/// topic, key and size (reason `output_refused`), counted and logged as an error, and the
+/// partition moves on.
 async fn deliver(shared: &Shared, records: &[Out]) {
     let mut backoff = Duration::from_millis(100);
+    let mut substituted: Vec<Out>;
+    let mut records = records;
     loop {
         match try_deliver(&shared.producer, records).await {
-            Ok(()) => {
+            Ok(refused) if refused.is_empty() => {
                 shared.telemetry.health.set("kafka", true);
                 return;
+            }
+            Ok(refused) => {
+                substituted = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| match refused.iter().find(|(j, _)| *j == i) {
+                        Some((_, e)) => refused_to_dlq(shared, r, e),
+                        None => r.clone(),
+                    })
+                    .collect();
+                records = &substituted;
             }
             Err(e) => {
                 shared.metrics.errors.with_label_values(&["produce"]).inc();
@@ -429,7 +459,38 @@ async fn deliver(shared: &Shared, records: &[Out]) {
     }
 }
 
-async fn try_deliver(producer: &FutureProducer, records: &[Out]) -> Result<(), rdkafka::error::KafkaError> {
+/// The DLQ record that stands for an output the broker refused.
+fn refused_to_dlq(shared: &Shared, r: &Out, e: &rdkafka::error::KafkaError) -> Out {
+    let size = r.value.as_ref().map_or(0, Vec::len);
+    shared.metrics.errors.with_label_values(&["output_refused"]).inc();
+    shared.metrics.dlq.with_label_values(&["output_refused"]).inc();
+    tracing::error!(topic = %r.topic, bytes = size, error = %e, "an output record was refused; sent to the DLQ instead");
+    Out {
+        topic: shared.config.dlq_topic.clone(),
+        partition: None,
+        key: r.key.clone(),
+        value: None,
+        headers: vec![
+            (dlq::REASON, "output_refused".to_owned()),
+            (dlq::DETAIL, format!("a {size}-byte record for {} was refused: {e}", r.topic)),
+            (dlq::STAGE, "processor".to_owned()),
+            (dlq::TOPIC, r.topic.clone()),
+        ],
+    }
+}
+
+/// Whether a produce error is a property of the record (retrying cannot help).
+fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidRecord))
+}
+
+/// Produces every record and awaits every delivery: `Ok` with the records refused for
+/// what they are (index, error), `Err` on the first transient failure.
+async fn try_deliver(
+    producer: &FutureProducer,
+    records: &[Out],
+) -> Result<Vec<(usize, rdkafka::error::KafkaError)>, rdkafka::error::KafkaError> {
     let mut futures = Vec::with_capacity(records.len());
     for r in records {
         let mut headers = OwnedHeaders::new();
@@ -446,10 +507,15 @@ async fn try_deliver(producer: &FutureProducer, records: &[Out]) -> Result<(), r
         // send() waits for queue space (bounded by librdkafka's queue), then for delivery
         futures.push(producer.send(rec, Duration::from_secs(30)));
     }
-    for r in join_all(futures).await {
-        r.map_err(|(e, _)| e)?;
+    let mut refused = Vec::new();
+    for (i, r) in join_all(futures).await.into_iter().enumerate() {
+        match r {
+            Ok(_) => {}
+            Err((e, _)) if is_permanent(&e) => refused.push((i, e)),
+            Err((e, _)) => return Err(e),
+        }
     }
-    Ok(())
+    Ok(refused)
 }
 
 async fn restore(config: &Config, partition: i32) -> Result<PartitionState, Error> {
