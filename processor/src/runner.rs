@@ -432,7 +432,7 @@ async fn deliver(shared: &Shared, records: &[Out]) {
     let mut substituted: Vec<Out>;
     let mut records = records;
     loop {
-        match try_deliver(&shared.producer, records).await {
+        match try_deliver(shared, records).await {
             Ok(refused) if refused.is_empty() => {
                 shared.telemetry.health.set("kafka", true);
                 return;
@@ -479,6 +479,10 @@ fn refused_to_dlq(shared: &Shared, r: &Out, e: &rdkafka::error::KafkaError) -> O
     }
 }
 
+/// How long deliveries may stay unacknowledged before the processor reports Kafka as not
+/// ready (it keeps waiting: the producer has no local message timeout).
+const SLOW_DELIVERY: Duration = Duration::from_secs(30);
+
 /// Whether a produce error is a property of the record (retrying cannot help).
 fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
@@ -488,9 +492,10 @@ fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
 /// Produces every record and awaits every delivery: `Ok` with the records refused for
 /// what they are (index, error), `Err` on the first transient failure.
 async fn try_deliver(
-    producer: &FutureProducer,
+    shared: &Shared,
     records: &[Out],
 ) -> Result<Vec<(usize, rdkafka::error::KafkaError)>, rdkafka::error::KafkaError> {
+    let producer = &shared.producer;
     let mut futures = Vec::with_capacity(records.len());
     for r in records {
         let mut headers = OwnedHeaders::new();
@@ -507,8 +512,21 @@ async fn try_deliver(
         // send() waits for queue space (bounded by librdkafka's queue), then for delivery
         futures.push(producer.send(rec, Duration::from_secs(30)));
     }
+    // Deliveries have no local timeout (see `start`): while the broker does not answer, say
+    // so (readiness, a counted warning every SLOW_DELIVERY) and keep waiting.
+    let mut all = std::pin::pin!(join_all(futures));
+    let results = loop {
+        match tokio::time::timeout(SLOW_DELIVERY, &mut all).await {
+            Ok(r) => break r,
+            Err(_) => {
+                shared.telemetry.health.set("kafka", false);
+                shared.metrics.errors.with_label_values(&["produce_slow"]).inc();
+                tracing::warn!(records = records.len(), waited = ?SLOW_DELIVERY, "outputs not acknowledged yet; still waiting");
+            }
+        }
+    };
     let mut refused = Vec::new();
-    for (i, r) in join_all(futures).await.into_iter().enumerate() {
+    for (i, r) in results.into_iter().enumerate() {
         match r {
             Ok(_) => {}
             Err((e, _)) if is_permanent(&e) => refused.push((i, e)),

@@ -67,7 +67,13 @@ async fn a_refused_output_goes_to_the_dlq_and_the_partition_moves_on() {
     }
 
     // the DLQ names the refused record; chat.rows has the join that came after it
-    let consumer: BaseConsumer = broker.kafka_args().client_config("check").set("group.id", "check").create().unwrap();
+    let consumer: BaseConsumer = broker
+        .kafka_args()
+        .client_config("check")
+        .set("group.id", "check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
     consumer.subscribe(&["chat.dlq", "chat.rows"]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
     let (mut refused, mut later_join) = (None, false);
