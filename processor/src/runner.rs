@@ -427,7 +427,7 @@ struct Out {
 /// retried forever and never dropped silently: it is replaced by a DLQ record naming its
 /// topic, key and size (reason `output_refused`), counted and logged as an error, and the
 /// partition moves on.
-async fn deliver(shared: &Shared, records: &[Out]) {
+async fn deliver(shared: &Shared, records: &[Out], source: Source<'_>) {
     let mut backoff = Duration::from_millis(100);
     let mut substituted: Vec<Out>;
     let mut records = records;
@@ -442,7 +442,7 @@ async fn deliver(shared: &Shared, records: &[Out]) {
                     .iter()
                     .enumerate()
                     .map(|(i, r)| match refused.iter().find(|(j, _)| *j == i) {
-                        Some((_, e)) => refused_to_dlq(shared, r, e),
+                        Some((_, e)) => refused_to_dlq(shared, r, e, source),
                         None => r.clone(),
                     })
                     .collect();
@@ -459,8 +459,18 @@ async fn deliver(shared: &Shared, records: &[Out]) {
     }
 }
 
-/// The DLQ record that stands for an output the broker refused.
-fn refused_to_dlq(shared: &Shared, r: &Out, e: &rdkafka::error::KafkaError) -> Out {
+/// The input an output set was made from (the DLQ headers of a refused output name it).
+#[derive(Debug, Clone, Copy)]
+struct Source<'a> {
+    topic: &'a str,
+    partition: i32,
+    /// The batch's last input offset.
+    offset: i64,
+}
+
+/// The DLQ record that stands for an output the broker refused: its key, no value, and
+/// headers naming the output topic and size and the input batch it came from.
+fn refused_to_dlq(shared: &Shared, r: &Out, e: &rdkafka::error::KafkaError, source: Source<'_>) -> Out {
     let size = r.value.as_ref().map_or(0, Vec::len);
     shared.metrics.errors.with_label_values(&["output_refused"]).inc();
     shared.metrics.dlq.with_label_values(&["output_refused"]).inc();
@@ -472,9 +482,17 @@ fn refused_to_dlq(shared: &Shared, r: &Out, e: &rdkafka::error::KafkaError) -> O
         value: None,
         headers: vec![
             (dlq::REASON, "output_refused".to_owned()),
-            (dlq::DETAIL, format!("a {size}-byte record for {} was refused: {e}", r.topic)),
+            (
+                dlq::DETAIL,
+                format!(
+                    "a {size}-byte record for {} made by the batch ending at the source offset was refused: {e}",
+                    r.topic
+                ),
+            ),
             (dlq::STAGE, "processor".to_owned()),
-            (dlq::TOPIC, r.topic.clone()),
+            (dlq::TOPIC, source.topic.to_owned()),
+            (dlq::PARTITION, source.partition.to_string()),
+            (dlq::OFFSET, source.offset.max(0).to_string()),
         ],
     }
 }
@@ -698,8 +716,9 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
         let bytes: usize =
             entries.iter().chain(meta.iter()).map(|o| o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
         records.extend(entries);
-        deliver(&shared, &records).await;
-        deliver(&shared, &meta).await;
+        let source = Source { topic: &cfg.events_topic, partition, offset: core.applied_offset() };
+        deliver(&shared, &records, source).await;
+        deliver(&shared, &meta, source).await;
         shared.metrics.changelog_bytes.inc_by(bytes as u64);
         shared.metrics.state_entries.with_label_values(&[&part_label]).set(core.state.entries() as i64);
         shared.metrics.batch.observe(started.elapsed().as_secs_f64());
@@ -862,6 +881,7 @@ async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync
             .collect();
         shared.metrics.windows.with_label_values(&["global"]).inc_by(records.len() as u64);
         shared.metrics.output.with_label_values(&["agg_global"]).inc_by(records.len() as u64);
-        deliver(&shared, &records).await;
+        let source = Source { topic: &cfg.partials_topic, partition: m.partition(), offset: m.offset() };
+        deliver(&shared, &records, source).await;
     }
 }

@@ -1,7 +1,7 @@
 //! An output record the broker refuses for what it is (here: over a deliberately small
 //! `message.max.bytes`) is not retried forever and not dropped silently: a DLQ record names
-//! its topic, key and size (reason `output_refused`), and the partition goes on with the
-//! events after it.
+//! its topic and size, carries its key and the input batch it came from (reason
+//! `output_refused`), and the partition goes on with the events after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ async fn a_refused_output_goes_to_the_dlq_and_the_partition_moves_on() {
     }
     handle.shutdown().await.unwrap();
     let (topic, detail) = refused.expect("a DLQ record for the refused output");
-    assert_eq!(topic.as_deref(), Some("chat.rows"));
+    assert_eq!(topic.as_deref(), Some("chat.events"), "the source is the input the output was made from");
     assert!(detail.unwrap_or_default().contains("byte record for chat.rows"));
     assert!(later_join, "the event after the refused output was processed");
 }
