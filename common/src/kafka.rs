@@ -194,6 +194,19 @@ impl KafkaArgs {
         }
         cfg
     }
+
+    /// A producer configuration for a role that awaits and retries every delivery itself
+    /// (processor, sink): [`KafkaArgs::producer_config`] without a local message timeout,
+    /// unless `--kafka-option` sets one. A local timeout would only make the idempotent
+    /// producer bump its epoch (KIP-360), which tansu 0.6 answers by refusing every later
+    /// request (DESIGN §2); Kafka does not need it either.
+    pub fn awaited_producer_config(&self, role: &str, linger_ms: u64) -> ClientConfig {
+        let mut cfg = self.producer_config(role, linger_ms);
+        if !self.options.iter().any(|o| o.key == "message.timeout.ms" || o.key == "delivery.timeout.ms") {
+            cfg.set("message.timeout.ms", "0");
+        }
+        cfg
+    }
 }
 
 /// A topic a role needs.
@@ -289,6 +302,15 @@ mod tests {
         assert_eq!(cfg.get("linger.ms"), Some("50"));
         assert_eq!(cfg.get("enable.idempotence"), Some("true"));
         assert_eq!(cfg.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn awaited_producers_have_no_local_message_timeout_unless_the_user_sets_one() {
+        let mut args = KafkaArgs::new("b:1");
+        assert_eq!(args.awaited_producer_config("processor", 5).get("message.timeout.ms"), Some("0"));
+        assert_eq!(args.producer_config("ingest", 5).get("message.timeout.ms"), Some("30000"));
+        args.options.push(parse_kafka_option("message.timeout.ms=900000").unwrap());
+        assert_eq!(args.awaited_producer_config("processor", 5).get("message.timeout.ms"), Some("900000"));
     }
 }
 

@@ -214,14 +214,9 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
             config.changelog_topic, config.events_topic
         )));
     }
-    let mut producer_config = config.kafka.producer_config("processor", config.producer_linger_ms);
-    if !config.kafka.options.iter().any(|o| o.key == "message.timeout.ms" || o.key == "delivery.timeout.ms") {
-        // Deliveries are awaited and retried by the processor itself; a local message
-        // timeout would only make the idempotent producer bump its epoch (KIP-360), which
-        // tansu 0.6 answers by refusing every later request (DESIGN §2).
-        producer_config.set("message.timeout.ms", "0");
-    }
-    let producer: FutureProducer = producer_config.create()?;
+    // deliveries are awaited and retried here: no local message timeout (no epoch bump)
+    let producer: FutureProducer =
+        config.kafka.awaited_producer_config("processor", config.producer_linger_ms).create()?;
     let (commit_tx, commit_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared {
         config: config.clone(),

@@ -224,7 +224,8 @@ async fn start_and_run(
     consumer.subscribe(&[config.rows_topic.as_str()])?;
     // ready once subscribed; a consumer error marks Kafka not ready until the next record
     health.set("kafka", true);
-    let producer: FutureProducer = config.kafka.producer_config("sink-dlq", 5).create()?;
+    // DLQ sends are awaited and retried by the writer: no local message timeout (no epoch bump)
+    let producer: FutureProducer = config.kafka.awaited_producer_config("sink-dlq", 5).create()?;
     tracing::info!(topic = %config.rows_topic, group = %config.group_id, hbase = %config.hbase.addr, "sink started");
 
     let writer = Arc::new(Writer {
