@@ -323,6 +323,11 @@ fn poll_loop(
         for p in assigned.difference(&known) {
             starts.assigned(*p);
             next.remove(p);
+            // a partition paused before it was revoked must not stay paused when it returns
+            // (whether a client keeps the pause across an assignment varies)
+            let mut tpl = TopicPartitionList::new();
+            let _ = tpl.add_partition(&topic, *p);
+            let _ = consumer.resume(&tpl);
         }
         starts.retain(&assigned);
         parked.retain(|p, _| assigned.contains(p));
