@@ -272,6 +272,12 @@ async fn stalled_request(addr: std::net::SocketAddr, declared: usize, sent: &[u8
     s
 }
 
+/// Whether the server has not answered on `s` yet (nothing to read, connection open).
+fn unanswered(s: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// The status and JSON body of the response on `s` (read until the server closes it).
 async fn response(mut s: tokio::net::TcpStream) -> (u16, serde_json::Value) {
     let mut out = Vec::new();
@@ -287,7 +293,7 @@ async fn response(mut s: tokio::net::TcpStream) -> (u16, serde_json::Value) {
 async fn slow_bodies_do_not_lock_fast_clients_out_and_get_408() {
     const SLOW: usize = 8;
     let broker = TestBroker::start();
-    let read_timeout = Duration::from_secs(3);
+    let read_timeout = Duration::from_secs(6);
     let ingest = Ingest::start(&broker.bootstrap(), |c| {
         c.max_inflight_requests = 2;
         c.read_timeout = read_timeout;
@@ -306,15 +312,13 @@ async fn slow_bodies_do_not_lock_fast_clients_out_and_get_408() {
         eventually(Duration::from_secs(10), async || ingest.metrics().await.contains(&receiving)).await,
         "every slow body is being received"
     );
-    let started = std::time::Instant::now();
 
-    // A fast client is served while they stall, well before their timeout ...
+    // A fast client is served while they stall (none of them answered yet) ...
     for i in 0..3 {
         let r = ingest.post_json(&batch(100 + i * 5, 5)).await;
         assert_eq!(r.status, 202, "fast request {i}: {:?}", r.body);
     }
-    let fast = started.elapsed();
-    assert!(fast < read_timeout, "fast requests took {fast:?} while slow bodies stalled");
+    assert!(slow.iter().all(unanswered), "the fast requests were served while every slow body still stalled");
     let metrics = ingest.metrics().await;
     assert!(metrics.contains("chatpipe_ingest_inflight_requests 0"), "slow bodies hold no slot:\n{metrics}");
 
@@ -323,7 +327,6 @@ async fn slow_bodies_do_not_lock_fast_clients_out_and_get_408() {
         let (status, body) = response(s).await;
         assert_eq!((status, body["code"].as_str()), (408, Some("read_timeout")), "{body}");
     }
-    assert!(started.elapsed() >= read_timeout - Duration::from_millis(500));
 
     // Only the fast requests' events are in Kafka; every body's bytes were released.
     assert_eq!(read_topic_all(&broker.bootstrap(), TOPIC, 15, Duration::from_secs(2)).len(), 15);
@@ -343,7 +346,7 @@ async fn a_spent_body_budget_gets_503_at_once_and_is_released_after() {
     let ingest = Ingest::start(&broker.bootstrap(), |c| {
         c.max_body_bytes = 16 * 1024;
         c.max_buffered_body_bytes = 16 * 1024;
-        c.read_timeout = Duration::from_secs(3);
+        c.read_timeout = Duration::from_secs(6);
     })
     .await;
     let addr = ingest.handle.local_addr();
@@ -356,12 +359,12 @@ async fn a_spent_body_budget_gets_503_at_once_and_is_released_after() {
             .contains(&format!("chatpipe_ingest_buffered_body_bytes {}\n", 16 * 1024 - 8)))
         .await
     );
-    // ... so a body that does not fit is refused at once, not queued.
-    let started = std::time::Instant::now();
+    // ... so a body that does not fit is refused while the hog still holds it, not queued
+    // behind it.
     let r = ingest.post_json(&batch(0, 2)).await;
     assert_error(&r, 503, "body_buffer_full");
     assert_eq!(r.retry_after.as_deref(), Some("1"));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(unanswered(&hog), "refused while the stalled body was still being received");
     // Once the stalled body times out its bytes are released and requests fit again.
     assert_eq!(response(hog).await.0, 408);
     let r = ingest.post_json(&batch(0, 2)).await;
