@@ -284,6 +284,35 @@ fn decode_opt_string<D: Decoder>(decoder: &mut D) -> Result<Option<String>, Deco
 }
 
 impl ChatEvent {
+    /// An event with its required fields and none of the optional ones, ingested and sent
+    /// at `at_ms` (tools, tests and benchmarks set the rest on it).
+    pub fn bare(
+        message_id: u64,
+        at_ms: i64,
+        event_type: EventType,
+        session_id: u64,
+        session_kind: SessionKind,
+        sender_id: u64,
+    ) -> Self {
+        ChatEvent {
+            message_id,
+            ingested_at_ms: at_ms,
+            sent_at_ms: at_ms,
+            event_type,
+            session_id,
+            session_kind,
+            sender_id,
+            recipient_id: None,
+            client_msg_id: None,
+            message: None,
+            target_id: None,
+            user_id: None,
+            read_seq: None,
+            name: None,
+            avatar_url: None,
+        }
+    }
+
     /// Stamps a validated input with its id and ingest time. A `sent_at` more than
     /// `max_skew_ms` ahead of `ingested_at_ms` is clamped to `ingested_at_ms`; a missing one
     /// defaults to it; past times are kept as sent.

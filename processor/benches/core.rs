@@ -41,23 +41,7 @@ impl Lcg {
 }
 
 fn event(id: u64, t: i64, kind: EventType, session: u64, sk: SessionKind, sender: u64) -> ChatEvent {
-    ChatEvent {
-        message_id: id,
-        ingested_at_ms: t,
-        sent_at_ms: t,
-        event_type: kind,
-        session_id: session,
-        session_kind: sk,
-        sender_id: sender,
-        recipient_id: None,
-        client_msg_id: None,
-        message: None,
-        target_id: None,
-        user_id: None,
-        read_seq: None,
-        name: None,
-        avatar_url: None,
-    }
+    ChatEvent::bare(id, t, kind, session, sk, sender)
 }
 
 fn main() {

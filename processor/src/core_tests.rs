@@ -21,23 +21,7 @@ struct Script {
 }
 
 fn event(id: u64, t: EventType, session: u64, kind: SessionKind, sender: u64, at: i64) -> ChatEvent {
-    ChatEvent {
-        message_id: id,
-        ingested_at_ms: at,
-        sent_at_ms: at,
-        event_type: t,
-        session_id: session,
-        session_kind: kind,
-        sender_id: sender,
-        recipient_id: None,
-        client_msg_id: None,
-        message: None,
-        target_id: None,
-        user_id: None,
-        read_seq: None,
-        name: None,
-        avatar_url: None,
-    }
+    ChatEvent::bare(id, at, t, session, kind, sender)
 }
 
 fn body(text: &str) -> Option<MessageContent> {

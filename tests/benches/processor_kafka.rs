@@ -39,22 +39,8 @@ fn workload(n: usize) -> (Vec<ChatEvent>, usize) {
     let mut id = 1u64 << 40;
     let mut out = Vec::new();
     let mut sizes = Vec::new();
-    let base = |t: i64, id: u64, ty: EventType, s: u64, sk: SessionKind, sender: u64| ChatEvent {
-        message_id: id,
-        ingested_at_ms: t,
-        sent_at_ms: t,
-        event_type: ty,
-        session_id: s,
-        session_kind: sk,
-        sender_id: sender,
-        recipient_id: None,
-        client_msg_id: None,
-        message: None,
-        target_id: None,
-        user_id: None,
-        read_seq: None,
-        name: None,
-        avatar_url: None,
+    let base = |t: i64, id: u64, ty: EventType, s: u64, sk: SessionKind, sender: u64| {
+        ChatEvent::bare(id, t, ty, s, sk, sender)
     };
     for s in 0..10_000u64 {
         let size = 3 + rnd() % 28;

@@ -113,23 +113,7 @@ impl Gen {
 fn base_event(g: &mut Gen, t: EventType, session: u64, kind: SessionKind, sender: u64) -> ChatEvent {
     let id = g.id();
     g.t += g.rng.gen_range(50..1500);
-    ChatEvent {
-        message_id: id,
-        ingested_at_ms: g.t,
-        sent_at_ms: g.t,
-        event_type: t,
-        session_id: session,
-        session_kind: kind,
-        sender_id: sender,
-        recipient_id: None,
-        client_msg_id: None,
-        message: None,
-        target_id: None,
-        user_id: None,
-        read_seq: None,
-        name: None,
-        avatar_url: None,
-    }
+    ChatEvent::bare(id, g.t, t, session, kind, sender)
 }
 
 /// Session ids are chosen so that `session % partitions` is the partition.

@@ -19,23 +19,9 @@ use rdkafka::Message;
 
 fn event(id: u64, ty: EventType, session: u64, sender: u64) -> ChatEvent {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    ChatEvent {
-        message_id: id,
-        ingested_at_ms: now,
-        sent_at_ms: now,
-        event_type: ty,
-        session_id: session,
-        session_kind: SessionKind::Group,
-        sender_id: sender,
-        recipient_id: None,
-        client_msg_id: None,
-        message: None,
-        target_id: None,
-        user_id: (ty == EventType::Join).then_some(sender),
-        read_seq: None,
-        name: None,
-        avatar_url: None,
-    }
+    let mut e = ChatEvent::bare(id, now, ty, session, SessionKind::Group, sender);
+    e.user_id = (ty == EventType::Join).then_some(sender);
+    e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
