@@ -116,6 +116,26 @@ impl clap::builder::TypedValueParser for KafkaOptionParser {
     }
 }
 
+/// Consumer-group defaults of the roles that consume in a group (processor, sink), which
+/// `--kafka-option` overrides: a 10 s session with 1 s heartbeats, so a killed member's
+/// partitions move within seconds, and cooperative-sticky assignment, so a member joining or
+/// leaving moves only the partitions that must move (the others keep running, and the
+/// processor restores nothing for them). With static membership (`group.instance.id`)
+/// tansu 0.6 misassigns under cooperative-sticky (DESIGN §2); on tansu use
+/// `--kafka-option partition.assignment.strategy=range` together with it.
+pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
+    ("session.timeout.ms", "10000"),
+    ("heartbeat.interval.ms", "1000"),
+    ("partition.assignment.strategy", "cooperative-sticky"),
+];
+
+/// The session timeout a consumer configuration ends up with (librdkafka's default, 45 s,
+/// when unset or unreadable).
+pub fn session_timeout(cfg: &ClientConfig) -> Duration {
+    let ms = cfg.get("session.timeout.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(45_000);
+    Duration::from_millis(ms)
+}
+
 /// Kafka connection flags shared by every role.
 #[derive(clap::Args, Clone)]
 pub struct KafkaArgs {
@@ -218,16 +238,23 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// Compacted (`cleanup.policy=compact`) instead of deleted by time.
     pub compacted: bool,
+    /// Further topic configuration set when it is created.
+    pub configs: Vec<(&'static str, String)>,
 }
 
 impl TopicSpec {
     /// A time-retained topic.
     pub fn new(name: impl Into<String>, partitions: i32) -> Self {
-        TopicSpec { name: name.into(), partitions, compacted: false }
+        TopicSpec { name: name.into(), partitions, compacted: false, configs: Vec::new() }
     }
     /// A compacted topic.
     pub fn compacted(name: impl Into<String>, partitions: i32) -> Self {
-        TopicSpec { name: name.into(), partitions, compacted: true }
+        TopicSpec { name: name.into(), partitions, compacted: true, configs: Vec::new() }
+    }
+    /// With a topic configuration entry.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.configs.push((key, value.into()));
+        self
     }
 }
 
@@ -237,12 +264,14 @@ pub async fn ensure_topics(args: &KafkaArgs, specs: &[TopicSpec], timeout: Durat
     let new: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
-            let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(-1));
+            let mut t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(-1));
             if s.compacted {
-                t.set("cleanup.policy", "compact")
-            } else {
-                t
+                t = t.set("cleanup.policy", "compact");
             }
+            for (k, v) in &s.configs {
+                t = t.set(k, v);
+            }
+            t
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));

@@ -15,7 +15,8 @@
 //! * [`rows`] — `RowMutation`, the value of `chat.rows` (the processor decides rows, the
 //!   sink writes them).
 //! * [`kafka`] — Kafka client configuration from CLI flags (secrets redacted), topic
-//!   creation, DLQ header names.
+//!   creation, DLQ header names; [`group`] — the consumer-group watchdog that rejoins a
+//!   member a faulty coordinator left without partitions.
 //! * [`telemetry`], [`http`], [`shutdown`] — tracing set-up, the `/metrics` `/healthz`
 //!   `/readyz` server, and the SIGINT/SIGTERM shutdown future.
 //!
@@ -23,6 +24,7 @@
 
 pub mod envelope;
 pub mod event;
+pub mod group;
 pub mod http;
 pub mod kafka;
 pub mod row_key;

@@ -27,10 +27,15 @@ pub struct Config {
     /// Address of /metrics, /healthz, /readyz.
     #[arg(long, env = "CHATPIPE_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
     pub metrics_listen: SocketAddr,
-    /// Local state directory. State is rebuilt from the changelog topic on assignment, so
-    /// this only holds scratch data; it may be empty or lost.
+    /// Local state directory: a checkpoint per partition, so a restart reads only the
+    /// changelog written after it. It may be empty or lost (the partition is then restored
+    /// from the whole changelog); give each instance its own.
     #[arg(long, env = "CHATPIPE_STATE_DIR", default_value = "./.chatpipe/processor")]
     pub state_dir: PathBuf,
+    /// How often a partition's checkpoint is rewritten while it runs (also when it is
+    /// released); a restart reads at most about this much changelog.
+    #[arg(long, env = "CHATPIPE_CHECKPOINT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
     /// Consumer group id.
     #[arg(long, env = "CHATPIPE_PROCESSOR_GROUP", default_value = "chatpipe-processor")]
     pub group_id: String,

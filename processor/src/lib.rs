@@ -8,6 +8,7 @@
 //!   building and row ownership; `windows.rs` — window counts and partials; [`records`] —
 //!   the analysts' JSON records;
 //! * [`state`] — partition state and its changelog encoding (crash-atomic batches);
+//!   [`changelog`] — fencing, restore and checkpoints (the protocol and why it is exact);
 //! * [`merge`] — the global window merge over per-partition partials;
 //! * [`runner`] — the Kafka I/O: consumer group, partition tasks (`runner::partition_task`
 //!   is the ordering point), delivery, commits;
@@ -48,6 +49,7 @@
 //! (`unknown_target`), a non-member's read marks nothing; per-user counts (messages sent,
 //! sessions joined) span partitions and are left out.
 
+pub mod changelog;
 pub mod config;
 mod conversation;
 pub mod core;

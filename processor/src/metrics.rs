@@ -18,6 +18,9 @@ pub const STATE_ENTRIES: &str = "chatpipe_processor_state_entries";
 pub const CHANGELOG_BYTES: &str = "chatpipe_processor_changelog_bytes_total";
 /// Restore duration.
 pub const RESTORE: &str = "chatpipe_processor_restore_duration_seconds";
+/// Changelog records read by restores, by kind (`read`, `fenced`: ignored as a fenced-off
+/// owner's).
+pub const RESTORE_RECORDS: &str = "chatpipe_processor_restore_records_total";
 /// Consumer lag per partition.
 pub const LAG: &str = "chatpipe_processor_consumer_lag_messages";
 /// Batch duration.
@@ -50,6 +53,8 @@ pub struct ProcessorMetrics {
     pub changelog_bytes: IntCounter,
     /// See [`RESTORE`].
     pub restore: Histogram,
+    /// See [`RESTORE_RECORDS`].
+    pub restore_records: IntCounterVec,
     /// See [`LAG`].
     pub lag: IntGaugeVec,
     /// See [`BATCH`].
@@ -78,6 +83,11 @@ impl ProcessorMetrics {
             state_entries: r.gauge_vec(STATE_ENTRIES, "State entries per input partition.", &["partition"]),
             changelog_bytes: r.counter(CHANGELOG_BYTES, "Bytes written to the state changelog."),
             restore: r.histogram(RESTORE, "Time to restore a partition's state from the changelog.", LATENCY_BUCKETS),
+            restore_records: r.counter_vec(
+                RESTORE_RECORDS,
+                "Changelog records read by restores (read) and ignored as a fenced-off owner's (fenced).",
+                &["kind"],
+            ),
             lag: r.gauge_vec(LAG, "Consumer lag per input partition.", &["topic", "partition"]),
             batch: r.histogram(BATCH, "Time to apply a batch, deliver its outputs and log its state.", LATENCY_BUCKETS),
             batch_events: r.histogram(BATCH_EVENTS, "Input records per batch.", SIZE_BUCKETS),

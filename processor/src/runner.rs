@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -34,12 +34,14 @@ use tokio::task::JoinHandle;
 
 use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
+use chatpipe_common::group::{self, GroupWatchdog, Verdict};
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{dlq, ensure_topics, record_consumer_lag, TopicSpec};
 
+use crate::changelog;
 use crate::config::Config;
 use crate::core::{Outcome, Outputs, PartitionCore, Progress};
-use crate::fetch_start::{FetchStarts, Verdict};
+use crate::fetch_start::{self, FetchStarts};
 use crate::merge::Merger;
 use crate::metrics::ProcessorMetrics;
 use crate::state::{ChangeRecord, PartitionState, StateKey};
@@ -196,7 +198,9 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     ensure_topics(
         &config.kafka,
         &[
-            TopicSpec::compacted(&config.changelog_topic, partitions),
+            // a zombie's record stays uncompacted long after its keys are logged again
+            // (`changelog.rs`)
+            TopicSpec::compacted(&config.changelog_topic, partitions).with("min.compaction.lag.ms", "86400000"),
             TopicSpec::new(&config.rows_topic, out),
             TopicSpec::compacted(&config.agg_session_topic, out),
             TopicSpec::compacted(&config.agg_global_topic, 1),
@@ -227,32 +231,32 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
         tasks: Mutex::new(HashMap::new()),
         commits: commit_tx,
     });
-    let mut consumer_config = config
-        .kafka
-        .client_config_with(
-            "processor",
-            &[
-                ("group.id", &config.group_id),
-                ("auto.offset.reset", "earliest"),
-                ("session.timeout.ms", "45000"),
-                ("statistics.interval.ms", "5000"),
-                ("fetch.wait.max.ms", chatpipe_common::kafka::FETCH_WAIT_MAX_MS),
-            ],
-        )
-        .set("enable.auto.commit", "false")
-        .clone();
+    let mut defaults = vec![
+        ("group.id", config.group_id.as_str()),
+        ("auto.offset.reset", "earliest"),
+        ("statistics.interval.ms", "5000"),
+        ("fetch.wait.max.ms", chatpipe_common::kafka::FETCH_WAIT_MAX_MS),
+    ];
+    defaults.extend_from_slice(chatpipe_common::kafka::GROUP_DEFAULTS);
+    let mut consumer_config =
+        config.kafka.client_config_with("processor", &defaults).set("enable.auto.commit", "false").clone();
     if let Some(id) = &config.group_instance_id {
         consumer_config.set("group.instance.id", id);
     }
     let consumer: BaseConsumer<Ctx> = consumer_config.create_with_context(Ctx { shared: shared.clone() })?;
     consumer.subscribe(&[&config.events_topic])?;
+    let watchdog = GroupWatchdog::new(
+        &config.group_id,
+        &config.events_topic,
+        chatpipe_common::kafka::session_timeout(&consumer_config),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let stop = stop.clone();
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("processor-poller".into())
-            .spawn(move || poll_loop(consumer, shared, stop, commit_rx))
+            .spawn(move || poll_loop(consumer, shared, stop, commit_rx, watchdog))
             .map_err(|e| Error::Internal(e.to_string()))?
     };
     let merger_stop = tokio_util::sync::CancellationToken::new();
@@ -282,6 +286,7 @@ fn poll_loop(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     mut commits: mpsc::Receiver<(i32, i64)>,
+    mut watchdog: GroupWatchdog,
 ) {
     let topic = shared.config.events_topic.clone();
     let commit = |consumer: &BaseConsumer<Ctx>, commits: &mut mpsc::Receiver<(i32, i64)>| {
@@ -317,8 +322,19 @@ fn poll_loop(
     // so a seek back never refills a queue with old records.
     let mut next: HashMap<i32, i64> = HashMap::new();
     let mut known: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    let mut watched = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         commit(&consumer, &mut commits);
+        if watched.elapsed() >= Duration::from_secs(1) {
+            watched = Instant::now();
+            if watchdog.check(&consumer, watched) == Verdict::Rejoin {
+                shared.metrics.errors.with_label_values(&["group_rejoin"]).inc();
+                if let Err(e) = group::rejoin(&consumer, &topic) {
+                    shared.metrics.errors.with_label_values(&["rejoin"]).inc();
+                    tracing::error!(error = %e, "rejoining the consumer group failed");
+                }
+            }
+        }
         let assigned: std::collections::HashSet<i32> = shared.tasks().keys().copied().collect();
         for p in assigned.difference(&known) {
             starts.assigned(*p);
@@ -364,7 +380,7 @@ fn poll_loop(
                 if parked.contains_key(&p) {
                     continue; // fetched before the pause took effect; re-read after the resume
                 }
-                if starts.check(&consumer, &topic, p, offset) == Verdict::SoughtBack {
+                if starts.check(&consumer, &topic, p, offset) == fetch_start::Verdict::SoughtBack {
                     continue;
                 }
                 if next.get(&p).is_some_and(|n| offset < *n) {
@@ -427,17 +443,17 @@ struct Out {
 /// retried forever and never dropped silently: it is replaced by a DLQ record naming its
 /// topic, key and size (reason `output_refused`), counted and logged as an error, and the
 /// partition moves on.
-async fn deliver(shared: &Shared, records: &[Out], source: Source<'_>) {
+async fn deliver(shared: &Shared, records: &[Out], source: Source<'_>) -> Option<i64> {
     let mut backoff = Duration::from_millis(100);
     let mut substituted: Vec<Out>;
     let mut records = records;
     loop {
         match try_deliver(shared, records).await {
-            Ok(refused) if refused.is_empty() => {
+            Ok((refused, last)) if refused.is_empty() => {
                 shared.telemetry.health.set("kafka", true);
-                return;
+                return last;
             }
-            Ok(refused) => {
+            Ok((refused, _)) => {
                 substituted = records
                     .iter()
                     .enumerate()
@@ -508,19 +524,19 @@ fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
 }
 
 /// Produces every record and awaits every delivery: `Ok` with the records refused for
-/// what they are (index, error), `Err` on the first transient failure.
+/// what they are (index, error) and the offset of the last record, `Err` on the first
+/// transient failure.
 async fn try_deliver(
     shared: &Shared,
     records: &[Out],
-) -> Result<Vec<(usize, rdkafka::error::KafkaError)>, rdkafka::error::KafkaError> {
+) -> Result<(Vec<(usize, rdkafka::error::KafkaError)>, Option<i64>), rdkafka::error::KafkaError> {
     let producer = &shared.producer;
     let mut futures = Vec::with_capacity(records.len());
     for r in records {
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in &r.headers {
-            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).key(&r.key);
+        if let Some(headers) = changelog::kafka_headers(&r.headers) {
+            rec = rec.headers(headers);
         }
-        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).key(&r.key).headers(headers);
         if let Some(v) = &r.value {
             rec = rec.payload(v);
         }
@@ -544,66 +560,15 @@ async fn try_deliver(
         }
     };
     let mut refused = Vec::new();
+    let mut last = None;
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(_) => {}
+            Ok(d) => last = Some(d.offset),
             Err((e, _)) if is_permanent(&e) => refused.push((i, e)),
             Err((e, _)) => return Err(e),
         }
     }
-    Ok(refused)
-}
-
-async fn restore(config: &Config, partition: i32) -> Result<PartitionState, Error> {
-    let kafka = config.kafka.clone();
-    let topic = config.changelog_topic.clone();
-    tokio::task::spawn_blocking(move || -> Result<PartitionState, Error> {
-        let c: BaseConsumer = kafka
-            .consumer_config("processor-restore")
-            .set("group.id", "chatpipe-processor-restore")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .create()?;
-        let (low, high) = c.fetch_watermarks(&topic, partition, Duration::from_secs(30))?;
-        let mut latest: HashMap<StateKey, ChangeRecord> = HashMap::new();
-        if high > low {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, partition, Offset::Beginning)?;
-            c.assign(&tpl)?;
-            let deadline = Instant::now() + Duration::from_secs(600);
-            loop {
-                if Instant::now() > deadline {
-                    return Err(Error::Restore(format!("partition {partition}: changelog not read to {high} in time")));
-                }
-                match c.poll(Duration::from_millis(500)) {
-                    None => continue,
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(m)) => {
-                        if let Some(k) = m.key() {
-                            let key: StateKey = envelope::decode(k).map_err(|e| Error::Restore(e.to_string()))?;
-                            match m.payload() {
-                                Some(v) => {
-                                    let rec: ChangeRecord =
-                                        envelope::decode(v).map_err(|e| Error::Restore(e.to_string()))?;
-                                    latest.insert(key, rec);
-                                }
-                                // a tombstone: the key was deleted by a committed batch
-                                None => {
-                                    latest.remove(&key);
-                                }
-                            }
-                        }
-                        if m.offset() >= high - 1 {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(PartitionState::restore(latest))
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))?
+    Ok((refused, last))
 }
 
 fn now_ms() -> i64 {
@@ -614,9 +579,9 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
     let cfg = &shared.config;
     let t0 = Instant::now();
     let mut backoff = Duration::from_millis(200);
-    let state = loop {
-        match restore(cfg, partition).await {
-            Ok(s) => break s,
+    let restored = loop {
+        match changelog::restore(cfg, &shared.producer, partition).await {
+            Ok(r) => break r,
             Err(e) => {
                 shared.metrics.errors.with_label_values(&["restore"]).inc();
                 tracing::error!(partition, error = %e, "state restore failed; retrying");
@@ -626,8 +591,29 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
         }
     };
     shared.metrics.restore.observe(t0.elapsed().as_secs_f64());
-    tracing::info!(partition, entries = state.entries(), applied = state.meta.applied_offset, took = ?t0.elapsed(), "partition state restored");
-    let mut core = PartitionCore::new(partition, cfg.rules(), state);
+    shared.metrics.restore_records.with_label_values(&["read"]).inc_by(restored.read);
+    shared.metrics.restore_records.with_label_values(&["fenced"]).inc_by(restored.ignored);
+    tracing::info!(
+        partition,
+        entries = restored.state.entries(),
+        applied = restored.state.meta.applied_offset,
+        records = restored.read,
+        fenced = restored.ignored,
+        checkpoint = restored.from_checkpoint,
+        epoch = restored.epoch,
+        took = ?t0.elapsed(),
+        "partition state restored"
+    );
+    let epoch = restored.epoch;
+    let mut core = PartitionCore::new(partition, cfg.rules(), restored.state);
+    // the changelog offset of the last Meta delivered, and when a checkpoint was last written
+    let mut committed_at: Option<i64> = None;
+    let mut checkpointed = Instant::now();
+    // Changelog records this task wrote after its fence, and the offset up to which the
+    // changelog is known to hold no one else's: a Meta landing past `epoch + ours` means
+    // another writer's records are in between (`changelog::foreign_records`).
+    let (mut ours, mut verified) = (0i64, epoch);
+    let mut fenced = false;
     let part_label = partition.to_string();
     let mut last_input = Instant::now();
     loop {
@@ -699,7 +685,7 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
                             partition: Some(partition),
                             key,
                             value,
-                            headers: Vec::new(),
+                            headers: changelog::epoch_headers(epoch),
                         }),
                         Err(e) => {
                             // only a value over the envelope's size limit: an error, never silent
@@ -713,12 +699,44 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
         };
         let entries = log(entries);
         let meta = log(meta);
+        ours += (entries.len() + meta.len()) as i64;
         let bytes: usize =
             entries.iter().chain(meta.iter()).map(|o| o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
         records.extend(entries);
         let source = Source { topic: &cfg.events_topic, partition, offset: core.applied_offset() };
         deliver(&shared, &records, source).await;
-        deliver(&shared, &meta, source).await;
+        if let Some(at) = deliver(&shared, &meta, source).await {
+            committed_at = Some(at);
+            if at > epoch + ours {
+                match changelog::foreign_records(cfg, partition, epoch, verified, at).await {
+                    Ok(found) if found.fenced => {
+                        shared.metrics.errors.with_label_values(&["fenced"]).inc();
+                        tracing::error!(partition, "a newer owner fenced this partition; this task stops writing");
+                        fenced = true;
+                        break;
+                    }
+                    Ok(found) => {
+                        if !found.keys.is_empty() {
+                            shared.metrics.errors.with_label_values(&["zombie_records"]).inc();
+                            tracing::warn!(
+                                partition,
+                                keys = found.keys.len(),
+                                "a fenced-off owner wrote to the changelog; logging those keys again"
+                            );
+                        }
+                        core.state.relog_keys(found.keys);
+                        (ours, verified) = (at - epoch, at);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "checking the changelog for other writers failed; checking again after the next batch")
+                    }
+                }
+            }
+        }
+        if checkpointed.elapsed() >= cfg.checkpoint_interval {
+            checkpoint(&shared, partition, committed_at, epoch, &core.state);
+            checkpointed = Instant::now();
+        }
         shared.metrics.changelog_bytes.inc_by(bytes as u64);
         shared.metrics.state_entries.with_label_values(&[&part_label]).set(core.state.entries() as i64);
         shared.metrics.batch.observe(started.elapsed().as_secs_f64());
@@ -727,7 +745,27 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             let _ = shared.commits.try_send((partition, next));
         }
     }
+    // released (revoked or shut down) after its last committed batch: a restart here reads
+    // no changelog beyond this
+    if !fenced {
+        checkpoint(&shared, partition, committed_at, epoch, &core.state);
+    }
     tracing::info!(partition, "partition task stopped");
+}
+
+/// Writes the partition's checkpoint (`changelog.rs`) when a batch has committed under this
+/// task; a failure only costs restart time.
+fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, epoch: i64, state: &PartitionState) {
+    let Some(at) = committed_at else { return };
+    let cfg = &shared.config;
+    let t0 = Instant::now();
+    match changelog::write_checkpoint(&cfg.state_dir, &cfg.changelog_topic, partition, at, epoch, state) {
+        Ok(()) => tracing::debug!(partition, offset = at, took = ?t0.elapsed(), "checkpoint written"),
+        Err(e) => {
+            shared.metrics.errors.with_label_values(&["checkpoint"]).inc();
+            tracing::warn!(partition, error = %e, "checkpoint not written");
+        }
+    }
 }
 
 fn record_outcomes(m: &ProcessorMetrics, o: &Outputs) {

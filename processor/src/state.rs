@@ -235,6 +235,10 @@ pub enum StateKey {
     Event(u64, u64),
     /// (window start, session).
     Window(i64, u64),
+    /// An owner's fence, by a random id (so compaction never removes one): its offset in the
+    /// changelog is the epoch of every record that owner writes afterwards (`changelog.rs`).
+    /// Never part of the state.
+    Fence(u64),
 }
 
 /// A changelog value.
@@ -413,9 +417,9 @@ impl PartitionState {
         // the aborted record as committed
         let relog = std::mem::take(&mut self.relog);
         if !relog.is_empty() {
-            let logged: std::collections::HashSet<StateKey> = out.iter().map(|(k, _)| k.clone()).collect();
+            let mut logged: std::collections::HashSet<StateKey> = out.iter().map(|(k, _)| k.clone()).collect();
             for k in relog {
-                if !logged.contains(&k) {
+                if logged.insert(k.clone()) {
                     let v = self.value_of(&k);
                     out.push((k, rec(v.clone(), v)));
                 }
@@ -438,6 +442,12 @@ impl PartitionState {
         out
     }
 
+    /// Logs these keys again, with their current value, in the next batch (keys a fenced-off
+    /// owner wrote: see `changelog.rs`).
+    pub fn relog_keys(&mut self, keys: impl IntoIterator<Item = StateKey>) {
+        self.relog.extend(keys.into_iter().filter(|k| *k != StateKey::Meta && !matches!(k, StateKey::Fence(_))));
+    }
+
     /// The current value of a key.
     pub fn value_of(&self, k: &StateKey) -> Option<StateValue> {
         match k {
@@ -446,7 +456,26 @@ impl PartitionState {
             StateKey::Member(s, u) => self.members.get(&(*s, *u)).cloned().map(StateValue::Member),
             StateKey::Event(s, m) => self.events.get(&(*s, *m)).cloned().map(StateValue::Event),
             StateKey::Window(w, s) => self.windows.get(&(*w, *s)).cloned().map(StateValue::Window),
+            StateKey::Fence(_) => None,
         }
+    }
+
+    /// The state as the latest committed changelog record of every key, `Meta` included —
+    /// what a compacted changelog that ends at this batch's `Meta` restores to (a checkpoint).
+    pub fn committed_records(&self) -> Vec<(StateKey, ChangeRecord)> {
+        let off = self.meta.applied_offset;
+        let rec = |v: StateValue| ChangeRecord { batch_offset: off, prev: None, new: Some(v) };
+        let mut out = Vec::with_capacity(self.entries() + 1);
+        out.push((StateKey::Meta, rec(StateValue::Meta(self.meta.clone()))));
+        out.extend(self.sessions.iter().map(|(s, v)| (StateKey::Session(*s), rec(StateValue::Session(v.clone())))));
+        out.extend(
+            self.members.iter().map(|((s, u), v)| (StateKey::Member(*s, *u), rec(StateValue::Member(v.clone())))),
+        );
+        out.extend(self.events.iter().map(|((s, m), v)| (StateKey::Event(*s, *m), rec(StateValue::Event(v.clone())))));
+        out.extend(
+            self.windows.iter().map(|((w, s), v)| (StateKey::Window(*w, *s), rec(StateValue::Window(v.clone())))),
+        );
+        out
     }
 
     /// Every entry's current value (tests compare states with it).

@@ -212,6 +212,9 @@ async fn start_and_run(
     set_default(&mut cc, "auto.offset.reset", "earliest");
     set_default(&mut cc, "auto.commit.interval.ms", "1000");
     set_default(&mut cc, "statistics.interval.ms", "5000");
+    for (k, v) in chatpipe_common::kafka::GROUP_DEFAULTS {
+        set_default(&mut cc, k, v);
+    }
     set_default(&mut cc, "enable.auto.commit", "true");
     // Not overridable: the guarantee rests on storing offsets only after HBase acknowledged.
     cc.set("group.id", &config.group_id);
@@ -242,7 +245,12 @@ async fn start_and_run(
         max_retries: config.max_retries,
         hbase_ok: std::sync::atomic::AtomicBool::new(true),
     });
-    let pipeline = Pipeline::new(config, consumer, shared, writer, assignments, from_earliest);
+    let watchdog = chatpipe_common::group::GroupWatchdog::new(
+        &config.group_id,
+        &config.rows_topic,
+        chatpipe_common::kafka::session_timeout(&cc),
+    );
+    let pipeline = Pipeline::new(config, consumer, shared, writer, assignments, from_earliest, watchdog);
     // On a worker thread of its own, so that the rebalance callback may block in place.
     tokio::spawn(pipeline.run(stop.cancelled_owned())).await.map_err(|e| Error::BatchTask(e.to_string()))?
 }

@@ -58,6 +58,9 @@ pub mod kind {
     pub const OFFSET_COMMIT: &str = "offset_commit";
     /// A batch abandoned on revocation or shutdown (its rows are replayed later).
     pub const ABANDONED: &str = "abandoned";
+    /// The member rejoined its group after holding no partitions while some were unowned
+    /// (`chatpipe_common::group`).
+    pub const GROUP_REJOIN: &str = "group_rejoin";
 }
 
 /// The sink's metrics, registered once per [`Registry`].

@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use chatpipe_common::group::{self, GroupWatchdog, Verdict};
 use chatpipe_common::kafka::record_consumer_lag;
 use futures::StreamExt;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -321,6 +322,8 @@ pub(crate) struct Pipeline {
     /// queue handle must be dropped before the partition's queue is split again (dropping
     /// it disables the queue's wake-up callback).
     pending: HashMap<i32, Assignment>,
+    /// Rejoins the group when a faulty coordinator left this member without partitions.
+    watchdog: GroupWatchdog,
 }
 
 impl Pipeline {
@@ -331,6 +334,7 @@ impl Pipeline {
         writer: Arc<Writer>,
         assignments: mpsc::UnboundedReceiver<Assignment>,
         from_earliest: bool,
+        watchdog: GroupWatchdog,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let env =
@@ -341,6 +345,7 @@ impl Pipeline {
             workers: JoinSet::new(),
             alive: HashSet::new(),
             pending: HashMap::new(),
+            watchdog,
         }
     }
 
@@ -349,10 +354,13 @@ impl Pipeline {
         let mut shutdown = std::pin::pin!(shutdown);
         let consumer = Arc::clone(&self.env.consumer);
         let mut kafka_errors: u64 = 0;
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 biased;
                 Some(a) = self.assignments.recv() => self.start_worker(a),
+                _ = watch.tick() => self.watch_group(),
                 Some(done) = self.workers.join_next(), if !self.workers.is_empty() => match done {
                     Ok((partition, Ok(()))) => {
                         self.alive.remove(&partition);
@@ -387,6 +395,19 @@ impl Pipeline {
         };
         let drained = self.drain().await;
         result.and(drained)
+    }
+
+    /// Runs the group watchdog (a describe round trip only after a session timeout without
+    /// partitions).
+    fn watch_group(&mut self) {
+        let consumer = &*self.env.consumer;
+        if blocking(|| self.watchdog.check(consumer, Instant::now())) == Verdict::Rejoin {
+            self.env.writer.metrics.error(kind::GROUP_REJOIN);
+            if let Err(e) = group::rejoin(consumer, &self.env.config.rows_topic) {
+                self.env.writer.metrics.error(kind::KAFKA);
+                tracing::error!(error = %e, "rejoining the consumer group failed");
+            }
+        }
     }
 
     fn start_worker(&mut self, a: Assignment) {

@@ -813,10 +813,21 @@ impl Collector {
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
+        // the roles create the topics: a processor started as a separate process may not
+        // have yet
+        let deadline = Instant::now() + Duration::from_secs(60);
         for topic in ["chat.rows", "chat.agg.session.1m", "chat.agg.global.1m", "chat.unread", "chat.dlq"] {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-            for p in md.topics()[0].partitions() {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            let partitions = loop {
+                let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+                let ids: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+                if !ids.is_empty() {
+                    break ids;
+                }
+                assert!(Instant::now() < deadline, "topic {topic} was not created within 60 s");
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            for p in partitions {
+                tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
             }
         }
         consumer.assign(&tpl).unwrap();

@@ -1,0 +1,141 @@
+//! Crashes of real processes while events flow, on tansu and the HBase emulator: every
+//! output topic and every HBase table equal an oracle computed independently in the test.
+//!
+//! * Two processors and a sink, as `chatpipe` processes: a processor killed with SIGKILL
+//!   twice within 3 s and the other once (each restarted at once), then the sink killed once, ≥ 20,000 events.
+//!   On tansu 0.6 this is the case whose group could end with every member holding no
+//!   partitions; the group watchdog (`chatpipe_common::group`) must get it going again.
+//! * A processor killed and never replaced: the survivor takes over its partitions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use chatpipe_common::kafka::TopicSpec;
+use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
+use chatpipe_tests::chat::{diff, oracle, scripted, Collector, OracleRules, Outputs};
+use chatpipe_tests::pipeline::{hbase_rows, produce};
+use chatpipe_tests::roles::{processor_args, sink_args, RoleProcess};
+use chatpipe_tests::{TestBroker, TestHbase};
+
+const PARTITIONS: i32 = 4;
+const OUTPUT_PARTITIONS: i32 = 2;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// The roles' log directory; prints the end of every log when the test fails.
+struct Logs(tempfile::TempDir);
+
+impl Logs {
+    fn new() -> Self {
+        Logs(tempfile::tempdir().unwrap())
+    }
+    fn path(&self, role: &str) -> std::path::PathBuf {
+        self.0.path().join(format!("{role}.log"))
+    }
+    /// Lines of every log containing `pattern`.
+    fn count(&self, pattern: &str) -> usize {
+        std::fs::read_dir(self.0.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| l.contains(pattern)).count()
+            })
+            .sum()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for entry in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- {} (last 60 lines) ----", entry.file_name().to_string_lossy());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processor_killed_twice_within_3s_and_the_sink_once_outputs_and_hbase_equal_the_oracle() {
+    let broker = TestBroker::start();
+    broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
+    let hbase = TestHbase::start();
+    {
+        let mut c = HbaseClient::connect(&HbaseConfig::new(hbase.thrift())).unwrap();
+        chatpipe_sink::tables::create_all(&mut c).unwrap();
+    }
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS as usize, 5_000, now_ms(), &rules, 21);
+    assert!(w.len() >= 20_000, "{} events", w.len());
+    let expected = oracle(&w, &rules);
+    let total_rows = expected.rows.len();
+    let logs = Logs::new();
+    let p_args = processor_args(&broker.bootstrap(), "p-crash-procs", PARTITIONS, OUTPUT_PARTITIONS, &rules);
+    let mut a = RoleProcess::start(p_args.clone(), &logs.path("processor-a"));
+    let mut b = RoleProcess::start(p_args, &logs.path("processor-b"));
+    let mut sink = RoleProcess::start(
+        sink_args(&broker.bootstrap(), &hbase.thrift(), "s-crash-procs", OUTPUT_PARTITIONS),
+        &logs.path("sink"),
+    );
+    let collector = Collector::start(&broker);
+    // about 20 s of input: 25 records per partition every 100 ms
+    let producing = produce(&broker, &w, 25, Some(Duration::from_millis(100)));
+    let faults = async {
+        collector.wait_rows(total_rows / 5, Duration::from_secs(180)).await;
+        // the same member twice (its first restart dies while joining), then the other one
+        a.kill_and_restart();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        a.kill_and_restart();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.kill_and_restart();
+        let (killed, rows) = (Instant::now(), collector.rows());
+        collector.wait_rows(rows + total_rows / 10, Duration::from_secs(240)).await;
+        eprintln!("processing went on {:?} after the last processor kill", killed.elapsed());
+        sink.kill_and_restart();
+    };
+    tokio::join!(producing, faults);
+    collector.wait_for(&expected, Duration::from_secs(300)).await;
+    eprintln!("group rejoins by the watchdog: {}", logs.count("rejoining the group"));
+    let thrift = hbase.thrift();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let t = thrift.clone();
+        let rows = tokio::task::spawn_blocking(move || hbase_rows(&t)).await.unwrap();
+        if rows == expected.rows {
+            break;
+        }
+        let got = Outputs { rows, ..Outputs::default() };
+        let want = Outputs { rows: expected.rows.clone(), ..Outputs::default() };
+        assert!(Instant::now() < deadline, "HBase differs from the oracle:\n{}", diff(&want, &got));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_processor_that_never_comes_back_is_replaced_by_the_survivor() {
+    let broker = TestBroker::start();
+    broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS as usize, 2_500, now_ms(), &rules, 22);
+    let expected = oracle(&w, &rules);
+    let logs = Logs::new();
+    let p_args = processor_args(&broker.bootstrap(), "p-crash-survivor", PARTITIONS, OUTPUT_PARTITIONS, &rules);
+    let _a = RoleProcess::start(p_args.clone(), &logs.path("processor-a"));
+    let mut b = RoleProcess::start(p_args, &logs.path("processor-b"));
+    let collector = Collector::start(&broker);
+    let producing = produce(&broker, &w, 100, Some(Duration::from_millis(100)));
+    let fault = async {
+        collector.wait_rows(expected.rows.len() / 3, Duration::from_secs(180)).await;
+        b.kill();
+    };
+    tokio::join!(producing, fault);
+    collector.wait_for(&expected, Duration::from_secs(300)).await;
+}
