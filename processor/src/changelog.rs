@@ -142,6 +142,8 @@ pub struct Restored {
     pub state: PartitionState,
     /// This owner's epoch: the offset of its fence.
     pub epoch: i64,
+    /// The fence's id (its key), which checkpoints name to prove which log they belong to.
+    pub fence_id: u64,
     /// Changelog records read (the tail only, after a checkpoint).
     pub read: u64,
     /// Records of fenced-off owners ignored.
@@ -158,7 +160,8 @@ fn fence_id(partition: i32) -> u64 {
 /// Fences the partition and restores its state: from the local checkpoint plus the
 /// changelog after it when one is valid, else from the whole changelog.
 pub async fn restore(config: &Config, producer: &FutureProducer, partition: i32) -> Result<Restored, Error> {
-    let key = envelope::encode(&StateKey::Fence(fence_id(partition))).map_err(|e| Error::Internal(e.to_string()))?;
+    let id = fence_id(partition);
+    let key = envelope::encode(&StateKey::Fence(id)).map_err(|e| Error::Internal(e.to_string()))?;
     let fence = producer
         .send(
             FutureRecord::<[u8], [u8]>::to(&config.changelog_topic).partition(partition).key(&key).payload(FENCE_VALUE),
@@ -168,17 +171,20 @@ pub async fn restore(config: &Config, producer: &FutureProducer, partition: i32)
         .map_err(|(e, _)| Error::Kafka(e))?
         .offset;
     let config = config.clone();
-    tokio::task::spawn_blocking(move || read_to_fence(&config, partition, fence))
+    tokio::task::spawn_blocking(move || read_to_fence(&config, partition, fence, id))
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
 }
 
-fn read_to_fence(config: &Config, partition: i32, fence: i64) -> Result<Restored, Error> {
+fn read_to_fence(config: &Config, partition: i32, fence: i64, fence_id: u64) -> Result<Restored, Error> {
     let topic = &config.changelog_topic;
     let c = restore_consumer(config)?;
     let (low, high) = c.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    // a checkpoint counts only for the log it was taken from: the fence it names must be at
+    // its offset in this changelog (a recreated topic or another cluster has other ids)
     let checkpoint = read_checkpoint(&config.state_dir, topic, partition)
-        .filter(|(h, _)| h.offset < high.max(fence) && h.offset >= low - 1 && h.age() < MAX_CHECKPOINT_AGE);
+        .filter(|(h, _)| h.offset < high.max(fence) && h.offset >= low - 1 && h.age() < MAX_CHECKPOINT_AGE)
+        .filter(|(h, _)| fence_at(&c, topic, partition, low, h.fence).is_ok_and(|id| id == Some(h.fence_id)));
     let from_checkpoint = checkpoint.is_some();
     let (after, mut fold) = match checkpoint {
         Some((h, fold)) => (h.offset, fold),
@@ -194,7 +200,20 @@ fn read_to_fence(config: &Config, partition: i32, fence: i64) -> Result<Restored
         return Err(e);
     }
     let (read, ignored) = (fold.read, fold.ignored);
-    Ok(Restored { state: fold.finish(), epoch: fence, read, ignored, from_checkpoint })
+    Ok(Restored { state: fold.finish(), epoch: fence, fence_id, read, ignored, from_checkpoint })
+}
+
+/// The id of the fence record at `offset`, if the record there is a fence.
+fn fence_at(c: &BaseConsumer, topic: &str, partition: i32, low: i64, offset: i64) -> Result<Option<u64>, Error> {
+    let mut id = None;
+    read_range(c, topic, partition, low, offset - 1, offset, |m| {
+        if m.offset() == offset {
+            if let Some(StateKey::Fence(f)) = m.key().and_then(|k| envelope::decode::<StateKey>(k).ok()) {
+                id = Some(f);
+            }
+        }
+    })?;
+    Ok(id)
 }
 
 fn restore_consumer(config: &Config) -> Result<BaseConsumer, Error> {
@@ -339,8 +358,10 @@ pub struct CheckpointHeader {
     pub partition: i32,
     /// Changelog offset of the `Meta` record the state reflects.
     pub offset: i64,
-    /// The fence the writer ran under.
+    /// The fence the writer ran under (its offset)...
     pub fence: i64,
+    /// ... and its id.
+    pub fence_id: u64,
     /// When it was written (epoch ms).
     pub written_at_ms: i64,
     /// Entries that follow.
@@ -365,18 +386,20 @@ pub fn write_checkpoint(
     topic: &str,
     partition: i32,
     offset: i64,
-    fence: i64,
+    (fence, fence_id): (i64, u64),
     state: &PartitionState,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = checkpoint_path(dir, topic, partition);
-    let tmp = path.with_extension("checkpoint.tmp");
+    // instances sharing a directory never write the same temporary file
+    let tmp = path.with_extension(format!("{}-{fence}.tmp", std::process::id()));
     let records = state.committed_records();
     let header = CheckpointHeader {
         topic: topic.to_owned(),
         partition,
         offset,
         fence,
+        fence_id,
         written_at_ms: chrono::Utc::now().timestamp_millis(),
         entries: records.len() as u64,
     };
@@ -520,7 +543,7 @@ mod tests {
         st.meta.applied_offset = 10;
         append(&mut log, e, st.drain_changes());
         let at = log.len() as i64 - 1; // the Meta record
-        write_checkpoint(dir.path(), "cl", 3, at, e, &st).unwrap();
+        write_checkpoint(dir.path(), "cl", 3, at, (e, 77), &st).unwrap();
         st.remove_member(1, 1);
         st.add_member(1, 3, member(0));
         st.meta.applied_offset = 20;
@@ -528,7 +551,7 @@ mod tests {
         st.meta.applied_offset = 30;
         append(&mut log, e, st.drain_changes()); // the tombstone of (1, 1)
         let (h, mut f) = read_checkpoint(dir.path(), "cl", 3).unwrap();
-        assert_eq!((h.offset, h.fence), (at, e));
+        assert_eq!((h.offset, h.fence, h.fence_id), (at, e, 77));
         for (o, k, ep, v) in log.iter().filter(|(o, _, _, _)| *o > at) {
             f.push(*o, k.clone(), *ep, v.clone());
         }

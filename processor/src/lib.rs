@@ -56,6 +56,7 @@ pub mod core;
 #[cfg(test)]
 mod core_tests;
 mod fetch_start;
+mod freeze;
 pub mod merge;
 pub mod metrics;
 pub mod records;

@@ -42,6 +42,7 @@ use crate::changelog;
 use crate::config::Config;
 use crate::core::{Outcome, Outputs, PartitionCore, Progress};
 use crate::fetch_start::{self, FetchStarts};
+use crate::freeze::FreezeGuard;
 use crate::merge::Merger;
 use crate::metrics::ProcessorMetrics;
 use crate::state::{ChangeRecord, PartitionState, StateKey};
@@ -60,6 +61,7 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     tasks: Mutex<HashMap<i32, PartitionTask>>,
     commits: mpsc::Sender<(i32, i64)>,
+    freeze: Arc<FreezeGuard>,
 }
 
 impl Shared {
@@ -78,14 +80,24 @@ impl Shared {
     }
 
     /// Closes the partitions' queues, waits (bounded) for their tasks to finish the records
-    /// already queued, aborts stragglers, and flushes the producer.
-    fn stop_partitions(&self, partitions: &[i32]) {
+    /// already queued, aborts stragglers, and flushes the producer. Partitions `lost` (the
+    /// group dropped this member: another may own them already) are not drained: their
+    /// tasks are aborted and the producer's queue purged at once.
+    fn stop_partitions(&self, partitions: &[i32], lost: bool) {
         let stopping: Vec<(i32, PartitionTask)> = {
             let mut tasks = self.tasks();
             partitions.iter().filter_map(|p| tasks.remove(p).map(|t| (*p, t))).collect()
         };
         self.metrics.assigned.set(self.tasks().len() as i64);
         if stopping.is_empty() {
+            return;
+        }
+        if lost {
+            for (_, t) in stopping {
+                t.task.abort();
+            }
+            tracing::warn!(partitions = ?partitions, "partitions lost; their tasks aborted and the producer's queue purged");
+            self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
             return;
         }
         let deadline = self.config.drain_timeout;
@@ -124,11 +136,12 @@ fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
 }
 
 impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions_of(tpl, &self.shared.config.events_topic);
-            tracing::info!(partitions = ?parts, "partitions revoked");
-            self.shared.stop_partitions(&parts);
+            let lost = c.assignment_lost();
+            tracing::info!(partitions = ?parts, lost, "partitions revoked");
+            self.shared.stop_partitions(&parts, lost);
         }
     }
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -221,16 +234,6 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     // deliveries are awaited and retried here: no local message timeout (no epoch bump)
     let producer: FutureProducer =
         config.kafka.awaited_producer_config("processor", config.producer_linger_ms).create()?;
-    let (commit_tx, commit_rx) = mpsc::channel(4096);
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        producer,
-        metrics,
-        telemetry: telemetry.clone(),
-        runtime: tokio::runtime::Handle::current(),
-        tasks: Mutex::new(HashMap::new()),
-        commits: commit_tx,
-    });
     let mut defaults = vec![
         ("group.id", config.group_id.as_str()),
         ("auto.offset.reset", "earliest"),
@@ -243,6 +246,18 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     if let Some(id) = &config.group_instance_id {
         consumer_config.set("group.instance.id", id);
     }
+    let (commit_tx, commit_rx) = mpsc::channel(4096);
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        producer,
+        metrics,
+        telemetry: telemetry.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        tasks: Mutex::new(HashMap::new()),
+        commits: commit_tx,
+        freeze: FreezeGuard::start(chatpipe_common::kafka::session_timeout(&consumer_config))
+            .map_err(|e| Error::Internal(e.to_string()))?,
+    });
     let consumer: BaseConsumer<Ctx> = consumer_config.create_with_context(Ctx { shared: shared.clone() })?;
     consumer.subscribe(&[&config.events_topic])?;
     let watchdog = GroupWatchdog::new(
@@ -409,7 +424,7 @@ fn poll_loop(
         shared.metrics.paused.set(parked.len() as i64);
     }
     let all: Vec<i32> = shared.tasks().keys().copied().collect();
-    shared.stop_partitions(&all);
+    shared.stop_partitions(&all, false);
     commit(&consumer, &mut commits);
     consumer.unsubscribe();
 }
@@ -604,7 +619,7 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
         took = ?t0.elapsed(),
         "partition state restored"
     );
-    let epoch = restored.epoch;
+    let (epoch, fence_id) = (restored.epoch, restored.fence_id);
     let mut core = PartitionCore::new(partition, cfg.rules(), restored.state);
     // the changelog offset of the last Meta delivered, and when a checkpoint was last written
     let mut committed_at: Option<i64> = None;
@@ -614,6 +629,7 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
     // another writer's records are in between (`changelog::foreign_records`).
     let (mut ours, mut verified) = (0i64, epoch);
     let mut fenced = false;
+    let mut released_dirty = false;
     let part_label = partition.to_string();
     let mut last_input = Instant::now();
     loop {
@@ -704,6 +720,12 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             entries.iter().chain(meta.iter()).map(|o| o.key.len() + o.value.as_ref().map_or(0, Vec::len)).sum();
         records.extend(entries);
         let source = Source { topic: &cfg.events_topic, partition, offset: core.applied_offset() };
+        if !hold_while_frozen(&shared, &rx).await {
+            // released while holding after a freeze: the batch is applied but not written,
+            // so the state is not checkpointed either
+            released_dirty = true;
+            break;
+        }
         deliver(&shared, &records, source).await;
         if let Some(at) = deliver(&shared, &meta, source).await {
             committed_at = Some(at);
@@ -734,7 +756,7 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             }
         }
         if checkpointed.elapsed() >= cfg.checkpoint_interval {
-            checkpoint(&shared, partition, committed_at, epoch, &core.state);
+            checkpoint(&shared, partition, committed_at, (epoch, fence_id), &core.state);
             checkpointed = Instant::now();
         }
         shared.metrics.changelog_bytes.inc_by(bytes as u64);
@@ -747,19 +769,31 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
     }
     // released (revoked or shut down) after its last committed batch: a restart here reads
     // no changelog beyond this
-    if !fenced {
-        checkpoint(&shared, partition, committed_at, epoch, &core.state);
+    if !fenced && !released_dirty {
+        checkpoint(&shared, partition, committed_at, (epoch, fence_id), &core.state);
     }
     tracing::info!(partition, "partition task stopped");
 }
 
+/// Waits while writes are held after a freeze (`freeze.rs`); `false` when the partition was
+/// released meanwhile.
+async fn hold_while_frozen(shared: &Shared, rx: &mpsc::Receiver<OwnedMessage>) -> bool {
+    while shared.freeze.holding() {
+        if rx.is_closed() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    true
+}
+
 /// Writes the partition's checkpoint (`changelog.rs`) when a batch has committed under this
 /// task; a failure only costs restart time.
-fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, epoch: i64, state: &PartitionState) {
+fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, fence: (i64, u64), state: &PartitionState) {
     let Some(at) = committed_at else { return };
     let cfg = &shared.config;
     let t0 = Instant::now();
-    match changelog::write_checkpoint(&cfg.state_dir, &cfg.changelog_topic, partition, at, epoch, state) {
+    match changelog::write_checkpoint(&cfg.state_dir, &cfg.changelog_topic, partition, at, fence, state) {
         Ok(()) => tracing::debug!(partition, offset = at, took = ?t0.elapsed(), "checkpoint written"),
         Err(e) => {
             shared.metrics.errors.with_label_values(&["checkpoint"]).inc();

@@ -87,13 +87,14 @@ impl Drop for RoleProcess {
 }
 
 /// `chatpipe process` flags for a test broker, group and the oracle's rules (idle timeout
-/// 1 s and grace 5 s, as the in-process tests configure).
+/// 1 s and grace 5 s, as the in-process tests configure), with checkpoints in `state_dir`.
 pub fn processor_args(
     brokers: &str,
     group: &str,
     partitions: i32,
     output_partitions: i32,
     rules: &OracleRules,
+    state_dir: &Path,
 ) -> Vec<String> {
     let allowed: Vec<&str> = chatpipe_common::event::MessageKind::ALL
         .iter()
@@ -134,6 +135,8 @@ pub fn processor_args(
         "127.0.0.1:0",
         "--log-format",
         "text",
+        "--state-dir",
+        &state_dir.display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())

@@ -78,7 +78,14 @@ async fn processor_killed_twice_within_3s_and_the_sink_once_outputs_and_hbase_eq
     let expected = oracle(&w, &rules);
     let total_rows = expected.rows.len();
     let logs = Logs::new();
-    let p_args = processor_args(&broker.bootstrap(), "p-crash-procs", PARTITIONS, OUTPUT_PARTITIONS, &rules);
+    let p_args = processor_args(
+        &broker.bootstrap(),
+        "p-crash-procs",
+        PARTITIONS,
+        OUTPUT_PARTITIONS,
+        &rules,
+        &logs.path("state"),
+    );
     let mut a = RoleProcess::start(p_args.clone(), &logs.path("processor-a"));
     let mut b = RoleProcess::start(p_args, &logs.path("processor-b"));
     let mut sink = RoleProcess::start(
@@ -127,7 +134,14 @@ async fn a_killed_processor_that_never_comes_back_is_replaced_by_the_survivor() 
     let w = scripted(PARTITIONS as usize, 2_500, now_ms(), &rules, 22);
     let expected = oracle(&w, &rules);
     let logs = Logs::new();
-    let p_args = processor_args(&broker.bootstrap(), "p-crash-survivor", PARTITIONS, OUTPUT_PARTITIONS, &rules);
+    let p_args = processor_args(
+        &broker.bootstrap(),
+        "p-crash-survivor",
+        PARTITIONS,
+        OUTPUT_PARTITIONS,
+        &rules,
+        &logs.path("state"),
+    );
     let _a = RoleProcess::start(p_args.clone(), &logs.path("processor-a"));
     let mut b = RoleProcess::start(p_args, &logs.path("processor-b"));
     let collector = Collector::start(&broker);
@@ -138,4 +152,44 @@ async fn a_killed_processor_that_never_comes_back_is_replaced_by_the_survivor() 
     };
     tokio::join!(producing, fault);
     collector.wait_for(&expected, Duration::from_secs(300)).await;
+}
+
+/// The zombie case: a processor frozen (SIGSTOP) past its session while events flow, the
+/// other takes over; the first is resumed (SIGCONT) and left running a while — it must
+/// neither roll the state back nor overwrite newer outputs — then the second is killed and
+/// restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_processor_resumed_after_losing_its_partitions_changes_nothing() {
+    let broker = TestBroker::start();
+    broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS as usize, 3_000, now_ms(), &rules, 23);
+    let expected = oracle(&w, &rules);
+    let total_rows = expected.rows.len();
+    let logs = Logs::new();
+    let p_args =
+        processor_args(&broker.bootstrap(), "p-zombie", PARTITIONS, OUTPUT_PARTITIONS, &rules, &logs.path("state"));
+    let a = RoleProcess::start(p_args.clone(), &logs.path("processor-a"));
+    let mut b = RoleProcess::start(p_args, &logs.path("processor-b"));
+    let collector = Collector::start(&broker);
+    let producing = produce(&broker, &w, 20, Some(Duration::from_millis(100)));
+    let faults = async {
+        collector.wait_rows(total_rows / 5, Duration::from_secs(180)).await;
+        a.signal("STOP");
+        // past the 6 s session: b takes every partition and goes on
+        let rows = collector.rows();
+        collector.wait_rows(rows + total_rows / 10, Duration::from_secs(120)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        a.signal("CONT");
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        b.kill_and_restart();
+    };
+    tokio::join!(producing, faults);
+    collector.wait_for(&expected, Duration::from_secs(300)).await;
+    eprintln!(
+        "writes held after the freeze: {}; partitions lost: {}; fenced tasks: {}",
+        logs.count("the process was frozen"),
+        logs.count("partitions lost"),
+        logs.count("a newer owner fenced")
+    );
 }

@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chatpipe_common::envelope;
 use chatpipe_common::event::MessageKind;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{parse_kafka_option, TopicSpec};
 use chatpipe_processor::Config;
-use chatpipe_tests::chat::{oracle, scripted, Collector, Input, OracleRules, Outputs, Workload};
-use chatpipe_tests::{chatpipe_binary, TestBroker};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use chatpipe_tests::chat::{oracle, scripted, Collector, OracleRules, Outputs, Workload};
+use chatpipe_tests::roles::{processor_args, RoleProcess};
+use chatpipe_tests::TestBroker;
 
 const PARTITIONS: usize = 4;
 
@@ -48,85 +47,12 @@ fn config(broker: &TestBroker, rules: &OracleRules, group: &str) -> Config {
     c.idle_timeout = Duration::from_secs(1);
     c.drain_timeout = Duration::from_secs(5);
     c.metrics_listen = "127.0.0.1:0".parse().unwrap();
+    c.state_dir = std::env::temp_dir().join(format!("chatpipe-test-state-{group}-{}", std::process::id()));
     c
 }
 
-/// The same configuration as command-line flags, for the process variant.
-fn config_args(c: &Config, rules: &OracleRules) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "process".into(),
-        "--kafka-brokers".into(),
-        c.kafka.brokers.clone(),
-        "--group-id".into(),
-        c.group_id.clone(),
-        "--events-partitions".into(),
-        c.events_partitions.to_string(),
-        "--output-partitions".into(),
-        c.output_partitions.to_string(),
-        "--blocked-senders".into(),
-        rules.blocked_sender.to_string(),
-        "--allowed-kinds".into(),
-        c.allowed_kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","),
-        "--max-body-bytes".into(),
-        c.max_body_bytes.to_string(),
-        "--compress-min-bytes".into(),
-        c.compress_min_bytes.to_string(),
-        "--fanout-max-members".into(),
-        c.fanout_max_members.to_string(),
-        "--window".into(),
-        format!("{}ms", rules.window_ms),
-        "--grace".into(),
-        "5s".into(),
-        "--correction-horizon".into(),
-        format!("{}ms", rules.correction_horizon_ms),
-        "--idle-timeout".into(),
-        "1s".into(),
-        "--metrics-listen".into(),
-        "127.0.0.1:0".into(),
-        "--log-format".into(),
-        "text".into(),
-    ];
-    for (k, v) in kafka_test_options() {
-        a.push("--kafka-option".into());
-        a.push(format!("{k}={v}"));
-    }
-    a
-}
-
 async fn produce(broker: &TestBroker, w: &Workload) {
-    let producer: FutureProducer = broker.kafka_args().producer_config("test", 5).create().unwrap();
-    let mut all = Vec::new();
-    for (p, events) in w.partitions.iter().enumerate() {
-        let producer = producer.clone();
-        let events = events.clone();
-        all.push(async move {
-            for chunk in events.chunks(500) {
-                let sends: Vec<_> = chunk
-                    .iter()
-                    .map(|input| {
-                        let (key, value) = match input {
-                            Input::Event(e) => (e.session_id.to_string(), envelope::encode(e).unwrap()),
-                            Input::Garbage(b) => ("garbage".to_string(), b.clone()),
-                        };
-                        let producer = producer.clone();
-                        async move {
-                            producer
-                                .send(
-                                    FutureRecord::to("chat.events").partition(p as i32).key(&key).payload(&value),
-                                    Duration::from_secs(60),
-                                )
-                                .await
-                                .map_err(|(e, _)| e)
-                                .unwrap();
-                        }
-                    })
-                    .collect();
-                // sends of one partition are enqueued in order; the idempotent producer keeps it
-                futures::future::join_all(sends).await;
-            }
-        });
-    }
-    futures::future::join_all(all).await;
+    chatpipe_tests::pipeline::produce(broker, w, 500, None).await;
 }
 
 async fn setup(broker: &TestBroker) {
@@ -228,32 +154,26 @@ async fn killed_three_times_mid_run_outputs_still_equal_the_oracle() {
         collector.wait_rows(total_rows * 3 / 8, Duration::from_secs(180)).await;
         tokio::task::block_in_place(|| second.kill());
         // 3: a separate OS process, killed with SIGKILL
-        let mut child = KillOnDrop(
-            std::process::Command::new(chatpipe_binary().unwrap())
-                .args(config_args(&cfg, &rules))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
+        let state = tempfile::tempdir().unwrap();
+        let log = state.path().join("processor.log");
+        let mut child = RoleProcess::start(
+            processor_args(
+                &broker.bootstrap(),
+                &cfg.group_id,
+                PARTITIONS as i32,
+                cfg.output_partitions,
+                &rules,
+                state.path(),
+            ),
+            &log,
         );
         collector.wait_rows(total_rows * 5 / 8, Duration::from_secs(180)).await;
-        child.0.kill().unwrap(); // SIGKILL
-        child.0.wait().unwrap();
+        child.kill(); // SIGKILL
     };
     tokio::join!(produce_all, crashes);
     let last = chatpipe_processor::start(cfg, Telemetry::new()).await.unwrap();
     collector.wait_for(&expected, Duration::from_secs(240)).await;
     last.shutdown().await.unwrap();
-}
-
-/// A child process that is SIGKILLed when the test ends, even when it fails early.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn gauge(t: &Telemetry, name: &str) -> i64 {
@@ -296,4 +216,84 @@ async fn rebalance_to_the_surviving_instance_keeps_outputs_exact() {
     }
     collector.wait_for(&expected, Duration::from_secs(120)).await;
     a.shutdown().await.unwrap();
+}
+
+fn restore_records(t: &Telemetry) -> u64 {
+    t.registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == chatpipe_processor::metrics::RESTORE_RECORDS)
+        .and_then(|f| {
+            f.get_metric()
+                .iter()
+                .find(|m| m.get_label().iter().any(|l| l.value() == "read"))
+                .map(|m| m.get_counter().get_value() as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// A restart with the local checkpoints reads only the changelog written after them; a new
+/// instance without them reads the whole changelog; both end with outputs equal to the
+/// oracle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_only_the_changelog_after_its_checkpoint() {
+    let broker = TestBroker::start();
+    setup(&broker).await;
+    let rules = OracleRules::default();
+    let w = scripted(PARTITIONS, 2_500, now_ms(), &rules, 4);
+    let expected = oracle(&w, &rules);
+    let cfg = config(&broker, &rules, "p-checkpoint");
+    let t1 = Telemetry::new();
+    let first = chatpipe_processor::start(cfg.clone(), t1.clone()).await.unwrap();
+    let collector = Collector::start(&broker);
+    produce(&broker, &w).await;
+    collector.wait_for(&expected, Duration::from_secs(180)).await;
+    first.shutdown().await.unwrap(); // checkpoints every partition it releases
+    let whole = restore_records(&t1);
+
+    let t2 = Telemetry::new();
+    let second = chatpipe_processor::start(cfg.clone(), t2.clone()).await.unwrap();
+    wait_assigned(&t2, PARTITIONS as i64).await;
+    // the checkpoints' tail: nothing but this instance's own fences (one per partition)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while restore_records(&t2) < PARTITIONS as u64 {
+        assert!(Instant::now() < deadline, "the restart restored nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        restore_records(&t2) <= 2 * PARTITIONS as u64,
+        "the restart read {} changelog records",
+        restore_records(&t2)
+    );
+    second.shutdown().await.unwrap();
+
+    // a new instance without the checkpoints reads the whole changelog (~1.4 records per
+    // event: far more than the restart's handful)
+    let mut fresh = cfg.clone();
+    fresh.state_dir = fresh.state_dir.join("elsewhere");
+    let t3 = Telemetry::new();
+    let third = chatpipe_processor::start(fresh, t3.clone()).await.unwrap();
+    wait_assigned(&t3, PARTITIONS as i64).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while restore_records(&t3) < 5_000 {
+        assert!(Instant::now() < deadline, "a new instance read only {} records", restore_records(&t3));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "changelog records read: first start {whole}, restart {}, new instance {}",
+        restore_records(&t2),
+        restore_records(&t3)
+    );
+    // neither restore changed an output
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    collector.wait_for(&expected, Duration::from_secs(30)).await;
+    third.shutdown().await.unwrap();
+}
+
+async fn wait_assigned(t: &Telemetry, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(t) != n {
+        assert!(Instant::now() < deadline, "not every partition was assigned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
