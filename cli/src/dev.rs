@@ -91,7 +91,7 @@ impl Broker {
             .spawn()
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot start {} ({e}): install it with `scripts/setup` (cargo install --locked tansu --version 0.6.0 --features libsql,dynostore)",
+                    "cannot start {} ({e}): install it with `scripts/setup` (tansu 0.6.0 with chatpipe's group-coordinator patch, scripts/tansu/build)",
                     tansu.display()
                 )
             })?;

@@ -61,6 +61,18 @@ impl FetchStarts {
         self.pending.insert(partition, Pending { expected: None, back: 0, since: Instant::now() });
     }
 
+    /// A partition's task starts over (it was fenced while the partition stayed assigned):
+    /// the fetch goes back to the committed offset (the start of the topic when none) — the
+    /// new task skips what its restored state already applied — and is checked as after an
+    /// assignment.
+    pub fn restart<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, topic: &str, partition: i32) {
+        let to = committed(consumer, topic, partition).map_or(Offset::Beginning, Offset::Offset);
+        if consumer.seek(topic, partition, to, CALL_TIMEOUT).is_err() {
+            tracing::warn!(partition, "seeking a restarted partition failed; its fetch check will seek again");
+        }
+        self.assigned(partition);
+    }
+
     /// A partition was resumed at `next`: its first record must be at or before it.
     pub fn resumed(&mut self, partition: i32, next: i64) {
         self.pending.insert(partition, Pending { expected: Some(next), back: 0, since: Instant::now() });

@@ -11,7 +11,7 @@
 //!   [`changelog`] — fencing, restore and checkpoints (the protocol and why it is exact);
 //! * [`merge`] — the global window merge over per-partition partials;
 //! * [`runner`] — the Kafka I/O: consumer group, partition tasks (`runner::partition_task`
-//!   is the ordering point), delivery, commits;
+//!   is the ordering point), commits; `delivery.rs` — output records and awaited delivery;
 //! * [`config`], [`metrics`].
 //!
 //! **Broker cost** (DESIGN §3): one `chat.rows` record per input event that changes rows
@@ -28,6 +28,13 @@
 //! upsert table (rows by row key, aggregates by `<scope>|<window_start>` and revision,
 //! unread by `user|session` — its intermediate values depend on when emissions fell due, its
 //! final value does not), though a record may appear more than once in the log.
+//!
+//! **Fencing and checkpoints** (DESIGN §7, [`changelog`]): each new owner of a partition
+//! fences the changelog before it restores, and restore ignores what an older owner wrote
+//! after that fence; a frozen process holds its writes until the group has confirmed its
+//! partitions. A checkpoint under `--state-dir` lets a restart read only the changelog tail.
+//! The consumer group rejoins when a faulty coordinator leaves this member without partitions
+//! (`chatpipe_common::group`).
 //!
 //! **Ordering**: one task per input partition applies records in offset order; a session
 //! lives in one partition, so per-session `seq` is dense and in partition order.
@@ -55,6 +62,7 @@ mod conversation;
 pub mod core;
 #[cfg(test)]
 mod core_tests;
+mod delivery;
 mod fetch_start;
 mod freeze;
 pub mod merge;

@@ -16,8 +16,11 @@
 //! Rebalance callbacks run on it: on revocation the
 //! affected partition tasks are closed and awaited (bounded by `--drain-timeout`, below
 //! the session timeout) and the producer is flushed before the partition can be assigned
-//! elsewhere; on assignment a task restores the partition from the changelog and skips
-//! input at or below the applied offset.
+//! elsewhere (lost partitions are aborted and the producer purged instead); on assignment a
+//! task fences and restores the partition (`changelog.rs`) and skips input at or below the
+//! applied offset. Before each batch's writes a task waits out a hold after a process freeze
+//! (`freeze.rs`); after each `Meta` it checks that no one else wrote to its changelog
+//! partition, and checkpoints its state every `--checkpoint-interval`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -36,11 +39,12 @@ use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
 use chatpipe_common::group::{self, GroupWatchdog, Verdict};
 use chatpipe_common::http::Telemetry;
-use chatpipe_common::kafka::{dlq, ensure_topics, record_consumer_lag, TopicSpec};
+use chatpipe_common::kafka::{ensure_topics, record_consumer_lag, TopicSpec};
 
 use crate::changelog;
 use crate::config::Config;
-use crate::core::{Outcome, Outputs, PartitionCore, Progress};
+use crate::core::{PartitionCore, Progress};
+use crate::delivery::{deliver, output_records, record_outcomes, Delivery, Out, Source};
 use crate::fetch_start::{self, FetchStarts};
 use crate::freeze::FreezeGuard;
 use crate::merge::Merger;
@@ -55,13 +59,14 @@ struct PartitionTask {
 
 struct Shared {
     config: Config,
-    producer: FutureProducer,
-    metrics: ProcessorMetrics,
-    telemetry: Telemetry,
+    out: Delivery,
     runtime: tokio::runtime::Handle,
     tasks: Mutex<HashMap<i32, PartitionTask>>,
     commits: mpsc::Sender<(i32, i64)>,
     freeze: Arc<FreezeGuard>,
+    /// Partitions whose task found a newer owner's fence, and when: the poller starts them
+    /// again if they are still assigned here.
+    fenced: Mutex<Vec<(i32, Instant)>>,
 }
 
 impl Shared {
@@ -76,7 +81,7 @@ impl Shared {
         if let Some(old) = self.tasks().insert(partition, PartitionTask { tx, task }) {
             old.task.abort();
         }
-        self.metrics.assigned.set(self.tasks().len() as i64);
+        self.out.metrics.assigned.set(self.tasks().len() as i64);
     }
 
     /// Closes the partitions' queues, waits (bounded) for their tasks to finish the records
@@ -88,7 +93,7 @@ impl Shared {
             let mut tasks = self.tasks();
             partitions.iter().filter_map(|p| tasks.remove(p).map(|t| (*p, t))).collect()
         };
-        self.metrics.assigned.set(self.tasks().len() as i64);
+        self.out.metrics.assigned.set(self.tasks().len() as i64);
         if stopping.is_empty() {
             return;
         }
@@ -97,7 +102,7 @@ impl Shared {
                 t.task.abort();
             }
             tracing::warn!(partitions = ?partitions, "partitions lost; their tasks aborted and the producer's queue purged");
-            self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            self.out.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
             return;
         }
         let deadline = self.config.drain_timeout;
@@ -110,12 +115,12 @@ impl Shared {
                 a.abort();
             }
         }
-        if let Err(e) = self.producer.flush(deadline) {
+        if let Err(e) = self.out.producer.flush(deadline) {
             // nothing of a revoked partition may be delivered after its new owner starts:
             // drop what is still queued (other partitions' tasks see their deliveries fail
             // and resend them, which is safe)
             tracing::error!(error = %e, "producer flush on revocation failed; purging the producer's queue");
-            self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            self.out.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         }
     }
 }
@@ -127,7 +132,7 @@ struct Ctx {
 
 impl ClientContext for Ctx {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        record_consumer_lag(&statistics, &self.shared.metrics.lag);
+        record_consumer_lag(&statistics, &self.shared.out.metrics.lag);
     }
 }
 
@@ -154,7 +159,7 @@ impl ConsumerContext for Ctx {
                 }
             }
             Rebalance::Error(e) => {
-                self.shared.metrics.errors.with_label_values(&["rebalance"]).inc();
+                self.shared.out.metrics.errors.with_label_values(&["rebalance"]).inc();
                 tracing::error!(error = %e, "rebalance failed");
             }
             Rebalance::Revoke(_) => {}
@@ -191,7 +196,7 @@ impl ProcessorHandle {
         for t in tasks {
             t.task.abort();
         }
-        self.shared.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.shared.out.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         // the poller exits without draining (tasks are gone) and drops the consumer
         self.stop.store(true, Ordering::SeqCst);
         if let Some(p) = self.poller.take() {
@@ -249,12 +254,11 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     let (commit_tx, commit_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared {
         config: config.clone(),
-        producer,
-        metrics,
-        telemetry: telemetry.clone(),
+        out: Delivery { producer, metrics, telemetry: telemetry.clone(), dlq_topic: config.dlq_topic.clone() },
         runtime: tokio::runtime::Handle::current(),
         tasks: Mutex::new(HashMap::new()),
         commits: commit_tx,
+        fenced: Mutex::new(Vec::new()),
         freeze: FreezeGuard::start(chatpipe_common::kafka::session_timeout(&consumer_config))
             .map_err(|e| Error::Internal(e.to_string()))?,
     });
@@ -320,7 +324,7 @@ fn poll_loop(
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
             // the changelog, not the committed offset, decides what is applied: a lost
             // commit only means re-reading records that will be skipped
-            shared.metrics.errors.with_label_values(&["commit"]).inc();
+            shared.out.metrics.errors.with_label_values(&["commit"]).inc();
             tracing::debug!(error = %e, "offset commit failed");
         }
     };
@@ -343,9 +347,9 @@ fn poll_loop(
         if watched.elapsed() >= Duration::from_secs(1) {
             watched = Instant::now();
             if watchdog.check(&consumer, watched) == Verdict::Rejoin {
-                shared.metrics.errors.with_label_values(&["group_rejoin"]).inc();
+                shared.out.metrics.errors.with_label_values(&["group_rejoin"]).inc();
                 if let Err(e) = group::rejoin(&consumer, &topic) {
-                    shared.metrics.errors.with_label_values(&["rejoin"]).inc();
+                    shared.out.metrics.errors.with_label_values(&["rejoin"]).inc();
                     tracing::error!(error = %e, "rejoining the consumer group failed");
                 }
             }
@@ -376,7 +380,7 @@ fn poll_loop(
                     let resumed = consumer.seek(&topic, p, Offset::Offset(after), Duration::from_secs(10)).is_ok()
                         && consumer.resume(&tpl).is_ok();
                     if !resumed {
-                        shared.metrics.errors.with_label_values(&["seek"]).inc();
+                        shared.out.metrics.errors.with_label_values(&["seek"]).inc();
                     }
                     tracing::debug!(partition = p, next = after, "partition resumed");
                     starts.resumed(p, after);
@@ -387,6 +391,7 @@ fn poll_loop(
                 Err(None) => {}
             }
         }
+        restart_fenced(&consumer, &shared, &topic, &mut starts, &mut parked, &mut next);
         starts.check_stalled(&consumer, &topic);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
@@ -409,7 +414,7 @@ fn poll_loop(
                     let mut tpl = TopicPartitionList::new();
                     let _ = tpl.add_partition(&topic, p);
                     if let Err(e) = consumer.pause(&tpl) {
-                        shared.metrics.errors.with_label_values(&["pause"]).inc();
+                        shared.out.metrics.errors.with_label_values(&["pause"]).inc();
                         tracing::warn!(partition = p, error = %e, "pausing a full partition failed");
                     }
                     tracing::debug!(partition = p, offset, "partition paused");
@@ -417,16 +422,55 @@ fn poll_loop(
                 }
             }
             Some(Err(e)) => {
-                shared.metrics.errors.with_label_values(&["consume"]).inc();
+                shared.out.metrics.errors.with_label_values(&["consume"]).inc();
                 tracing::warn!(error = %e, "consume error");
             }
         }
-        shared.metrics.paused.set(parked.len() as i64);
+        shared.out.metrics.paused.set(parked.len() as i64);
     }
     let all: Vec<i32> = shared.tasks().keys().copied().collect();
     shared.stop_partitions(&all, false);
     commit(&consumer, &mut commits);
     consumer.unsubscribe();
+}
+
+/// How long after a task found a newer fence its partition is started again (if it is still
+/// assigned here): two members the coordinator both gave a partition take turns, slowly.
+const REFENCE_AFTER: Duration = Duration::from_secs(1);
+
+/// Starts a new task (a new fence and restore) for every partition whose task was fenced
+/// while the partition is still assigned to this member: either the fence came from a
+/// zombie-era double assignment that the group has since resolved in this member's favour,
+/// or the group will revoke the partition soon. Partitions no longer assigned are left
+/// alone.
+fn restart_fenced(
+    consumer: &BaseConsumer<Ctx>,
+    shared: &Arc<Shared>,
+    topic: &str,
+    starts: &mut FetchStarts,
+    parked: &mut HashMap<i32, OwnedMessage>,
+    next: &mut HashMap<i32, i64>,
+) {
+    let due: Vec<i32> = {
+        let mut fenced = shared.fenced.lock().unwrap_or_else(|p| p.into_inner());
+        let due = fenced.iter().filter(|(_, at)| at.elapsed() >= REFENCE_AFTER).map(|(p, _)| *p).collect();
+        fenced.retain(|(_, at)| at.elapsed() < REFENCE_AFTER);
+        due
+    };
+    if due.is_empty() {
+        return;
+    }
+    let assigned: Vec<i32> = consumer.assignment().map(|tpl| partitions_of(&tpl, topic)).unwrap_or_default();
+    for p in due.into_iter().filter(|p| assigned.contains(p)) {
+        tracing::warn!(partition = p, "restarting a fenced partition that is still assigned here");
+        shared.start_partition(p);
+        parked.remove(&p);
+        next.remove(&p);
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(topic, p);
+        let _ = consumer.resume(&tpl);
+        starts.restart(consumer, topic, p);
+    }
 }
 
 /// Gives a record to its partition's task without blocking: `Err(Some(record))` when the
@@ -441,151 +485,6 @@ fn hand_over(shared: &Shared, m: OwnedMessage) -> Result<(), Option<OwnedMessage
     }
 }
 
-/// A record to produce.
-#[derive(Clone)]
-struct Out {
-    topic: String,
-    partition: Option<i32>,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(&'static str, String)>,
-}
-
-/// Produces every record and awaits every delivery; retries the whole set with backoff
-/// until all are acknowledged (re-sending identical records is safe).
-///
-/// A record the broker or client refuses for what it is (over the size limit) is never
-/// retried forever and never dropped silently: it is replaced by a DLQ record naming its
-/// topic, key and size (reason `output_refused`), counted and logged as an error, and the
-/// partition moves on.
-async fn deliver(shared: &Shared, records: &[Out], source: Source<'_>) -> Option<i64> {
-    let mut backoff = Duration::from_millis(100);
-    let mut substituted: Vec<Out>;
-    let mut records = records;
-    loop {
-        match try_deliver(shared, records).await {
-            Ok((refused, last)) if refused.is_empty() => {
-                shared.telemetry.health.set("kafka", true);
-                return last;
-            }
-            Ok((refused, _)) => {
-                substituted = records
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| match refused.iter().find(|(j, _)| *j == i) {
-                        Some((_, e)) => refused_to_dlq(shared, r, e, source),
-                        None => r.clone(),
-                    })
-                    .collect();
-                records = &substituted;
-            }
-            Err(e) => {
-                shared.metrics.errors.with_label_values(&["produce"]).inc();
-                shared.telemetry.health.set("kafka", false);
-                tracing::warn!(error = %e, retry_in = ?backoff, "output delivery failed; retrying the batch");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// The input an output set was made from (the DLQ headers of a refused output name it).
-#[derive(Debug, Clone, Copy)]
-struct Source<'a> {
-    topic: &'a str,
-    partition: i32,
-    /// The batch's last input offset.
-    offset: i64,
-}
-
-/// The DLQ record that stands for an output the broker refused: its key, no value, and
-/// headers naming the output topic and size and the input batch it came from.
-fn refused_to_dlq(shared: &Shared, r: &Out, e: &rdkafka::error::KafkaError, source: Source<'_>) -> Out {
-    let size = r.value.as_ref().map_or(0, Vec::len);
-    shared.metrics.errors.with_label_values(&["output_refused"]).inc();
-    shared.metrics.dlq.with_label_values(&["output_refused"]).inc();
-    tracing::error!(topic = %r.topic, bytes = size, error = %e, "an output record was refused; sent to the DLQ instead");
-    Out {
-        topic: shared.config.dlq_topic.clone(),
-        partition: None,
-        key: r.key.clone(),
-        value: None,
-        headers: vec![
-            (dlq::REASON, "output_refused".to_owned()),
-            (
-                dlq::DETAIL,
-                format!(
-                    "a {size}-byte record for {} made by the batch ending at the source offset was refused: {e}",
-                    r.topic
-                ),
-            ),
-            (dlq::STAGE, "processor".to_owned()),
-            (dlq::TOPIC, source.topic.to_owned()),
-            (dlq::PARTITION, source.partition.to_string()),
-            (dlq::OFFSET, source.offset.max(0).to_string()),
-        ],
-    }
-}
-
-/// How long deliveries may stay unacknowledged before the processor reports Kafka as not
-/// ready (it keeps waiting: the producer has no local message timeout).
-const SLOW_DELIVERY: Duration = Duration::from_secs(30);
-
-/// Whether a produce error is a property of the record (retrying cannot help).
-fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidRecord))
-}
-
-/// Produces every record and awaits every delivery: `Ok` with the records refused for
-/// what they are (index, error) and the offset of the last record, `Err` on the first
-/// transient failure.
-async fn try_deliver(
-    shared: &Shared,
-    records: &[Out],
-) -> Result<(Vec<(usize, rdkafka::error::KafkaError)>, Option<i64>), rdkafka::error::KafkaError> {
-    let producer = &shared.producer;
-    let mut futures = Vec::with_capacity(records.len());
-    for r in records {
-        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).key(&r.key);
-        if let Some(headers) = changelog::kafka_headers(&r.headers) {
-            rec = rec.headers(headers);
-        }
-        if let Some(v) = &r.value {
-            rec = rec.payload(v);
-        }
-        if let Some(p) = r.partition {
-            rec = rec.partition(p);
-        }
-        // send() waits for queue space (bounded by librdkafka's queue), then for delivery
-        futures.push(producer.send(rec, Duration::from_secs(30)));
-    }
-    // Deliveries have no local timeout (see `start`): while the broker does not answer, say
-    // so (readiness, a counted warning every SLOW_DELIVERY) and keep waiting.
-    let mut all = std::pin::pin!(join_all(futures));
-    let results = loop {
-        match tokio::time::timeout(SLOW_DELIVERY, &mut all).await {
-            Ok(r) => break r,
-            Err(_) => {
-                shared.telemetry.health.set("kafka", false);
-                shared.metrics.errors.with_label_values(&["produce_slow"]).inc();
-                tracing::warn!(records = records.len(), waited = ?SLOW_DELIVERY, "outputs not acknowledged yet; still waiting");
-            }
-        }
-    };
-    let mut refused = Vec::new();
-    let mut last = None;
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(d) => last = Some(d.offset),
-            Err((e, _)) if is_permanent(&e) => refused.push((i, e)),
-            Err((e, _)) => return Err(e),
-        }
-    }
-    Ok((refused, last))
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -595,19 +494,19 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
     let t0 = Instant::now();
     let mut backoff = Duration::from_millis(200);
     let restored = loop {
-        match changelog::restore(cfg, &shared.producer, partition).await {
+        match changelog::restore(cfg, &shared.out.producer, partition).await {
             Ok(r) => break r,
             Err(e) => {
-                shared.metrics.errors.with_label_values(&["restore"]).inc();
+                shared.out.metrics.errors.with_label_values(&["restore"]).inc();
                 tracing::error!(partition, error = %e, "state restore failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     };
-    shared.metrics.restore.observe(t0.elapsed().as_secs_f64());
-    shared.metrics.restore_records.with_label_values(&["read"]).inc_by(restored.read);
-    shared.metrics.restore_records.with_label_values(&["fenced"]).inc_by(restored.ignored);
+    shared.out.metrics.restore.observe(t0.elapsed().as_secs_f64());
+    shared.out.metrics.restore_records.with_label_values(&["read"]).inc_by(restored.read);
+    shared.out.metrics.restore_records.with_label_values(&["fenced"]).inc_by(restored.ignored);
     tracing::info!(
         partition,
         entries = restored.state.entries(),
@@ -674,15 +573,15 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
                     None => core.reject(m.offset(), "undecodable", "record without a value".into()),
                 }
             }
-            shared.metrics.batch_events.observe(batch.len() as f64);
+            shared.out.metrics.batch_events.observe(batch.len() as f64);
         }
         let (outputs, changes) = core.finish_batch(now_ms());
         if changes.is_empty() {
             continue;
         }
         let mut outputs = outputs;
-        let mut records = output_records(cfg, &mut outputs, &batch, partition, &shared.metrics);
-        record_outcomes(&shared.metrics, &outputs);
+        let mut records = output_records(cfg, &mut outputs, &batch, partition, &shared.out.metrics);
+        record_outcomes(&shared.out.metrics, &outputs);
         // Outputs and state entries in one wave, then the Meta record that commits the batch:
         // a crash before Meta restores the batch's `prev` values and redoes the batch.
         let (meta, entries): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(k, _)| *k == StateKey::Meta);
@@ -705,7 +604,7 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
                         }),
                         Err(e) => {
                             // only a value over the envelope's size limit: an error, never silent
-                            shared.metrics.errors.with_label_values(&["encode"]).inc();
+                            shared.out.metrics.errors.with_label_values(&["encode"]).inc();
                             tracing::error!(error = %e, "a changelog record failed to encode");
                             None
                         }
@@ -726,20 +625,21 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             released_dirty = true;
             break;
         }
-        deliver(&shared, &records, source).await;
-        if let Some(at) = deliver(&shared, &meta, source).await {
+        deliver(&shared.out, &records, source).await;
+        if let Some(at) = deliver(&shared.out, &meta, source).await {
             committed_at = Some(at);
             if at > epoch + ours {
                 match changelog::foreign_records(cfg, partition, epoch, verified, at).await {
                     Ok(found) if found.fenced => {
-                        shared.metrics.errors.with_label_values(&["fenced"]).inc();
+                        shared.out.metrics.errors.with_label_values(&["fenced"]).inc();
                         tracing::error!(partition, "a newer owner fenced this partition; this task stops writing");
+                        shared.fenced.lock().unwrap_or_else(|p| p.into_inner()).push((partition, Instant::now()));
                         fenced = true;
                         break;
                     }
                     Ok(found) => {
                         if !found.keys.is_empty() {
-                            shared.metrics.errors.with_label_values(&["zombie_records"]).inc();
+                            shared.out.metrics.errors.with_label_values(&["zombie_records"]).inc();
                             tracing::warn!(
                                 partition,
                                 keys = found.keys.len(),
@@ -759,9 +659,9 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
             checkpoint(&shared, partition, committed_at, (epoch, fence_id), &core.state);
             checkpointed = Instant::now();
         }
-        shared.metrics.changelog_bytes.inc_by(bytes as u64);
-        shared.metrics.state_entries.with_label_values(&[&part_label]).set(core.state.entries() as i64);
-        shared.metrics.batch.observe(started.elapsed().as_secs_f64());
+        shared.out.metrics.changelog_bytes.inc_by(bytes as u64);
+        shared.out.metrics.state_entries.with_label_values(&[&part_label]).set(core.state.entries() as i64);
+        shared.out.metrics.batch.observe(started.elapsed().as_secs_f64());
         let next = core.applied_offset() + 1;
         if next > 0 {
             let _ = shared.commits.try_send((partition, next));
@@ -796,106 +696,10 @@ fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, fence:
     match changelog::write_checkpoint(&cfg.state_dir, &cfg.changelog_topic, partition, at, fence, state) {
         Ok(()) => tracing::debug!(partition, offset = at, took = ?t0.elapsed(), "checkpoint written"),
         Err(e) => {
-            shared.metrics.errors.with_label_values(&["checkpoint"]).inc();
+            shared.out.metrics.errors.with_label_values(&["checkpoint"]).inc();
             tracing::warn!(partition, error = %e, "checkpoint not written");
         }
     }
-}
-
-fn record_outcomes(m: &ProcessorMetrics, o: &Outputs) {
-    for (outcome, n) in &o.outcomes {
-        m.events.with_label_values(&[outcome.as_str()]).inc_by(*n);
-        if *outcome == Outcome::Late {
-            m.late.inc_by(*n);
-        }
-    }
-    for d in &o.dlq {
-        m.dlq.with_label_values(&[d.reason]).inc();
-    }
-    m.windows.with_label_values(&["session"]).inc_by(o.windows_emitted);
-    m.output.with_label_values(&["rows"]).inc_by(o.rows.len() as u64);
-    if o.encode_errors > 0 {
-        m.errors.with_label_values(&["encode"]).inc_by(o.encode_errors);
-        tracing::error!(records = o.encode_errors, "output records failed to encode");
-    }
-    m.output.with_label_values(&["agg_session"]).inc_by(o.session_aggs.len() as u64);
-    m.output.with_label_values(&["unread"]).inc_by(o.unread.len() as u64);
-}
-
-fn output_records(
-    cfg: &Config,
-    o: &mut Outputs,
-    batch: &[OwnedMessage],
-    partition: i32,
-    metrics: &ProcessorMetrics,
-) -> Vec<Out> {
-    let mut out = Vec::with_capacity(o.rows.len() + o.session_aggs.len() + o.unread.len() + 2);
-    for r in &mut o.rows {
-        if r.value.len() > envelope::MAX_BODY {
-            // no event's rows come near it (bodies ≤ --max-body-bytes, fan-out bounded);
-            // an error to alert on, never a silent drop
-            metrics.errors.with_label_values(&["encode"]).inc();
-            tracing::error!(bytes = r.value.len(), "a chat.rows record is over the envelope's size limit");
-            continue;
-        }
-        out.push(Out {
-            topic: cfg.rows_topic.clone(),
-            partition: None,
-            key: itoa::Buffer::new().format(r.key).as_bytes().to_vec(),
-            value: Some(std::mem::take(&mut r.value)),
-            headers: Vec::new(),
-        });
-    }
-    for (k, v) in &o.session_aggs {
-        out.push(Out {
-            topic: cfg.agg_session_topic.clone(),
-            partition: None,
-            key: k.clone().into_bytes(),
-            value: Some(v.clone().into_bytes()),
-            headers: Vec::new(),
-        });
-    }
-    for (k, v) in &o.unread {
-        out.push(Out {
-            topic: cfg.unread_topic.clone(),
-            partition: None,
-            key: k.clone().into_bytes(),
-            value: v.clone().map(String::into_bytes),
-            headers: Vec::new(),
-        });
-    }
-    if let Some(p) = &o.progress {
-        if let Ok(v) = envelope::encode(p).inspect_err(|e| {
-            metrics.errors.with_label_values(&["encode"]).inc();
-            tracing::error!(error = %e, "a window progress record failed to encode");
-        }) {
-            out.push(Out {
-                topic: cfg.partials_topic.clone(),
-                partition: Some(0),
-                key: partition.to_string().into_bytes(),
-                value: Some(v),
-                headers: Vec::new(),
-            });
-        }
-    }
-    for d in &o.dlq {
-        let original = batch.iter().find(|m| m.offset() == d.offset);
-        out.push(Out {
-            topic: cfg.dlq_topic.clone(),
-            partition: None,
-            key: original.and_then(|m| m.key()).map(<[u8]>::to_vec).unwrap_or_default(),
-            value: original.and_then(|m| m.payload()).map(<[u8]>::to_vec),
-            headers: vec![
-                (dlq::REASON, d.reason.to_owned()),
-                (dlq::DETAIL, d.detail.clone()),
-                (dlq::STAGE, "processor".to_owned()),
-                (dlq::TOPIC, cfg.events_topic.clone()),
-                (dlq::PARTITION, partition.to_string()),
-                (dlq::OFFSET, d.offset.to_string()),
-            ],
-        });
-    }
-    out
 }
 
 async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync::CancellationToken) {
@@ -928,13 +732,13 @@ async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync
         let m = match m {
             Ok(m) => m,
             Err(e) => {
-                shared.metrics.errors.with_label_values(&["consume"]).inc();
+                shared.out.metrics.errors.with_label_values(&["consume"]).inc();
                 tracing::warn!(error = %e, "global merge consume error");
                 continue;
             }
         };
         let Some(Ok(progress)) = m.payload().map(envelope::decode::<Progress>) else {
-            shared.metrics.errors.with_label_values(&["undecodable_partial"]).inc();
+            shared.out.metrics.errors.with_label_values(&["undecodable_partial"]).inc();
             continue;
         };
         let emitted = merger.on_progress(progress);
@@ -951,9 +755,9 @@ async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync
                 headers: Vec::new(),
             })
             .collect();
-        shared.metrics.windows.with_label_values(&["global"]).inc_by(records.len() as u64);
-        shared.metrics.output.with_label_values(&["agg_global"]).inc_by(records.len() as u64);
+        shared.out.metrics.windows.with_label_values(&["global"]).inc_by(records.len() as u64);
+        shared.out.metrics.output.with_label_values(&["agg_global"]).inc_by(records.len() as u64);
         let source = Source { topic: &cfg.partials_topic, partition: m.partition(), offset: m.offset() };
-        deliver(&shared, &records, source).await;
+        deliver(&shared.out, &records, source).await;
     }
 }

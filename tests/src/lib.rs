@@ -67,7 +67,7 @@ pub fn tansu_binary() -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("the `tansu` broker is not installed: run `{SETUP_COMMAND}` (it runs `cargo install --locked tansu --version 0.6.0 --features libsql,dynostore`)")
+    bail!("the `tansu` broker is not installed: run `{SETUP_COMMAND}` (it builds tansu 0.6.0 with chatpipe's group-coordinator patch: `scripts/tansu/build`)")
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released), never one this process handed out

@@ -1,0 +1,277 @@
+//! Delivery of a batch's records: building the output records of a batch, producing a set
+//! of records and awaiting every acknowledgement.
+//!
+//! **Guarantee**: [`deliver`] returns only when every record is acknowledged by the broker
+//! (a transient failure retries the whole set with backoff: outputs are deterministic, so
+//! re-sending is safe); it never drops a record silently.
+//!
+//! **Failure behaviour**: a record refused for what it is (over the size limit) is replaced
+//! by a DLQ record naming it (reason `output_refused`) instead of stalling the partition; an
+//! output that fails to encode is counted as an error and logged; while the broker does not
+//! answer, readiness reports Kafka down and a warning is counted every 30 s.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+
+use chatpipe_common::envelope;
+use chatpipe_common::http::Telemetry;
+use chatpipe_common::kafka::dlq;
+
+use crate::changelog;
+use crate::config::Config;
+use crate::core::{Outcome, Outputs};
+use crate::metrics::ProcessorMetrics;
+
+/// What delivering needs: the producer, where refused records go, and where to report.
+pub(crate) struct Delivery {
+    pub(crate) producer: FutureProducer,
+    pub(crate) metrics: ProcessorMetrics,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) dlq_topic: String,
+}
+
+/// A record to produce.
+#[derive(Clone)]
+pub(crate) struct Out {
+    pub(crate) topic: String,
+    pub(crate) partition: Option<i32>,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+/// Produces every record and awaits every delivery; retries the whole set with backoff
+/// until all are acknowledged (re-sending identical records is safe).
+///
+/// A record the broker or client refuses for what it is (over the size limit) is never
+/// retried forever and never dropped silently: it is replaced by a DLQ record naming its
+/// topic, key and size (reason `output_refused`), counted and logged as an error, and the
+/// partition moves on.
+pub(crate) async fn deliver(d: &Delivery, records: &[Out], source: Source<'_>) -> Option<i64> {
+    let mut backoff = Duration::from_millis(100);
+    let mut substituted: Vec<Out>;
+    let mut records = records;
+    loop {
+        match try_deliver(d, records).await {
+            Ok((refused, last)) if refused.is_empty() => {
+                d.telemetry.health.set("kafka", true);
+                return last;
+            }
+            Ok((refused, _)) => {
+                substituted = records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| match refused.iter().find(|(j, _)| *j == i) {
+                        Some((_, e)) => refused_to_dlq(d, r, e, source),
+                        None => r.clone(),
+                    })
+                    .collect();
+                records = &substituted;
+            }
+            Err(e) => {
+                d.metrics.errors.with_label_values(&["produce"]).inc();
+                d.telemetry.health.set("kafka", false);
+                tracing::warn!(error = %e, retry_in = ?backoff, "output delivery failed; retrying the batch");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The input an output set was made from (the DLQ headers of a refused output name it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    /// The batch's last input offset.
+    pub(crate) offset: i64,
+}
+
+/// The DLQ record that stands for an output the broker refused: its key, no value, and
+/// headers naming the output topic and size and the input batch it came from.
+fn refused_to_dlq(d: &Delivery, r: &Out, e: &rdkafka::error::KafkaError, source: Source<'_>) -> Out {
+    let size = r.value.as_ref().map_or(0, Vec::len);
+    d.metrics.errors.with_label_values(&["output_refused"]).inc();
+    d.metrics.dlq.with_label_values(&["output_refused"]).inc();
+    tracing::error!(topic = %r.topic, bytes = size, error = %e, "an output record was refused; sent to the DLQ instead");
+    Out {
+        topic: d.dlq_topic.clone(),
+        partition: None,
+        key: r.key.clone(),
+        value: None,
+        headers: vec![
+            (dlq::REASON, "output_refused".to_owned()),
+            (
+                dlq::DETAIL,
+                format!(
+                    "a {size}-byte record for {} made by the batch ending at the source offset was refused: {e}",
+                    r.topic
+                ),
+            ),
+            (dlq::STAGE, "processor".to_owned()),
+            (dlq::TOPIC, source.topic.to_owned()),
+            (dlq::PARTITION, source.partition.to_string()),
+            (dlq::OFFSET, source.offset.max(0).to_string()),
+        ],
+    }
+}
+
+/// How long deliveries may stay unacknowledged before the processor reports Kafka as not
+/// ready (it keeps waiting: the producer has no local message timeout).
+const SLOW_DELIVERY: Duration = Duration::from_secs(30);
+
+/// Whether a produce error is a property of the record (retrying cannot help).
+fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidRecord))
+}
+
+/// Produces every record and awaits every delivery: `Ok` with the records refused for
+/// what they are (index, error) and the offset of the last record, `Err` on the first
+/// transient failure.
+async fn try_deliver(
+    d: &Delivery,
+    records: &[Out],
+) -> Result<(Vec<(usize, rdkafka::error::KafkaError)>, Option<i64>), rdkafka::error::KafkaError> {
+    let producer = &d.producer;
+    let mut futures = Vec::with_capacity(records.len());
+    for r in records {
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).key(&r.key);
+        if let Some(headers) = changelog::kafka_headers(&r.headers) {
+            rec = rec.headers(headers);
+        }
+        if let Some(v) = &r.value {
+            rec = rec.payload(v);
+        }
+        if let Some(p) = r.partition {
+            rec = rec.partition(p);
+        }
+        // send() waits for queue space (bounded by librdkafka's queue), then for delivery
+        futures.push(producer.send(rec, Duration::from_secs(30)));
+    }
+    // Deliveries have no local timeout (see `start`): while the broker does not answer, say
+    // so (readiness, a counted warning every SLOW_DELIVERY) and keep waiting.
+    let mut all = std::pin::pin!(join_all(futures));
+    let results = loop {
+        match tokio::time::timeout(SLOW_DELIVERY, &mut all).await {
+            Ok(r) => break r,
+            Err(_) => {
+                d.telemetry.health.set("kafka", false);
+                d.metrics.errors.with_label_values(&["produce_slow"]).inc();
+                tracing::warn!(records = records.len(), waited = ?SLOW_DELIVERY, "outputs not acknowledged yet; still waiting");
+            }
+        }
+    };
+    let mut refused = Vec::new();
+    let mut last = None;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(d) => last = Some(d.offset),
+            Err((e, _)) if is_permanent(&e) => refused.push((i, e)),
+            Err((e, _)) => return Err(e),
+        }
+    }
+    Ok((refused, last))
+}
+
+pub(crate) fn record_outcomes(m: &ProcessorMetrics, o: &Outputs) {
+    for (outcome, n) in &o.outcomes {
+        m.events.with_label_values(&[outcome.as_str()]).inc_by(*n);
+        if *outcome == Outcome::Late {
+            m.late.inc_by(*n);
+        }
+    }
+    for d in &o.dlq {
+        m.dlq.with_label_values(&[d.reason]).inc();
+    }
+    m.windows.with_label_values(&["session"]).inc_by(o.windows_emitted);
+    m.output.with_label_values(&["rows"]).inc_by(o.rows.len() as u64);
+    if o.encode_errors > 0 {
+        m.errors.with_label_values(&["encode"]).inc_by(o.encode_errors);
+        tracing::error!(records = o.encode_errors, "output records failed to encode");
+    }
+    m.output.with_label_values(&["agg_session"]).inc_by(o.session_aggs.len() as u64);
+    m.output.with_label_values(&["unread"]).inc_by(o.unread.len() as u64);
+}
+
+pub(crate) fn output_records(
+    cfg: &Config,
+    o: &mut Outputs,
+    batch: &[OwnedMessage],
+    partition: i32,
+    metrics: &ProcessorMetrics,
+) -> Vec<Out> {
+    let mut out = Vec::with_capacity(o.rows.len() + o.session_aggs.len() + o.unread.len() + 2);
+    for r in &mut o.rows {
+        if r.value.len() > envelope::MAX_BODY {
+            // no event's rows come near it (bodies ≤ --max-body-bytes, fan-out bounded);
+            // an error to alert on, never a silent drop
+            metrics.errors.with_label_values(&["encode"]).inc();
+            tracing::error!(bytes = r.value.len(), "a chat.rows record is over the envelope's size limit");
+            continue;
+        }
+        out.push(Out {
+            topic: cfg.rows_topic.clone(),
+            partition: None,
+            key: itoa::Buffer::new().format(r.key).as_bytes().to_vec(),
+            value: Some(std::mem::take(&mut r.value)),
+            headers: Vec::new(),
+        });
+    }
+    for (k, v) in &o.session_aggs {
+        out.push(Out {
+            topic: cfg.agg_session_topic.clone(),
+            partition: None,
+            key: k.clone().into_bytes(),
+            value: Some(v.clone().into_bytes()),
+            headers: Vec::new(),
+        });
+    }
+    for (k, v) in &o.unread {
+        out.push(Out {
+            topic: cfg.unread_topic.clone(),
+            partition: None,
+            key: k.clone().into_bytes(),
+            value: v.clone().map(String::into_bytes),
+            headers: Vec::new(),
+        });
+    }
+    if let Some(p) = &o.progress {
+        if let Ok(v) = envelope::encode(p).inspect_err(|e| {
+            metrics.errors.with_label_values(&["encode"]).inc();
+            tracing::error!(error = %e, "a window progress record failed to encode");
+        }) {
+            out.push(Out {
+                topic: cfg.partials_topic.clone(),
+                partition: Some(0),
+                key: partition.to_string().into_bytes(),
+                value: Some(v),
+                headers: Vec::new(),
+            });
+        }
+    }
+    for d in &o.dlq {
+        let original = batch.iter().find(|m| m.offset() == d.offset);
+        out.push(Out {
+            topic: cfg.dlq_topic.clone(),
+            partition: None,
+            key: original.and_then(|m| m.key()).map(<[u8]>::to_vec).unwrap_or_default(),
+            value: original.and_then(|m| m.payload()).map(<[u8]>::to_vec),
+            headers: vec![
+                (dlq::REASON, d.reason.to_owned()),
+                (dlq::DETAIL, d.detail.clone()),
+                (dlq::STAGE, "processor".to_owned()),
+                (dlq::TOPIC, cfg.events_topic.clone()),
+                (dlq::PARTITION, partition.to_string()),
+                (dlq::OFFSET, d.offset.to_string()),
+            ],
+        });
+    }
+    out
+}
