@@ -167,18 +167,20 @@ async fn main() {
     // the streams, one per user, opened 50 at a time
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     let opened = Instant::now();
-    let streams: Vec<tokio::task::JoinHandle<()>> = futures::stream::iter(1..=clients)
+    let responses: Vec<(u64, reqwest::Response)> = futures::stream::iter(1..=clients)
         .map(|user| {
-            let (client, base, tx) = (serve.client.clone(), serve.base.clone(), tx.clone());
+            let (client, base) = (serve.client.clone(), serve.base.clone());
             async move {
                 let resp = client.get(format!("{base}/v1/users/{user}/stream")).send().await.unwrap();
                 assert_eq!(resp.status(), 200, "stream of {user}");
-                tokio::spawn(read_stream(user, resp, tx))
+                (user, resp)
             }
         })
         .buffer_unordered(50)
         .collect()
         .await;
+    let streams: Vec<tokio::task::JoinHandle<()>> =
+        responses.into_iter().map(|(user, resp)| tokio::spawn(read_stream(user, resp, tx.clone()))).collect();
     drop(tx);
     println!("{clients} streams open in {:.1} s", opened.elapsed().as_secs_f64());
 
@@ -293,7 +295,7 @@ async fn main() {
     let clients_gauge =
         serve.telemetry.registry.gather().into_iter().find(|f| f.name() == chatpipe_serve::metrics::PUSH_CLIENTS);
     if let Some(g) = clients_gauge {
-        println!("{} = {}", chatpipe_serve::metrics::PUSH_CLIENTS, g.get_metric()[0].get_gauge().value());
+        println!("{} = {}", chatpipe_serve::metrics::PUSH_CLIENTS, g.get_metric()[0].get_gauge().get_value());
     }
 
     for s in streams {
