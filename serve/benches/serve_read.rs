@@ -12,7 +12,11 @@
 //!
 //! Everything (driver, serve, emulator) runs in this process, sharing the machine's cores.
 //! `cargo bench -p chatpipe-serve --bench serve_read` (env: `SERVE_BENCH_SESSIONS`,
-//! `SERVE_BENCH_PER_SESSION`, `SERVE_BENCH_RATES` e.g. `200,500,1000`, `SERVE_BENCH_SECONDS`).
+//! `SERVE_BENCH_PER_SESSION`, `SERVE_BENCH_RATES` e.g. `200,500,1000`, `SERVE_BENCH_SECONDS`,
+//! `SERVE_BENCH_ROUTES` e.g. `inbox`, `SERVE_BENCH_INBOX_CACHE_TTL` in seconds, `0` for
+//! serve without its large-group cache). Serve runs without push, so the cache's entries
+//! live their TTL: after a user's first page, an inbox page reads the inbox and the large
+//! group's timeline only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -256,6 +260,9 @@ fn main() {
         );
         cfg.no_push = true;
         cfg.rate_limit_per_second = 0;
+        if let Ok(ttl) = std::env::var("SERVE_BENCH_INBOX_CACHE_TTL") {
+            cfg.inbox_cache_ttl = Duration::from_secs(ttl.parse().expect("SERVE_BENCH_INBOX_CACHE_TTL: seconds"));
+        }
         let serve = chatpipe_serve::start(cfg, telemetry.clone()).await.unwrap();
         let base = format!("http://{}", serve.local_addr());
         // warm the session-kind cache (a timeline page is then one scan)
@@ -263,7 +270,8 @@ fn main() {
         for s in 1..=sessions {
             client.get(format!("{base}/v1/sessions/{s}")).send().await.unwrap();
         }
-        for what in ["messages", "inbox"] {
+        let routes = std::env::var("SERVE_BENCH_ROUTES").unwrap_or_else(|_| "messages,inbox".into());
+        for what in ["messages", "inbox"].into_iter().filter(|w| routes.split(',').any(|r| r.trim() == *w)) {
             let mut max = 0;
             for &rate in &rates {
                 let (ok, line) = run_rate(&base, what, rate, seconds, sessions, &telemetry).await;

@@ -11,7 +11,7 @@
 //!   per large group once the user's large groups are cached;
 //! * `/v1/users/{user}/sessions` — sessions with `unread`, the last message, newest activity
 //!   first; `/v1/sessions/{session}`, `/v1/sessions/{session}/members`, `/v1/users/{user}`;
-//! * `/v1/users/{user}/stream` — Server-Sent Events (`push.rs`).
+//! * `/v1/users/{user}/stream` — Server-Sent Events (`push/`).
 //!
 //! # Guarantee
 //!

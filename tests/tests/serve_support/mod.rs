@@ -671,7 +671,12 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(serve: &Serve, user: u64, last_event_id: Option<&str>) -> Stream {
-        let mut req = serve.client.get(format!("{}/v1/users/{user}/stream", serve.base));
+        Self::connect(&serve.client, &serve.base, user, last_event_id).await
+    }
+
+    /// Opens user `user`'s stream on the serve at `base` (e.g. `http://127.0.0.1:8081`).
+    pub async fn connect(client: &reqwest::Client, base: &str, user: u64, last_event_id: Option<&str>) -> Stream {
+        let mut req = client.get(format!("{base}/v1/users/{user}/stream"));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
