@@ -71,6 +71,8 @@ use tokio_util::sync::CancellationToken;
 pub use api::{route_table, DEFAULT_LIMIT, MAX_LIMIT, OPENAPI_JSON};
 pub use config::Config;
 pub use error::Error;
+#[doc(hidden)]
+pub use push::feed_for_bench;
 pub use push::{HEALTH_COMPONENT as PUSH_HEALTH_COMPONENT, PARAMS as STREAM_PARAMS};
 
 /// The readiness component of HBase reads.

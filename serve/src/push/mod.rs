@@ -26,8 +26,9 @@
 //!
 //! **Scaling and its limit**: connections scale out with instances (route a user's streams
 //! to one instance, e.g. by hashing the path, so resumes land where the state is), but every
-//! instance decodes the whole `chat.rows` feed, so one instance's decode rate (measured in
-//! docs/BENCHMARKS.md) bounds the cluster's write rate for push. Past it the processor would
+//! instance decodes the whole `chat.rows` feed, so one instance's feed rate (decode and
+//! dispatch, measured by `benches/push_feed.rs` in docs/BENCHMARKS.md) bounds the cluster's
+//! write rate for push. Past it the processor would
 //! need a per-user push topic keyed by user, which the design does not have yet.
 //!
 //! **Failure**: a client whose bounded queue fills (it does not read) is disconnected and
@@ -45,8 +46,9 @@ mod hub;
 mod position;
 mod sse;
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatpipe_common::http::Health;
 use chatpipe_common::kafka::KafkaArgs;
@@ -129,17 +131,8 @@ pub(crate) fn start(
                 _ = sweep.tick() => { hub.sweep(); }
                 msg = consumer.recv() => match msg {
                     Ok(msg) => {
-                        m.push_records.inc();
                         let partition = usize::try_from(msg.partition()).unwrap_or(usize::MAX);
-                        let muts = match msg.payload().map(decode_record) {
-                            Some(Ok(muts)) => muts,
-                            _ => {
-                                m.error(kind::PUSH_CONSUMER);
-                                Vec::new()
-                            }
-                        };
-                        large_groups.observe(&muts, std::time::Instant::now());
-                        hub.apply(partition, msg.offset(), &muts);
+                        feed_record(&hub, &large_groups, &m, partition, msg.offset(), msg.payload());
                     }
                     Err(e) => {
                         m.error(kind::PUSH_CONSUMER);
@@ -151,6 +144,59 @@ pub(crate) fn start(
         }
     });
     Ok((hub, task))
+}
+
+/// What the feed does with one record: decode it (an undecodable one is counted and applied
+/// as empty, so its offset still advances), let the large-group cache see it, apply it.
+fn feed_record(
+    hub: &Hub,
+    large_groups: &LargeGroups,
+    m: &ServeMetrics,
+    partition: usize,
+    offset: i64,
+    payload: Option<&[u8]>,
+) {
+    m.push_records.inc();
+    let muts = match payload.map(decode_record) {
+        Some(Ok(muts)) => muts,
+        _ => {
+            m.error(kind::PUSH_CONSUMER);
+            Vec::new()
+        }
+    };
+    large_groups.observe(&muts, Instant::now());
+    hub.apply(partition, offset, &muts);
+}
+
+/// Runs `records` (values of `chat.rows` records, offsets `0..` of one partition) through
+/// what the feed does with each record, with users `1..=streams` each holding one open
+/// stream (drained every 256 records, as a reading client would); returns the events
+/// delivered. For `benches/push_feed.rs` (the feed rate of one instance); not part of the
+/// API.
+#[doc(hidden)]
+pub fn feed_for_bench(records: &[Vec<u8>], streams: u64, fanout_max_members: u64) -> usize {
+    let metrics = ServeMetrics::new(&prometheus::Registry::new());
+    let hub = Hub::new(200_000, fanout_max_members, 80, metrics.clone());
+    hub.init(vec![0]);
+    let large_groups = LargeGroups::new(Duration::from_secs(30), fanout_max_members);
+    let mut rxs: Vec<_> =
+        (1..=streams).map(|u| hub.subscribe(u, Some(hub::Snapshot { sessions: HashMap::new() }), None)).collect();
+    let mut events = 0;
+    let mut drain = |rxs: &mut Vec<tokio::sync::mpsc::Receiver<hub::Pushed>>| {
+        for rx in rxs.iter_mut() {
+            while rx.try_recv().is_ok() {
+                events += 1;
+            }
+        }
+    };
+    for (offset, r) in (0i64..).zip(records) {
+        feed_record(&hub, &large_groups, &metrics, 0, offset, Some(r));
+        if offset % 256 == 255 {
+            drain(&mut rxs);
+        }
+    }
+    drain(&mut rxs);
+    events
 }
 
 /// Assigns every partition of `topic` at its high watermark (blocking); returns the start
