@@ -495,6 +495,29 @@ impl Model {
     }
 }
 
+/// Writes `rows` (row key, `(column, value)` cells) into `table`.
+pub fn write_rows(thrift: &str, table: &str, rows: Vec<(String, Vec<(&str, String)>)>) {
+    let mut c = HbaseClient::connect(&HbaseConfig::new(thrift)).unwrap();
+    let batch = rows
+        .into_iter()
+        .map(|(key, cells)| BatchMutation {
+            row: Some(key.into_bytes()),
+            mutations: Some(
+                cells
+                    .into_iter()
+                    .map(|(col, v)| Mutation {
+                        is_delete: Some(false),
+                        column: Some(col.as_bytes().to_vec()),
+                        value: Some(v.into_bytes()),
+                        write_to_w_a_l: Some(true),
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    c.mutate_rows(table, batch).unwrap();
+}
+
 /// `SALT|ID`.
 pub fn id_key(id: u64) -> String {
     let mut p = row_key::prefix(id);
