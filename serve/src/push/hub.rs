@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::response::sse::Event;
+use chatpipe_common::rows::RowMutation;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::position::Position;
 use crate::metrics::ServeMetrics;
-use chatpipe_common::rows::RowMutation;
 
 /// How long a user's state (and so their resumable events) outlives their last stream.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(300);
