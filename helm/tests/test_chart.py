@@ -613,6 +613,7 @@ class ImageMembershipNetworkAndServe(unittest.TestCase):
         self.assertEqual(env["CHATPIPE_SERVE_LISTEN"], f"0.0.0.0:{ports['http']}")
         self.assertEqual(env["CHATPIPE_SERVE_METRICS_LISTEN"], f"0.0.0.0:{ports['metrics']}")
         self.assertEqual(env["CHATPIPE_HBASE_THRIFT"], "hbase-thrift.data.svc:9090")
+        self.assertEqual(env["CHATPIPE_SERVE_INBOX_CACHE_TTL"], "30s")
         keys = env["CHATPIPE_SERVE_API_KEYS_FILE"]
         mount = next(m for m in c["volumeMounts"] if m["name"] == "api-keys")
         self.assertTrue(keys.startswith(mount["mountPath"] + "/") and mount["readOnly"])

@@ -12,7 +12,12 @@
 //!
 //! Everything (driver, serve, emulator) runs in this process, sharing the machine's cores.
 //! `cargo bench -p chatpipe-serve --bench serve_read` (env: `SERVE_BENCH_SESSIONS`,
-//! `SERVE_BENCH_PER_SESSION`, `SERVE_BENCH_RATES` e.g. `200,500,1000`, `SERVE_BENCH_SECONDS`).
+//! `SERVE_BENCH_PER_SESSION`, `SERVE_BENCH_RATES` e.g. `200,500,1000`, `SERVE_BENCH_SECONDS`,
+//! `SERVE_BENCH_ROUTES` e.g. `inbox`, `SERVE_BENCH_INBOX_CACHE_TTL` in seconds, `0` for
+//! serve without its large-group cache, or a list such as `30,0`: one serve each, every rate
+//! run on each in turn). Serve runs without push, so the cache's entries
+//! live their TTL: after a user's first page, an inbox page reads the inbox and the large
+//! group's timeline only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -249,33 +254,58 @@ fn main() {
     load(&hbase.thrift(), sessions, per_session);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let telemetry = Telemetry::new();
-        let mut cfg = chatpipe_serve::Config::new(
-            chatpipe_sink::HbaseArgs::new(hbase.thrift()),
-            chatpipe_common::kafka::KafkaArgs::new("127.0.0.1:1"),
-        );
-        cfg.no_push = true;
-        cfg.rate_limit_per_second = 0;
-        let serve = chatpipe_serve::start(cfg, telemetry.clone()).await.unwrap();
-        let base = format!("http://{}", serve.local_addr());
-        // warm the session-kind cache (a timeline page is then one scan)
-        let client = reqwest::Client::new();
-        for s in 1..=sessions {
-            client.get(format!("{base}/v1/sessions/{s}")).send().await.unwrap();
+        // one serve per cache TTL, on the same emulator; each rate runs on each in turn, so
+        // the variants see the same data and, as far as possible, the same machine load
+        let ttls: Vec<Option<u64>> = match std::env::var("SERVE_BENCH_INBOX_CACHE_TTL") {
+            Ok(v) => {
+                v.split(',').map(|t| Some(t.trim().parse().expect("SERVE_BENCH_INBOX_CACHE_TTL: seconds"))).collect()
+            }
+            Err(_) => vec![None],
+        };
+        let mut serves = Vec::new();
+        for ttl in ttls {
+            let telemetry = Telemetry::new();
+            let mut cfg = chatpipe_serve::Config::new(
+                chatpipe_sink::HbaseArgs::new(hbase.thrift()),
+                chatpipe_common::kafka::KafkaArgs::new("127.0.0.1:1"),
+            );
+            cfg.no_push = true;
+            cfg.rate_limit_per_second = 0;
+            if let Some(ttl) = ttl {
+                cfg.inbox_cache_ttl = Duration::from_secs(ttl);
+            }
+            let label = format!("cache ttl {}s", cfg.inbox_cache_ttl.as_secs());
+            let serve = chatpipe_serve::start(cfg, telemetry.clone()).await.unwrap();
+            let base = format!("http://{}", serve.local_addr());
+            // warm the session-kind cache (a timeline page is then one scan)
+            let client = reqwest::Client::new();
+            for s in 1..=sessions {
+                client.get(format!("{base}/v1/sessions/{s}")).send().await.unwrap();
+            }
+            serves.push((label, serve, base, telemetry, true, 0u64));
         }
-        for what in ["messages", "inbox"] {
-            let mut max = 0;
+        let routes = std::env::var("SERVE_BENCH_ROUTES").unwrap_or_else(|_| "messages,inbox".into());
+        for what in ["messages", "inbox"].into_iter().filter(|w| routes.split(',').any(|r| r.trim() == *w)) {
+            for s in serves.iter_mut() {
+                (s.4, s.5) = (true, 0);
+            }
             for &rate in &rates {
-                let (ok, line) = run_rate(&base, what, rate, seconds, sessions, &telemetry).await;
-                println!("{line}");
-                if ok {
-                    max = rate;
-                } else {
-                    break;
+                for (label, _, base, telemetry, going, max) in serves.iter_mut().filter(|s| s.4) {
+                    let (ok, line) = run_rate(base, what, rate, seconds, sessions, telemetry).await;
+                    println!("{line}  [{label}]");
+                    if ok {
+                        *max = rate;
+                    } else {
+                        *going = false;
+                    }
                 }
             }
-            println!("{what}: highest rate sustained (no errors, ≥95% achieved, p99 < 100 ms): {max}/s");
+            for (label, _, _, _, _, max) in &serves {
+                println!("{what} [{label}]: highest rate sustained (no errors, ≥95% achieved, p99 < 100 ms): {max}/s");
+            }
         }
-        serve.shutdown().await.unwrap();
+        for (_, serve, ..) in serves {
+            serve.shutdown().await.unwrap();
+        }
     });
 }

@@ -106,6 +106,13 @@ pub struct Config {
     #[arg(long, env = "CHATPIPE_SERVE_PREVIEW_CHARS", default_value_t = DEFAULT_PREVIEW_CHARS)]
     pub preview_chars: usize,
 
+    /// How long an inbox page may use the user's cached list of large groups instead of
+    /// reading `chat:user_sessions` and `chat:sessions` (`0s`: no cache). With push on, the
+    /// feed drops an entry early on a join, a leave or a group crossing the threshold; the
+    /// TTL bounds how stale the list can be otherwise (see `large_groups.rs`).
+    #[arg(long, env = "CHATPIPE_SERVE_INBOX_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub inbox_cache_ttl: Duration,
+
     /// Push events kept in memory for resuming a stream with `Last-Event-ID` (over all
     /// users); a client that was away longer gets a `reset` event and reloads.
     #[arg(long, env = "CHATPIPE_SERVE_PUSH_RETENTION_EVENTS", default_value_t = DEFAULT_PUSH_RETENTION_EVENTS)]
@@ -142,6 +149,7 @@ impl Config {
             max_inflight_requests: DEFAULT_MAX_INFLIGHT_REQUESTS,
             fanout_max_members: DEFAULT_FANOUT_MAX_MEMBERS,
             preview_chars: DEFAULT_PREVIEW_CHARS,
+            inbox_cache_ttl: Duration::from_secs(30),
             push_retention_events: DEFAULT_PUSH_RETENTION_EVENTS,
             max_push_clients: DEFAULT_MAX_PUSH_CLIENTS,
             push_keepalive: Duration::from_secs(15),

@@ -1,5 +1,5 @@
 //! The serve library's error type: the failures that stop serve from starting or from
-//! shutting down cleanly. Request-level problems are HTTP responses (see `api.rs`).
+//! shutting down cleanly. Request-level problems are HTTP responses (see `api/errors.rs`).
 
 use std::net::SocketAddr;
 

@@ -7,15 +7,22 @@
 //!   first (one HBase scan once the session's kind is cached), or with `after_seq` the
 //!   messages after a seq, oldest first, without holes;
 //! * `/v1/users/{user}/inbox?limit=&before=` — inbox rows merged with the timelines of the
-//!   user's large groups (read fan-out, `inbox.rs`);
+//!   user's large groups (read fan-out, `inbox.rs`): the inbox scan and one timeline scan
+//!   per large group once the user's large groups are cached;
 //! * `/v1/users/{user}/sessions` — sessions with `unread`, the last message, newest activity
 //!   first; `/v1/sessions/{session}`, `/v1/sessions/{session}/members`, `/v1/users/{user}`;
-//! * `/v1/users/{user}/stream` — Server-Sent Events (`push.rs`).
+//! * `/v1/users/{user}/stream` — Server-Sent Events (`push/`).
 //!
 //! # Guarantee
 //!
-//! Reads are served from HBase as written (no cache of row contents; only a session's kind,
-//! which never changes, is remembered). Each answer is built from one consistent pass of
+//! Reads are served from HBase as written: no row contents are cached. Two things are
+//! remembered: a session's kind, which never changes, and for inbox pages each user's list
+//! of large groups (with the seq they joined at) for up to `--inbox-cache-ttl` (30 s) —
+//! dropped early when the `chat.rows` feed shows the user joining or leaving a session or a
+//! group crossing the fan-out threshold. So after such a change an inbox page may miss, or
+//! still merge, that group's messages for up to the TTL (typically only until the feed and
+//! the sink have both seen it; `large_groups.rs` states the exact bound); everything else,
+//! unread counts included, is as fresh as HBase. Each answer is built from one pass of
 //! scans and gets, not a snapshot: rows the sink writes meanwhile may or may not show.
 //!
 //! # Failure behaviour
@@ -31,8 +38,10 @@
 //! * `config.rs` — [`Config`], the `chatpipe serve` flags;
 //! * `store.rs` — the HBase reads (one operation each) and row shapes;
 //! * `inbox.rs` — the k-way merge of read fan-out (pure);
-//! * `api.rs` — the router, parameters, errors, handlers;
-//! * `push.rs` — the `chat.rows` feed, resume, SSE;
+//! * `large_groups.rs` — each user's large groups, cached for inbox pages (pure);
+//! * `api/` — the router and middleware (`mod.rs`), parameters, errors, JSON views, and the
+//!   handlers by role (`sessions.rs`, `users.rs`, `inbox.rs`);
+//! * `push/` — the `chat.rows` feed (`mod.rs`), positions, the hub, events, the SSE route;
 //! * `metrics.rs` — metric names (`chatpipe_serve_*`);
 //! * `error.rs` — [`Error`], with [`Error::is_retriable`].
 
@@ -40,6 +49,7 @@ mod api;
 mod config;
 mod error;
 mod inbox;
+mod large_groups;
 pub mod metrics;
 mod push;
 mod store;
@@ -61,6 +71,8 @@ use tokio_util::sync::CancellationToken;
 pub use api::{route_table, DEFAULT_LIMIT, MAX_LIMIT, OPENAPI_JSON};
 pub use config::Config;
 pub use error::Error;
+#[doc(hidden)]
+pub use push::feed_for_bench;
 pub use push::{HEALTH_COMPONENT as PUSH_HEALTH_COMPONENT, PARAMS as STREAM_PARAMS};
 
 /// The readiness component of HBase reads.
@@ -150,6 +162,7 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ServeHandle, 
         }));
     }
 
+    let large_groups = Arc::new(large_groups::LargeGroups::new(config.inbox_cache_ttl, config.fanout_max_members));
     let push = if config.no_push {
         None
     } else {
@@ -161,6 +174,7 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ServeHandle, 
             config.preview_chars,
             metrics.clone(),
             health.clone(),
+            large_groups.clone(),
             stop.clone(),
         )
         .map_err(Error::Kafka)?;
@@ -175,7 +189,7 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ServeHandle, 
         store,
         metrics,
         kinds: Mutex::new(HashMap::new()),
-        fanout_max_members: config.fanout_max_members,
+        large_groups,
         preview_chars: config.preview_chars,
         push,
         push_keepalive: config.push_keepalive,

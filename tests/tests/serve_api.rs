@@ -4,14 +4,15 @@
 //! timeline and deduplicated against the inbox rows it had while small, sessions with
 //! unread, members paged, profiles), every answer matches the OpenAPI document's schema for
 //! its status, bad input gets the documented JSON errors (400 naming the parameter, 404,
-//! 401, 429), and a warm timeline page costs exactly one HBase operation.
+//! 401, 429), a warm timeline page costs exactly one HBase operation and a warm inbox page
+//! one plus one per large group (two more with the large-group cache off).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
 
 use chatpipe_tests::TestHbase;
 use serde_json::Value;
-use serve_support::{check_response, config, openapi, Model, Serve, UNKNOWN_SESSION, UNKNOWN_USER};
+use serve_support::{check_response, config, openapi, Model, Serve, FANOUT_MAX, UNKNOWN_SESSION, UNKNOWN_USER};
 
 const MESSAGES: &str = "/v1/sessions/{session}/messages";
 const INBOX: &str = "/v1/users/{user}/inbox";
@@ -170,12 +171,32 @@ async fn every_endpoint_answers_what_the_dataset_implies() {
     assert_eq!(status, 200);
     let (sum1, n1) = serve.histogram(chatpipe_serve::metrics::REQUEST_HBASE_CALLS, route);
     assert_eq!((sum1 - sum0, n1 - n0), (1.0, 1), "one HBase operation for a timeline page");
-    // an inbox page: inbox scan, user_sessions scan, sessions get, one scan per large group
+    // a warm inbox page (user 1's large groups cached by the pages above): the inbox scan
+    // and one scan per large group (user 1 is in one)
+    let large_groups_of_1 = model
+        .sessions
+        .iter()
+        .filter(|s| s.kind == "group" && s.members.len() as u64 > FANOUT_MAX && s.members.iter().any(|m| m.user == 1))
+        .count();
+    assert_eq!(large_groups_of_1, 1);
     let (sum0, _) = serve.histogram(chatpipe_serve::metrics::REQUEST_HBASE_CALLS, INBOX);
     serve.get("/v1/users/1/inbox?limit=5").await;
     let (sum1, _) = serve.histogram(chatpipe_serve::metrics::REQUEST_HBASE_CALLS, INBOX);
-    assert_eq!(sum1 - sum0, 4.0);
+    assert_eq!(sum1 - sum0, 1.0 + large_groups_of_1 as f64, "inbox scan + one per large group");
+    serve.handle.shutdown().await.unwrap();
 
+    // without the cache every page also reads the user's sessions (a scan) and their sizes
+    // (a multi-get), and answers the same
+    let mut cfg = config(&hbase.thrift());
+    cfg.inbox_cache_ttl = std::time::Duration::ZERO;
+    let serve = Serve::start(cfg).await;
+    for _ in 0..2 {
+        let (sum0, _) = serve.histogram(chatpipe_serve::metrics::REQUEST_HBASE_CALLS, INBOX);
+        let (status, body) = serve.get("/v1/users/1/inbox?limit=200").await;
+        let (sum1, _) = serve.histogram(chatpipe_serve::metrics::REQUEST_HBASE_CALLS, INBOX);
+        assert_eq!((status, &body["entries"]), (200, &serde_json::json!(model.inbox(1))));
+        assert_eq!(sum1 - sum0, 3.0 + large_groups_of_1 as f64);
+    }
     serve.handle.shutdown().await.unwrap();
 }
 

@@ -4,7 +4,9 @@
 //! in order per session, nothing for other users; after a disconnect in the middle it
 //! resumes with `Last-Event-ID` and receives the rest without gaps or duplicates. A
 //! malformed `Last-Event-ID` is a 400 naming it; a position this server cannot vouch for
-//! gets a `reset` event.
+//! gets a `reset` event. And the feed keeps inbox pages exact although serve caches each
+//! user's large groups: with a cache TTL of an hour, a join seen on `chat.rows` is what makes
+//! the new group's messages appear in the user's inbox.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod serve_support;
@@ -19,7 +21,7 @@ use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
-use serve_support::{config, id_key, Model, Serve, Sse, Stream};
+use serve_support::{config, id_key, write_rows, Model, Serve, Sse, Stream, FANOUT_MAX};
 
 const TOPIC: &str = "chat.rows";
 
@@ -243,5 +245,95 @@ async fn a_connected_client_gets_exactly_its_events_and_resumes_without_gaps() {
     let e = stream.next().await;
     assert_eq!((e.event.as_str(), &e.data), ("unread", &unread(1002, 9, 7)));
     drop(stream);
+    serve.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_the_feed_refreshes_the_cached_large_groups_of_an_inbox() {
+    let broker = TestBroker::start();
+    broker.create_topics(&[TopicSpec::new(TOPIC, 2)]).await;
+    let hbase = TestHbase::start();
+    let model = Model::build();
+    let thrift = hbase.thrift();
+    let m = model.clone();
+    tokio::task::spawn_blocking(move || m.write(&thrift)).await.unwrap();
+    let mut cfg = config(&hbase.thrift());
+    cfg.no_push = false;
+    cfg.kafka = broker.kafka_args();
+    cfg.inbox_cache_ttl = Duration::from_secs(3600); // only the feed can refresh an entry
+    let serve = Serve::start(cfg).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serve.telemetry.health.is_ready() {
+        assert!(Instant::now() < deadline, "serve not ready: {:?}", serve.telemetry.health.not_ready());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.bootstrap()).create().unwrap();
+    let (_, page) = serve.get("/v1/users/1/inbox?limit=200").await;
+    assert_eq!(page["entries"], json!(model.inbox(1)), "user 1's large groups are now cached");
+
+    // a large group 1006 that user 1 joins, as the sink writes it
+    let (group, message) = (1006u64, 8_100_000_000_000_001u64);
+    let members = FANOUT_MAX + 1;
+    let thrift = hbase.thrift();
+    let membership = ("f:joined_seq", "0".to_owned());
+    tokio::task::spawn_blocking(move || {
+        write_rows(
+            &thrift,
+            "chat:sessions",
+            vec![(
+                id_key(group),
+                vec![
+                    ("s:kind", "group".into()),
+                    ("s:members", members.to_string()),
+                    ("s:last_seq", "1".into()),
+                    ("s:created_at", "1767225700000".into()),
+                ],
+            )],
+        );
+        write_rows(
+            &thrift,
+            "chat:messages",
+            vec![(
+                row_key::encode(group, message),
+                vec![
+                    ("m:sender", "5".into()),
+                    ("m:kind", "text".into()),
+                    ("m:body", "in the new group".into()),
+                    ("m:sent_at", "1767225700000".into()),
+                    ("m:seq", "1".into()),
+                ],
+            )],
+        );
+        write_rows(
+            &thrift,
+            "chat:user_sessions",
+            vec![(row_key::encode_pair(1, group), vec![membership, ("f:read_seq", "0".into())])],
+        );
+    })
+    .await
+    .unwrap();
+    // HBase has the join, the cached entry does not: the page is still the old one
+    let (_, page) = serve.get("/v1/users/1/inbox?limit=200").await;
+    assert_eq!(page["entries"], json!(model.inbox(1)), "served from the cached large groups");
+
+    // the join on the feed drops the entry; the next pages merge the new group
+    produce(
+        &producer,
+        &[(0, vec![put("chat:user_sessions", row_key::encode_pair(1, group), &[("f:joined_seq", "0".into())])])],
+    )
+    .await;
+    let want = entry(message, group, 5, 1, "in the new group", "timeline");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, page) = serve.get("/v1/users/1/inbox?limit=200").await;
+        if page["entries"][0] == want {
+            let mut all = vec![want.clone()];
+            all.extend(model.inbox(1));
+            assert_eq!(page["entries"], json!(all));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the join on the feed never reached the inbox: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     serve.handle.shutdown().await.unwrap();
 }

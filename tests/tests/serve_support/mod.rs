@@ -495,6 +495,29 @@ impl Model {
     }
 }
 
+/// Writes `rows` (row key, `(column, value)` cells) into `table`.
+pub fn write_rows(thrift: &str, table: &str, rows: Vec<(String, Vec<(&str, String)>)>) {
+    let mut c = HbaseClient::connect(&HbaseConfig::new(thrift)).unwrap();
+    let batch = rows
+        .into_iter()
+        .map(|(key, cells)| BatchMutation {
+            row: Some(key.into_bytes()),
+            mutations: Some(
+                cells
+                    .into_iter()
+                    .map(|(col, v)| Mutation {
+                        is_delete: Some(false),
+                        column: Some(col.as_bytes().to_vec()),
+                        value: Some(v.into_bytes()),
+                        write_to_w_a_l: Some(true),
+                    })
+                    .collect(),
+            ),
+        })
+        .collect();
+    c.mutate_rows(table, batch).unwrap();
+}
+
 /// `SALT|ID`.
 pub fn id_key(id: u64) -> String {
     let mut p = row_key::prefix(id);
@@ -671,7 +694,12 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(serve: &Serve, user: u64, last_event_id: Option<&str>) -> Stream {
-        let mut req = serve.client.get(format!("{}/v1/users/{user}/stream", serve.base));
+        Self::connect(&serve.client, &serve.base, user, last_event_id).await
+    }
+
+    /// Opens user `user`'s stream on the serve at `base` (e.g. `http://127.0.0.1:8081`).
+    pub async fn connect(client: &reqwest::Client, base: &str, user: u64, last_event_id: Option<&str>) -> Stream {
+        let mut req = client.get(format!("{base}/v1/users/{user}/stream"));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
