@@ -8,7 +8,9 @@
 //! `BENCH_PROFILE=count` turns fan-out and unread off (the counting path alone);
 //! `BENCH_SKIP_RESTORE=1` stops after the throughput part (for profiles).
 //! Prints events/s on one thread (= per core), then the time to encode a ≥1M-entry state
-//! as changelog records, decode them and rebuild the state.
+//! as changelog records, decode them and rebuild the state, and for the run's state and
+//! that one: a checkpoint's size, write time and read-and-rebuild time (a restart's local
+//! part) with the process's resident memory.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -131,6 +133,7 @@ fn main() {
     if std::env::var("BENCH_SKIP_RESTORE").is_ok() {
         return;
     }
+    checkpoint_round_trip(&core.state, "after the run");
     // restore of a state with at least 1M entries
     let mut state = PartitionState::default();
     state.meta.applied_offset = 0;
@@ -164,4 +167,38 @@ fn main() {
         bytes as f64 / 1048576.0,
         took.as_secs_f64()
     );
+    checkpoint_round_trip(&restored, "1M-entry state");
+}
+
+/// Resident memory of this process, MiB (Linux).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A restart's local part: write the state as a checkpoint, read it back and rebuild the
+/// state (what a restart does before it reads the changelog's tail).
+fn checkpoint_round_trip(state: &PartitionState, what: &str) {
+    use chatpipe_processor::changelog::{read_checkpoint, write_checkpoint};
+    let dir = std::env::temp_dir().join(format!("chatpipe-bench-checkpoint-{}", std::process::id()));
+    let start = Instant::now();
+    write_checkpoint(&dir, "cl", 0, 1, (0, 1), state).expect("write checkpoint");
+    let wrote = start.elapsed();
+    let size: u64 = std::fs::read_dir(&dir).map_or(0, |d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum());
+    let start = Instant::now();
+    let (_, fold) = read_checkpoint(&dir, "cl", 0).expect("read checkpoint");
+    let restored = fold.finish();
+    let read = start.elapsed();
+    assert_eq!(restored.entries(), state.entries());
+    println!(
+        "checkpoint ({what}): {} entries, {:.1} MiB on disk, written in {:.2} s, read and rebuilt in {:.2} s; RSS {:.0} MiB",
+        state.entries(),
+        size as f64 / 1048576.0,
+        wrote.as_secs_f64(),
+        read.as_secs_f64(),
+        rss_mib()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -16,7 +16,8 @@
 //! what any later restore computes for that prefix. Epochs are unique and increase in log
 //! order, so two tasks that both believe they own a partition are ordered too: the later
 //! fence wins, and the other task, when it finds a newer fence or a newer epoch in the log
-//! ([`foreign_records`]), stops writing. Records without the header (earlier builds) have
+//! ([`foreign_records`]), stops writing (the runner starts a new task, with a new fence, if
+//! the partition is still assigned to its member a second later). Records without the header (earlier builds) have
 //! epoch −1 and count only before the first fence.
 //!
 //! **Compaction.** Compaction keeps the latest record of each key, so a zombie's record can
@@ -43,7 +44,7 @@
 //! next one retried — it only costs restart time, never exactness.
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -421,8 +422,8 @@ pub fn write_checkpoint(
 /// does not read back (logged).
 pub fn read_checkpoint(dir: &Path, topic: &str, partition: i32) -> Option<(CheckpointHeader, Fold)> {
     let path = checkpoint_path(dir, topic, partition);
-    let file = std::fs::File::open(&path).ok()?;
-    match parse_checkpoint(BufReader::new(file)) {
+    let bytes = std::fs::read(&path).ok()?;
+    match parse_checkpoint(&bytes) {
         Ok((h, fold)) if h.topic == topic && h.partition == partition => Some((h, fold)),
         Ok(_) => None,
         Err(e) => {
@@ -432,23 +433,24 @@ pub fn read_checkpoint(dir: &Path, topic: &str, partition: i32) -> Option<(Check
     }
 }
 
-fn parse_checkpoint(mut r: impl Read) -> Result<(CheckpointHeader, Fold), String> {
-    let frame = |r: &mut dyn Read| -> Result<Vec<u8>, String> {
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).map_err(|e| e.to_string())?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > envelope::MAX_BODY {
-            return Err(format!("a {len}-byte entry"));
+/// Parses a checkpoint file read whole (one read, entries decoded in place).
+fn parse_checkpoint(mut r: &[u8]) -> Result<(CheckpointHeader, Fold), String> {
+    let mut frame = || -> Result<&[u8], String> {
+        let (len, rest) = r.split_first_chunk::<4>().ok_or("truncated")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(format!("a {len}-byte entry past the end"));
         }
-        let mut b = vec![0u8; len];
-        r.read_exact(&mut b).map_err(|e| e.to_string())?;
-        Ok(b)
+        let (body, rest) = rest.split_at(len);
+        r = rest;
+        Ok(body)
     };
-    let header: CheckpointHeader = envelope::decode(&frame(&mut r)?).map_err(|e| e.to_string())?;
+    let header: CheckpointHeader = envelope::decode(frame()?).map_err(|e| e.to_string())?;
     let mut fold = Fold::new();
     fold.fence = header.fence;
+    fold.latest.reserve(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
     for _ in 0..header.entries {
-        let (k, v): (StateKey, ChangeRecord) = envelope::decode(&frame(&mut r)?).map_err(|e| e.to_string())?;
+        let (k, v): (StateKey, ChangeRecord) = envelope::decode(frame()?).map_err(|e| e.to_string())?;
         fold.latest.insert(k, v);
     }
     Ok((header, fold))
