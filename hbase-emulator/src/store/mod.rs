@@ -18,38 +18,44 @@
 //! compaction does); reads never return more. Cells older than the family's TTL are never
 //! returned. Counters are 8-byte big-endian longs.
 //!
-//! **Layout.** One engine entry per row (`keys.rs`: `table id ‖ row`; value: `row.rs`), so a
-//! scan reads one entry per row; a write reads (memtable, then sorted files behind bloom
-//! filters), changes and rewrites its rows on the committer thread, which makes every
-//! read-modify-write atomic (fine for HBase-style narrow rows; a very wide row costs its
-//! size per write). Table metadata lives in the engine too and in an in-memory map guarded
-//! by a lock that data writes hold shared and DDL holds exclusive, so a table cannot vanish
-//! under a write.
+//! **Layout.** A row is a run of adjacent engine entries, its *edits* (`keys.rs`: `table id ‖
+//! row ‖ sequence number`; values: `edit.rs`), as an HBase row is a run of cells (KeyValues)
+//! across the memstore and store files. A put or delete is a blind write — one edit per row
+//! and call, no read before it — so its cost does not depend on what the row holds; reads
+//! merge a row's edits. A read-modify-write (`increment`, `append`, `checkAndPut`) reads the
+//! row on the committer thread, which makes it atomic, and replaces the edits it read with
+//! one snapshot; a row that reads find with many edits is folded the same way in the
+//! background, so a row's read cost stays bounded. Table metadata lives in the engine too
+//! and in an in-memory map guarded by a lock that data writes hold shared and DDL holds
+//! exclusive, so a table cannot vanish under a write.
 //!
 //! * `meta.rs` — table and family descriptors;
+//! * `edit.rs` — row edits (deltas, snapshots) and merging them into a row;
 //! * `engine.rs` — the LSM engine (log, memstore, files, flushes, compaction);
 //! * `commit.rs` — the group committer (every write);
 //! * `read.rs` — the read path (gets, scans, filters, versions).
 
 mod commit;
+mod edit;
 mod engine;
 mod meta;
 mod read;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::filter::Filter;
 use crate::keys;
 use crate::row::Row;
-use commit::{Answer, Group, Job, Txn};
+use commit::{Answer, Group, Job, Sequence, Txn, SEQ_RESERVED};
+use edit::max_versions;
 pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_DIR};
 use meta::show;
 pub use meta::{validate_table_name, FamilyDescriptor, TableMeta};
-use read::{decode_row, expired, read_row, resolve_selection};
+use read::{expired, load_row, read_row, resolve_selection};
 pub use read::{Cell, PreparedScan, RowCells, ScanCursor, ScanSpec};
 
 /// HBase's `HConstants.LATEST_TIMESTAMP`: "the server's current time".
@@ -59,8 +65,11 @@ pub const LATEST_TIMESTAMP: i64 = i64::MAX;
 const TABLE_PREFIX: &[u8] = b"table/";
 const NEXT_TABLE_ID: &[u8] = b"counter/next_table_id";
 
-/// Rows removed per batch when a table is deleted.
+/// Edits removed per batch when a table is deleted.
 const DELETE_CHUNK_ROWS: usize = 10_000;
+
+/// Most rows waiting to be folded at once; reads that find more leave them for later.
+const MAX_PENDING_FOLDS: usize = 1024;
 
 /// Errors of the store; each maps to the exception HBase's Thrift server would raise.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -168,6 +177,8 @@ pub struct Store {
     /// Hands writes to the group committer; `None` once the store is closing.
     committer: Option<mpsc::Sender<Job>>,
     committer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Prefixes of rows handed to the committer to be folded, not yet done.
+    folding: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Drop for Store {
@@ -184,24 +195,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("tables", &self.tables.read().len()).finish()
     }
-}
-
-/// Applies one op of a validated mutation to a row.
-fn apply_op(meta: &TableMeta, row: &mut Row, op: &Op, ts: i64) {
-    match op {
-        Op::Put { family, qualifier, value } => row.put(family, qualifier, value, ts, max_versions(meta, family)),
-        Op::DeleteColumn { family, qualifier } => row.delete_column(family, qualifier, ts),
-        Op::DeleteFamily { family } => row.delete_family(family, ts),
-        Op::DeleteRow => {
-            for f in &meta.families {
-                row.delete_family(&f.name, ts);
-            }
-        }
-    }
-}
-
-fn max_versions(meta: &TableMeta, family: &[u8]) -> usize {
-    meta.family(family).map_or(1, |f| f.max_versions.max(1) as usize)
 }
 
 /// The newest visible (unexpired) version of a column.
@@ -249,18 +242,25 @@ impl Store {
                 .ok_or_else(|| StoreError::Storage(format!("corrupt descriptor of table {}", show(&k))))?;
             tables.insert(meta.name.clone(), Arc::new(meta));
         }
+        let reserved = match engine.meta.get(SEQ_RESERVED).map_err(|e| storage("reading the sequence failed", e))? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Storage("corrupt sequence reservation".into()))?,
+            None => 0,
+        };
         let engine = Arc::new(engine);
         let (committer, jobs) = mpsc::channel();
         let committer_engine = Arc::clone(&engine);
         let committer_thread = std::thread::Builder::new()
             .name("hbase-emu-commit".into())
-            .spawn(move || commit::run_committer(committer_engine, jobs))
+            .spawn(move || commit::run_committer(committer_engine, Sequence::after(reserved), jobs))
             .map_err(|e| storage("cannot start the committer", e))?;
         Ok(Store {
             engine,
             tables: RwLock::new(tables),
             committer: Some(committer),
             committer_thread: Some(committer_thread),
+            folding: Arc::default(),
         })
     }
 
@@ -304,7 +304,7 @@ impl Store {
         if let Some(id) = next_id {
             batch.insert(&self.engine.meta, NEXT_TABLE_ID, id.to_be_bytes().to_vec());
         }
-        self.engine.commit(batch)
+        self.engine.commit(batch, true)
     }
 
     /// Creates a table (enabled).
@@ -382,7 +382,7 @@ impl Store {
         let end = keys::table_end(meta.id);
         let mut batch = self.engine.batch();
         batch.remove(&self.engine.meta, [TABLE_PREFIX, name].concat());
-        self.engine.commit(batch)?;
+        self.engine.commit(batch, true)?;
         tables.remove(name);
         let range: (std::ops::Bound<Vec<u8>>, std::ops::Bound<Vec<u8>>) =
             (std::ops::Bound::Included(start), end.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded));
@@ -391,10 +391,10 @@ impl Store {
             let key = key.map_err(|e| storage("reading the rows to delete failed", e))?;
             batch.remove(&self.engine.rows, key);
             if batch.len() >= DELETE_CHUNK_ROWS {
-                self.engine.commit(std::mem::replace(&mut batch, self.engine.batch()))?;
+                self.engine.commit(std::mem::replace(&mut batch, self.engine.batch()), true)?;
             }
         }
-        self.engine.commit(batch)
+        self.engine.commit(batch, true)
     }
 
     // ---- engine -------------------------------------------------------------------------
@@ -442,17 +442,19 @@ impl Store {
                 }
             }
         }
-        if rows.iter().all(|r| r.ops.is_empty()) {
+        // The edits are encoded here, on the caller's thread; the committer only appends them.
+        let edits: Vec<(Vec<u8>, Vec<u8>)> = rows
+            .iter()
+            .filter(|rm| !rm.ops.is_empty())
+            .map(|rm| (keys::row_prefix(meta.id, &rm.row), edit::delta(ts, &rm.ops)))
+            .collect();
+        if edits.is_empty() {
             return Ok(());
         }
         let meta = Arc::clone(meta);
-        let result = self.submit(rows.len(), move |group| {
-            for rm in &rows {
-                group.update(keys::row_key(meta.id, &rm.row), |row| {
-                    for op in &rm.ops {
-                        apply_op(&meta, row, op, ts);
-                    }
-                })?;
+        let result = self.submit(edits.len(), move |group| {
+            for (prefix, delta) in edits {
+                group.append(&meta, prefix, delta)?;
             }
             Ok(())
         });
@@ -474,8 +476,7 @@ impl Store {
         let result = self.submit(rows, move |group| {
             let mut txn = Txn::new(group, &meta);
             let out = step(&mut txn)?;
-            let staged = txn.into_staged();
-            group.stage(staged);
+            txn.finish();
             Ok(out)
         });
         drop(tables);
@@ -585,12 +586,9 @@ impl Store {
     pub fn get(&self, table: &[u8], key: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<Cell>, StoreError> {
         let meta = self.readable(table)?;
         let selection = resolve_selection(&meta, &spec.columns)?;
-        let Some(value) =
-            self.engine.rows.get(keys::row_key(meta.id, key)).map_err(|e| storage("reading a row failed", e))?
-        else {
-            return Ok(Vec::new());
-        };
-        let row = decode_row(&value)?;
+        let mut folds = Vec::new();
+        let row = load_row(&self.engine, &meta, &keys::row_prefix(meta.id, key), &mut folds)?;
+        self.fold(&meta, folds);
         Ok(read_row(&meta, key, &row, &selection, spec, &Filter::default(), now))
     }
 
@@ -601,20 +599,23 @@ impl Store {
         let id = meta.id;
         let (start, stop) = (&spec.start_row, &spec.stop_row);
         let (mut lo, mut hi) = if !spec.reversed {
-            let hi = if stop.is_empty() { keys::table_end(id) } else { Some(keys::row_key(id, stop)) };
-            (keys::row_key(id, start), hi)
+            let hi = if stop.is_empty() { keys::table_end(id) } else { Some(keys::row_bound(id, stop)) };
+            (keys::row_bound(id, start), hi)
         } else {
             // Reversed: from start_row (inclusive) down to stop_row (exclusive).
-            let hi =
-                if start.is_empty() { keys::table_end(id) } else { Some(keys::successor(&keys::row_key(id, start))) };
-            let lo = if stop.is_empty() { keys::table_start(id) } else { keys::successor(&keys::row_key(id, stop)) };
+            let hi = if start.is_empty() {
+                keys::table_end(id)
+            } else {
+                Some(keys::after_row(&keys::row_prefix(id, start)))
+            };
+            let lo = if stop.is_empty() { keys::table_start(id) } else { keys::after_row(&keys::row_prefix(id, stop)) };
             (lo, hi)
         };
         // Narrow the range to the filter's row prefixes: a prefix scan is a range read.
         for prefix in &spec.filter.row_prefixes {
-            lo = lo.max(keys::row_key(id, prefix));
+            lo = lo.max(keys::row_bound(id, prefix));
             if let Some(end) = keys::prefix_end(prefix) {
-                let end = keys::row_key(id, &end);
+                let end = keys::row_bound(id, &end);
                 hi = Some(hi.map_or(end.clone(), |h| h.min(end)));
             }
         }
@@ -657,7 +658,40 @@ impl Store {
             }
             None => max_rows,
         };
-        read::scan_page(&self.engine, &meta, cursor, scan, max_rows, now)
+        let mut folds = Vec::new();
+        let page = read::scan_page(&self.engine, &meta, cursor, scan, max_rows, now, &mut folds);
+        self.fold(&meta, folds);
+        page
+    }
+
+    /// Has the committer fold each row (by prefix) into one snapshot edit, without waiting:
+    /// a row with many edits costs every read of it that many entries until then.
+    fn fold(&self, meta: &Arc<TableMeta>, prefixes: Vec<Vec<u8>>) {
+        let Some(committer) = self.committer.as_ref() else { return };
+        for prefix in prefixes {
+            {
+                let mut folding = self.folding.lock();
+                if folding.len() >= MAX_PENDING_FOLDS || !folding.insert(prefix.clone()) {
+                    continue;
+                }
+            }
+            let (meta, folding) = (Arc::clone(meta), Arc::clone(&self.folding));
+            let job = Job {
+                rows: 1,
+                run: Box::new(move |group| {
+                    // A failed read leaves the row as it is; a later read asks again.
+                    if let Ok(row) = group.load(&meta, &prefix) {
+                        group.stage(std::collections::HashMap::from([(prefix.clone(), row)]));
+                    }
+                    let answer: Answer = Box::new(move |_| {
+                        folding.lock().remove(&prefix);
+                    });
+                    answer
+                }),
+            };
+            // The store is closing: the row stays as it is.
+            let _ = committer.send(job);
+        }
     }
 }
 
