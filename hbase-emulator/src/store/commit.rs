@@ -147,12 +147,13 @@ impl<'e> Group<'e> {
     fn write_pending(&mut self) {
         let pending = std::mem::take(&mut self.pending);
         for (prefix, row) in pending {
-            for key in self.loaded.remove(&prefix).unwrap_or_default() {
-                self.batch.remove(&self.engine.rows, key);
-            }
+            // The snapshot first: a read of the row stops at it, whatever it finds below.
             if !row.is_empty() {
                 let seq = self.next_seq();
                 self.batch.insert(&self.engine.rows, keys::edit_key(&prefix, seq), row.encode());
+            }
+            for key in self.loaded.remove(&prefix).unwrap_or_default() {
+                self.batch.remove(&self.engine.rows, key);
             }
         }
         self.loaded.clear();

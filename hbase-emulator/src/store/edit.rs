@@ -15,7 +15,8 @@
 //! in place. **Failure**: bytes that are not an edit make the merge fail (`None`): the
 //! caller reports a corrupt row; nothing is dropped silently.
 
-use super::{Op, TableMeta};
+use super::batch::{OpKind, OpRef};
+use super::TableMeta;
 use crate::row::{Reader, Row};
 
 /// First byte of a snapshot (`Row::encode`'s version byte).
@@ -75,12 +76,12 @@ impl DeltaWriter {
         self.0.push(DELETE_ROW);
     }
 
-    pub fn op(&mut self, op: &Op) {
-        match op {
-            Op::Put { family, qualifier, value } => self.put(family, qualifier, value),
-            Op::DeleteColumn { family, qualifier } => self.delete_column(family, qualifier),
-            Op::DeleteFamily { family } => self.delete_family(family),
-            Op::DeleteRow => self.delete_row(),
+    pub fn op(&mut self, op: OpRef<'_>) {
+        match op.kind {
+            OpKind::Put => self.put(op.family, op.qualifier, op.value),
+            OpKind::DeleteColumn => self.delete_column(op.family, op.qualifier),
+            OpKind::DeleteFamily => self.delete_family(op.family),
+            OpKind::DeleteRow => self.delete_row(),
         }
     }
 
@@ -90,16 +91,8 @@ impl DeltaWriter {
 }
 
 /// The delta of `ops` at `ts`.
-pub fn delta(ts: i64, ops: &[Op]) -> Vec<u8> {
-    let bytes = ops
-        .iter()
-        .map(|op| match op {
-            Op::Put { family, qualifier, value } => 11 + family.len() + qualifier.len() + value.len(),
-            Op::DeleteColumn { family, qualifier } => 7 + family.len() + qualifier.len(),
-            Op::DeleteFamily { family } => 3 + family.len(),
-            Op::DeleteRow => 1,
-        })
-        .sum();
+pub fn delta<'a>(ts: i64, ops: impl Iterator<Item = OpRef<'a>> + Clone) -> Vec<u8> {
+    let bytes = ops.clone().map(|op| 11 + op.family.len() + op.qualifier.len() + op.value.len()).sum();
     let mut w = DeltaWriter::new(ts, bytes);
     for op in ops {
         w.op(op);
@@ -171,8 +164,15 @@ pub fn merge<E: AsRef<[u8]>>(meta: &TableMeta, newest_first: &[E]) -> Option<Row
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::batch::MutationBatch;
     use crate::store::meta::TableMeta;
-    use crate::store::FamilyDescriptor;
+    use crate::store::{FamilyDescriptor, Op, RowMutation};
+
+    fn delta(ts: i64, ops: &[Op]) -> Vec<u8> {
+        let batch = MutationBatch::from(&[RowMutation { row: b"r".to_vec(), ops: ops.to_vec() }][..]);
+        let (_, ops) = batch.rows().next().unwrap();
+        super::delta(ts, ops)
+    }
 
     fn meta() -> TableMeta {
         TableMeta {

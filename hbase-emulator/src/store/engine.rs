@@ -154,6 +154,13 @@ impl Engine {
         Ok(Engine { keyspace, rows, meta, durability: options.durability, _lock: None, _temp: None })
     }
 
+    /// A consistent view of the row edits as of the last finished commit: a batch being
+    /// applied is either wholly in it or absent (plain partition reads see a batch's entries
+    /// as they are inserted).
+    pub fn rows_snapshot(&self) -> fjall::Snapshot {
+        self.rows.snapshot_at(self.keyspace.instant())
+    }
+
     /// A new, empty batch.
     pub fn batch(&self) -> Batch {
         self.keyspace.batch()

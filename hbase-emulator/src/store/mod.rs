@@ -35,6 +35,7 @@
 //! * `commit.rs` — the group committer (every write);
 //! * `read.rs` — the read path (gets, scans, filters, versions).
 
+mod batch;
 mod commit;
 mod edit;
 mod engine;
@@ -50,6 +51,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::filter::Filter;
 use crate::keys;
 use crate::row::Row;
+pub use batch::{MutationBatch, OpKind};
 use commit::{Answer, Group, Job, Sequence, Txn, SEQ_RESERVED};
 use edit::max_versions;
 pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_DIR};
@@ -421,6 +423,17 @@ impl Store {
     /// [`LATEST_TIMESTAMP`]) means `now`. Every family is checked before anything is written:
     /// a batch naming an unknown family writes nothing.
     pub fn mutate(&self, table: &[u8], rows: Vec<RowMutation>, ts: Option<i64>, now: i64) -> Result<(), StoreError> {
+        self.mutate_batch(table, &MutationBatch::from(rows.as_slice()), ts, now)
+    }
+
+    /// [`Store::mutate`] of a batch in one buffer (`mutateRows`).
+    pub fn mutate_batch(
+        &self,
+        table: &[u8],
+        batch: &MutationBatch,
+        ts: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let ts = match ts {
             None | Some(LATEST_TIMESTAMP) => now,
             Some(ts) if ts < 0 => {
@@ -432,22 +445,20 @@ impl Store {
         let tables = self.tables.read();
         let meta = tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?;
         meta.require_enabled()?;
-        for rm in &rows {
-            for op in &rm.ops {
-                match op {
-                    Op::Put { family, .. } | Op::DeleteColumn { family, .. } | Op::DeleteFamily { family } => {
-                        meta.require_family(family)?;
-                    }
-                    Op::DeleteRow => {}
+        for (_, ops) in batch.rows() {
+            for op in ops {
+                if op.kind != OpKind::DeleteRow {
+                    meta.require_family(op.family)?;
                 }
             }
         }
         // The edits are encoded here, on the caller's thread; the committer only appends them.
-        let edits: Vec<(Vec<u8>, Vec<u8>)> = rows
-            .iter()
-            .filter(|rm| !rm.ops.is_empty())
-            .map(|rm| (keys::row_prefix(meta.id, &rm.row), edit::delta(ts, &rm.ops)))
-            .collect();
+        let mut edits: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(batch.len());
+        for (row, ops) in batch.rows() {
+            if ops.clone().next().is_some() {
+                edits.push((keys::row_prefix(meta.id, row), edit::delta(ts, ops)));
+            }
+        }
         if edits.is_empty() {
             return Ok(());
         }

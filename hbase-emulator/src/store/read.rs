@@ -201,7 +201,8 @@ fn merged(meta: &TableMeta, edits: &[fjall::Slice]) -> Result<Row, StoreError> {
 /// One row, from its edits; `folds` gets its prefix if it has many.
 pub fn load_row(engine: &Engine, meta: &TableMeta, prefix: &[u8], folds: &mut Vec<Vec<u8>>) -> Result<Row, StoreError> {
     let mut edits = Vec::new();
-    for entry in engine.rows.prefix(prefix) {
+    let view = engine.rows_snapshot();
+    for entry in view.prefix(prefix) {
         let (_, v) = entry.map_err(|e| StoreError::Storage(format!("reading a row failed: {e}")))?;
         edits.push(v);
     }
@@ -232,8 +233,9 @@ pub fn scan_page(
     }
     let range: (Bound<Vec<u8>>, Bound<Vec<u8>>) =
         (Bound::Included(cursor.lo.clone()), cursor.hi.clone().map_or(Bound::Unbounded, Bound::Excluded));
-    let iter = engine.rows.range(range);
-    let mut iter: Box<dyn Iterator<Item = fjall::Result<(fjall::Slice, fjall::Slice)>>> =
+    let view = engine.rows_snapshot();
+    let iter = view.range(range).map(|entry| entry.map_err(|e| e.to_string()));
+    let mut iter: Box<dyn Iterator<Item = Result<(fjall::Slice, fjall::Slice), String>>> =
         if cursor.reversed { Box::new(iter.rev()) } else { Box::new(iter) };
     // The row being gathered: its prefix, whether the filter may keep it, its edits.
     let mut current: Option<(Vec<u8>, bool)> = None;
