@@ -241,6 +241,8 @@ pub struct GuardedInput {
     /// Why the call being read is refused (a length over the limits); shared with the
     /// [`FramedReader`], which reports oversize frames here.
     refused: Rc<RefCell<Option<String>>>,
+    /// A message header read already, returned by the next `read_message_begin`.
+    replay: Option<TMessageIdentifier>,
 }
 
 /// Bookkeeping to supply missing top-level arguments (see the module doc).
@@ -282,6 +284,30 @@ impl GuardedInput {
         let why = self.refused.borrow().clone()?;
         let (name, seq) = self.message.clone()?;
         Some((name, seq, why))
+    }
+
+    /// Has the next `read_message_begin` return `ident` again (read by the server to pick
+    /// a decoder, then handed to the generated processor).
+    pub fn replay(&mut self, ident: TMessageIdentifier) {
+        self.replay = Some(ident);
+    }
+
+    /// Reads a string or binary, appending it to `out` (no allocation of its own), and
+    /// returns where it is in `out`; bounded as every length here.
+    pub fn read_bytes_into(&mut self, out: &mut Vec<u8>) -> thrift::Result<std::ops::Range<usize>> {
+        let start = out.len();
+        if self.synthetic().is_some() {
+            return Ok(start..start);
+        }
+        let len = if self.compact { self.read_varint_u32().map(i64::from) } else { self.read_raw_i32().map(i64::from) };
+        let len = self.track(len)?;
+        let Some(len) = usize::try_from(len).ok().filter(|l| *l <= self.max_bytes) else {
+            return Err(self.refuse(format!("string or binary of {len} bytes outside 0..={}", self.max_bytes)));
+        };
+        out.resize(start + len, 0);
+        let read = self.raw.read_exact(&mut out[start..]).map_err(thrift::Error::from);
+        self.track(read)?;
+        Ok(start..out.len())
     }
 
     fn refuse(&mut self, why: String) -> thrift::Error {
@@ -450,6 +476,9 @@ impl GuardedInput {
 
 impl TInputProtocol for GuardedInput {
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
+        if let Some(ident) = self.replay.take() {
+            return Ok(ident);
+        }
         let r = self.read_message_begin_untracked();
         self.track(r)
     }
@@ -813,6 +842,7 @@ pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInpu
         args: ArgsState::default(),
         message: None,
         refused: Rc::clone(&refused),
+        replay: None,
     };
     let writer: Box<dyn Write> = if wire.framed {
         Box::new(FramedWriter::new(BufWriter::with_capacity(64 * 1024, write_half)))
@@ -847,6 +877,7 @@ mod tests {
             args: ArgsState::default(),
             message: None,
             refused: Rc::default(),
+            replay: None,
         }
     }
 

@@ -83,12 +83,8 @@ impl MutationBatch {
     }
 
     /// How many rows.
-    pub fn len(&self) -> usize {
+    pub fn row_count(&self) -> usize {
         self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
     }
 
     /// Each row and its ops, in order.

@@ -453,7 +453,7 @@ impl Store {
             }
         }
         // The edits are encoded here, on the caller's thread; the committer only appends them.
-        let mut edits: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(batch.len());
+        let mut edits: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(batch.row_count());
         for (row, ops) in batch.rows() {
             if ops.clone().next().is_some() {
                 edits.push((keys::row_prefix(meta.id, row), edit::delta(ts, ops)));
