@@ -100,7 +100,8 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    const ROWS: [&[u8]; 10] = [b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00", b"ab", b"b", b"\xff", b"\xff\xff"];
+    const ROWS: [&[u8]; 10] =
+        [b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00", b"ab", b"b", b"\xff", b"\xff\xff"];
 
     #[test]
     fn edit_keys_sort_by_row_then_newest_first_and_tables_do_not_mix() {

@@ -33,8 +33,8 @@ use thrift::server::TProcessor;
 
 use crate::handler::Handler;
 use crate::mutate_rows;
-use crate::store::Store;
 use crate::protocol::{self, WireFormat};
+use crate::store::Store;
 
 /// The live connections: their sockets (to shut them down) and threads (to join them).
 #[derive(Default)]
@@ -218,7 +218,9 @@ fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, 
     let outcome = catch_unwind(AssertUnwindSafe(|| loop {
         // `mutateRows*` decode into one buffer (`mutate_rows.rs`); the rest is generated code.
         let outcome = match input.read_message_begin() {
-            Ok(ident) if mutate_rows::handles(&ident.name) => mutate_rows::process(store, &ident, &mut input, &mut output),
+            Ok(ident) if mutate_rows::handles(&ident.name) => {
+                mutate_rows::process(store, &ident, &mut input, &mut output)
+            }
             Ok(ident) => {
                 input.replay(ident);
                 processor.process(&mut input, &mut output)

@@ -150,10 +150,8 @@ pub fn apply(meta: &TableMeta, row: &mut Row, edit: &[u8]) -> Option<()> {
 /// A row from its edits, newest first (as a forward scan reads them); `None` if an edit is
 /// corrupt. Edits older than the newest snapshot are not read.
 pub fn merge<E: AsRef<[u8]>>(meta: &TableMeta, newest_first: &[E]) -> Option<Row> {
-    let start = newest_first
-        .iter()
-        .position(|e| e.as_ref().first() == Some(&SNAPSHOT))
-        .map_or(newest_first.len(), |i| i + 1);
+    let start =
+        newest_first.iter().position(|e| e.as_ref().first() == Some(&SNAPSHOT)).map_or(newest_first.len(), |i| i + 1);
     let mut row = Row::default();
     for edit in newest_first[..start].iter().rev() {
         apply(meta, &mut row, edit.as_ref())?;
@@ -240,7 +238,7 @@ mod tests {
     fn corrupt_edits_fail_the_merge() {
         let meta = meta();
         let good = delta(1, &[put("a", "q", "v")]);
-        assert!(merge(&meta, &[good.clone()]).is_some());
+        assert!(merge(&meta, std::slice::from_ref(&good)).is_some());
         assert!(merge(&meta, &[good[..good.len() - 1].to_vec()]).is_none());
         assert!(merge(&meta, &[vec![9u8, 0, 0]]).is_none());
         assert!(merge(&meta, &[Vec::<u8>::new()]).is_none());

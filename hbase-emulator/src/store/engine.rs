@@ -146,7 +146,10 @@ impl Engine {
         // the next fills (HBase: `hbase.hregion.memstore.flush.size` under the global limit).
         let memtable = u32::try_from(memstore / 4).unwrap_or(u32::MAX);
         let rows = keyspace
-            .open_partition(ROWS_PARTITION, PartitionCreateOptions::default().max_memtable_size(memtable).block_size(16 * 1024))
+            .open_partition(
+                ROWS_PARTITION,
+                PartitionCreateOptions::default().max_memtable_size(memtable).block_size(16 * 1024),
+            )
             .map_err(|e| storage("cannot open the rows", e))?;
         let meta = keyspace
             .open_partition("meta", PartitionCreateOptions::default())
