@@ -67,8 +67,13 @@ impl Sequence {
 pub struct Group<'e> {
     engine: &'e Engine,
     seq: &'e mut Sequence,
-    batch: Batch,
-    /// The batch holds blind edits.
+    /// Edits (a value) and deletions (`None`) of row edits not yet committed, in any order:
+    /// they are sorted before the commit, so the memtable inserts walk neighbouring nodes
+    /// (a batch is atomic whatever the order of its entries).
+    edits: Vec<(Slice, Option<Vec<u8>>)>,
+    /// A new sequence reservation to record with them.
+    reservation: Option<u64>,
+    /// The uncommitted edits include blind ones.
     blind: bool,
     /// Rows rewritten by read-modify-writes since the last commit, by row prefix.
     pending: HashMap<Vec<u8>, Row>,
@@ -85,7 +90,8 @@ impl<'e> Group<'e> {
         Group {
             engine,
             seq,
-            batch: engine.batch(),
+            edits: Vec::new(),
+            reservation: None,
             blind: false,
             pending: HashMap::new(),
             loaded: HashMap::new(),
@@ -99,7 +105,7 @@ impl<'e> Group<'e> {
         self.seq.next += 1;
         if self.seq.next > self.seq.reserved {
             self.seq.reserved = self.seq.reserved.saturating_add(SEQ_BLOCK);
-            self.batch.insert(&self.engine.meta, SEQ_RESERVED, self.seq.reserved.to_be_bytes().to_vec());
+            self.reservation = Some(self.seq.reserved);
         }
         seq
     }
@@ -111,7 +117,7 @@ impl<'e> Group<'e> {
             return edit::apply(meta, row, &delta).ok_or_else(|| StoreError::Storage("corrupt delta".into()));
         }
         let seq = self.next_seq();
-        self.batch.insert(&self.engine.rows, keys::edit_key(&prefix, seq), delta);
+        self.edits.push((keys::edit_key(&prefix, seq).into(), Some(delta)));
         self.blind = true;
         Ok(())
     }
@@ -150,13 +156,30 @@ impl<'e> Group<'e> {
             // The snapshot first: a read of the row stops at it, whatever it finds below.
             if !row.is_empty() {
                 let seq = self.next_seq();
-                self.batch.insert(&self.engine.rows, keys::edit_key(&prefix, seq), row.encode());
+                self.edits.push((keys::edit_key(&prefix, seq).into(), Some(row.encode())));
             }
             for key in self.loaded.remove(&prefix).unwrap_or_default() {
-                self.batch.remove(&self.engine.rows, key);
+                self.edits.push((key, None));
             }
         }
         self.loaded.clear();
+    }
+
+    /// The uncommitted edits as one engine batch, sorted by key.
+    fn take_batch(&mut self) -> Batch {
+        let mut edits = std::mem::take(&mut self.edits);
+        edits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut batch = Batch::with_capacity(self.engine.keyspace(), edits.len() + 1);
+        for (key, value) in edits {
+            match value {
+                Some(value) => batch.insert(&self.engine.rows, key, value),
+                None => batch.remove(&self.engine.rows, key),
+            }
+        }
+        if let Some(reserved) = self.reservation.take() {
+            batch.insert(&self.engine.meta, SEQ_RESERVED, reserved.to_be_bytes().to_vec());
+        }
+        batch
     }
 
     /// Commits what the group has so far, without waiting for the disk.
@@ -165,7 +188,7 @@ impl<'e> Group<'e> {
             return Err(e.clone());
         }
         self.write_pending();
-        let batch = std::mem::replace(&mut self.batch, self.engine.batch());
+        let batch = self.take_batch();
         self.blind = false;
         if batch.is_empty() {
             return Ok(());
@@ -179,7 +202,7 @@ impl<'e> Group<'e> {
             return Err(e);
         }
         self.write_pending();
-        let batch = std::mem::replace(&mut self.batch, self.engine.batch());
+        let batch = self.take_batch();
         if !batch.is_empty() {
             return self.engine.commit(batch, true);
         }

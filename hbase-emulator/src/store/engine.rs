@@ -164,6 +164,11 @@ impl Engine {
         self.rows.snapshot_at(self.keyspace.instant())
     }
 
+    /// The keyspace (for batches of a known size).
+    pub fn keyspace(&self) -> Keyspace {
+        self.keyspace.clone()
+    }
+
     /// A new, empty batch.
     pub fn batch(&self) -> Batch {
         self.keyspace.batch()
