@@ -67,9 +67,7 @@ impl Sequence {
 pub struct Group<'e> {
     engine: &'e Engine,
     seq: &'e mut Sequence,
-    /// Edits (a value) and deletions (`None`) of row edits not yet committed, in any order:
-    /// they are sorted before the commit, so the memtable inserts walk neighbouring nodes
-    /// (a batch is atomic whatever the order of its entries).
+    /// Edits (a value) and deletions (`None`) of row edits not yet committed.
     edits: Vec<(Slice, Option<Vec<u8>>)>,
     /// A new sequence reservation to record with them.
     reservation: Option<u64>,
@@ -165,10 +163,9 @@ impl<'e> Group<'e> {
         self.loaded.clear();
     }
 
-    /// The uncommitted edits as one engine batch, sorted by key.
+    /// The uncommitted edits as one engine batch.
     fn take_batch(&mut self) -> Batch {
-        let mut edits = std::mem::take(&mut self.edits);
-        edits.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let edits = std::mem::take(&mut self.edits);
         let mut batch = Batch::with_capacity(self.engine.keyspace(), edits.len() + 1);
         for (key, value) in edits {
             match value {

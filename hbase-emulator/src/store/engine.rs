@@ -21,6 +21,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use fjall::compaction::{SizeTiered, Strategy};
 use fjall::{Batch, Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::StoreError;
@@ -148,7 +149,12 @@ impl Engine {
         let rows = keyspace
             .open_partition(
                 ROWS_PARTITION,
-                PartitionCreateOptions::default().max_memtable_size(memtable).block_size(16 * 1024),
+                PartitionCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .block_size(16 * 1024)
+                    // Size-tiered, as HBase's own (ratio-based) compaction policy: a byte is
+                    // rewritten a few times, not once per level as in leveled compaction.
+                    .compaction_strategy(Strategy::SizeTiered(SizeTiered::default())),
             )
             .map_err(|e| storage("cannot open the rows", e))?;
         let meta = keyspace
