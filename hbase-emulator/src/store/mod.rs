@@ -33,7 +33,9 @@
 //! * `edit.rs` — row edits (deltas, snapshots) and merging them into a row;
 //! * `engine.rs` — the LSM engine (log, memstore, files, flushes, compaction);
 //! * `commit.rs` — the group committer (every write);
-//! * `read.rs` — the read path (gets, scans, filters, versions).
+//! * `read.rs` — the read path (gets, scans, filters, versions);
+//! * `tables.rs` — DDL (create, enable, disable, delete);
+//! * `rmw.rs` — read-modify-writes (`increment`, `append`, `checkAndPut`).
 
 mod batch;
 mod commit;
@@ -41,6 +43,8 @@ mod edit;
 mod engine;
 mod meta;
 mod read;
+mod rmw;
+mod tables;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -50,14 +54,12 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::filter::Filter;
 use crate::keys;
-use crate::row::Row;
 pub use batch::{MutationBatch, OpKind};
-use commit::{Answer, Group, Job, Sequence, Txn, SEQ_RESERVED};
-use edit::max_versions;
+use commit::{Answer, Group, Job, Sequence, SEQ_RESERVED};
 pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_DIR};
 use meta::show;
 pub use meta::{validate_table_name, FamilyDescriptor, TableMeta};
-use read::{expired, load_row, read_row, resolve_selection};
+use read::{load_row, read_row, resolve_selection};
 pub use read::{Cell, PreparedScan, RowCells, ScanCursor, ScanSpec};
 
 /// HBase's `HConstants.LATEST_TIMESTAMP`: "the server's current time".
@@ -199,22 +201,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The newest visible (unexpired) version of a column.
-fn latest<'r>(
-    meta: &TableMeta,
-    row: &'r Row,
-    family: &[u8],
-    qualifier: &[u8],
-    now: i64,
-) -> Result<Option<(i64, &'r [u8])>, StoreError> {
-    let desc = meta.require_family(family)?;
-    let Some(fam) = row.family(family) else { return Ok(None) };
-    let Ok(i) = fam.columns.binary_search_by(|c| c.qualifier.as_slice().cmp(qualifier)) else {
-        return Ok(None);
-    };
-    Ok(fam.columns[i].versions.iter().find(|v| !expired(desc, v.ts, now)).map(|v| (v.ts, v.value.as_slice())))
-}
-
 impl Store {
     /// Opens (or creates) the store in `dir` (locked while open), recovering from its log.
     pub fn open(dir: &Path, options: EngineOptions) -> Result<Store, StoreError> {
@@ -288,116 +274,7 @@ impl Store {
         answer.recv().map_err(|_| closed())?
     }
 
-    // ---- tables -------------------------------------------------------------------------
-
-    /// The descriptor of a table, enabled or not.
-    pub fn table(&self, name: &[u8]) -> Result<Arc<TableMeta>, StoreError> {
-        self.tables.read().get(name).cloned().ok_or_else(|| StoreError::TableNotFound(show(name)))
-    }
-
-    /// Every table with its enabled flag, sorted by name.
-    pub fn tables(&self) -> Vec<(Vec<u8>, bool)> {
-        self.tables.read().values().map(|m| (m.name.clone(), m.enabled)).collect()
-    }
-
-    fn write_meta(&self, meta: &TableMeta, next_id: Option<u64>) -> Result<(), StoreError> {
-        let mut batch = self.engine.batch();
-        batch.insert(&self.engine.meta, [TABLE_PREFIX, meta.name.as_slice()].concat(), meta.encode());
-        if let Some(id) = next_id {
-            batch.insert(&self.engine.meta, NEXT_TABLE_ID, id.to_be_bytes().to_vec());
-        }
-        self.engine.commit(batch, true)
-    }
-
-    /// Creates a table (enabled).
-    pub fn create_table(
-        &self,
-        name: &[u8],
-        families: Vec<FamilyDescriptor>,
-        split_points: Vec<Vec<u8>>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        validate_table_name(name)?;
-        let mut tables = self.tables.write();
-        if tables.contains_key(name) {
-            return Err(StoreError::TableExists(show(name)));
-        }
-        if families.is_empty() {
-            return Err(StoreError::Refused(format!("Table should have at least one column family: {}", show(name))));
-        }
-        let mut by_name: BTreeMap<Vec<u8>, FamilyDescriptor> = BTreeMap::new();
-        for f in families {
-            let f = f.validate()?;
-            if by_name.contains_key(&f.name) {
-                return Err(StoreError::IllegalArgument(format!(
-                    "Family '{}' already exists so cannot be added",
-                    show(&f.name)
-                )));
-            }
-            by_name.insert(f.name.clone(), f);
-        }
-        let id = match self.engine.meta.get(NEXT_TABLE_ID).map_err(|e| storage("reading the table ids failed", e))? {
-            Some(v) => <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Storage("corrupt table id counter".into()))?,
-            None => 1,
-        };
-        let id32 = u32::try_from(id).map_err(|_| StoreError::Refused("table ids exhausted".into()))?;
-        let meta = TableMeta {
-            id: id32,
-            name: name.to_vec(),
-            families: by_name.into_values().collect(),
-            enabled: true,
-            split_points,
-            created_ms: now,
-        };
-        self.write_meta(&meta, Some(id + 1))?;
-        tables.insert(name.to_vec(), Arc::new(meta));
-        Ok(())
-    }
-
-    /// Enables or disables a table; HBase refuses to enable an enabled table and vice versa.
-    pub fn set_enabled(&self, name: &[u8], enabled: bool) -> Result<(), StoreError> {
-        let mut tables = self.tables.write();
-        let meta = tables.get(name).ok_or_else(|| StoreError::TableNotFound(show(name)))?;
-        match (meta.enabled, enabled) {
-            (true, true) => return Err(StoreError::TableNotDisabled(show(name))),
-            (false, false) => return Err(StoreError::TableDisabled(show(name))),
-            _ => {}
-        }
-        let mut meta = TableMeta::clone(meta);
-        meta.enabled = enabled;
-        self.write_meta(&meta, None)?;
-        tables.insert(name.to_vec(), Arc::new(meta));
-        Ok(())
-    }
-
-    /// Deletes a disabled table and all its cells. The descriptor goes first, so a crash
-    /// midway leaves only rows of a table id that is never used again (invisible).
-    pub fn delete_table(&self, name: &[u8]) -> Result<(), StoreError> {
-        let mut tables = self.tables.write();
-        let meta = tables.get(name).ok_or_else(|| StoreError::TableNotFound(show(name)))?;
-        if meta.enabled {
-            return Err(StoreError::TableNotDisabled(show(name)));
-        }
-        let start = keys::table_start(meta.id);
-        let end = keys::table_end(meta.id);
-        let mut batch = self.engine.batch();
-        batch.remove(&self.engine.meta, [TABLE_PREFIX, name].concat());
-        self.engine.commit(batch, true)?;
-        tables.remove(name);
-        let range: (std::ops::Bound<Vec<u8>>, std::ops::Bound<Vec<u8>>) =
-            (std::ops::Bound::Included(start), end.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded));
-        let mut batch = self.engine.batch();
-        for key in self.engine.rows.range(range).map(|kv| kv.map(|(k, _)| k)) {
-            let key = key.map_err(|e| storage("reading the rows to delete failed", e))?;
-            batch.remove(&self.engine.rows, key);
-            if batch.len() >= DELETE_CHUNK_ROWS {
-                self.engine.commit(std::mem::replace(&mut batch, self.engine.batch()), true)?;
-            }
-        }
-        self.engine.commit(batch, true)
-    }
+    // ---- tables: `tables.rs`; read-modify-writes: `rmw.rs` ------------------------------
 
     // ---- engine -------------------------------------------------------------------------
 
@@ -471,118 +348,6 @@ impl Store {
         });
         drop(tables);
         result
-    }
-
-    /// Runs a read-modify-write of `rows` rows on the committer: all of `step`'s changes are
-    /// committed, or none if it fails.
-    fn read_modify_write<T: Send + 'static>(
-        &self,
-        table: &[u8],
-        rows: usize,
-        step: impl FnOnce(&mut Txn<'_, '_>) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let tables = self.tables.read();
-        let meta = Arc::clone(tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?);
-        meta.require_enabled()?;
-        let result = self.submit(rows, move |group| {
-            let mut txn = Txn::new(group, &meta);
-            let out = step(&mut txn)?;
-            txn.finish();
-            Ok(out)
-        });
-        drop(tables);
-        result
-    }
-
-    /// Adds `amount` to the 8-byte big-endian counter of each cell, atomically, and returns
-    /// the new values. A missing cell counts as 0; any other width is refused.
-    pub fn increment(&self, table: &[u8], increments: &[Increment], now: i64) -> Result<Vec<i64>, StoreError> {
-        let increments = increments.to_vec();
-        self.read_modify_write(table, increments.len(), move |txn| {
-            let mut out = Vec::with_capacity(increments.len());
-            for Increment { row: key, family, qualifier, amount } in &increments {
-                let mut row = txn.load(key)?;
-                let (old, old_ts) = match latest(txn.meta, &row, family, qualifier, now)? {
-                    None => (0, None),
-                    Some((ts, value)) => {
-                        let bytes: [u8; 8] = value.try_into().map_err(|_| {
-                            StoreError::Refused(format!("Field is not a long, it's {} bytes wide", value.len()))
-                        })?;
-                        (i64::from_be_bytes(bytes), Some(ts))
-                    }
-                };
-                let new = old.wrapping_add(*amount);
-                if *amount != 0 || old_ts.is_none() {
-                    // Newer than the current version, as HBase does, so the new value is the
-                    // visible one even after increments within one millisecond.
-                    let ts = old_ts.map_or(now, |t| now.max(t.saturating_add(1)));
-                    row.put(family, qualifier, &new.to_be_bytes(), ts, max_versions(txn.meta, family));
-                    txn.save(key, row);
-                }
-                out.push(new);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Appends bytes to cells (a missing cell is empty) and returns the new cells.
-    pub fn append(
-        &self,
-        table: &[u8],
-        key: &[u8],
-        columns: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
-        now: i64,
-    ) -> Result<Vec<Cell>, StoreError> {
-        let (key, columns) = (key.to_vec(), columns.to_vec());
-        self.read_modify_write(table, 1, move |txn| {
-            let mut out = Vec::with_capacity(columns.len());
-            for (family, qualifier, suffix) in &columns {
-                let mut row = txn.load(&key)?;
-                let (value, ts) = match latest(txn.meta, &row, family, qualifier, now)? {
-                    None => (suffix.clone(), now),
-                    Some((t, v)) => {
-                        let mut v = v.to_vec();
-                        v.extend_from_slice(suffix);
-                        (v, now.max(t.saturating_add(1)))
-                    }
-                };
-                row.put(family, qualifier, &value, ts, max_versions(txn.meta, family));
-                txn.save(&key, row);
-                out.push(Cell { family: family.clone(), qualifier: qualifier.clone(), ts, value });
-            }
-            Ok(out)
-        })
-    }
-
-    /// Puts `put` if the newest visible value of the checked column equals `expected`;
-    /// `None` or an empty value: if the column has no visible value (or an empty one), as
-    /// HBase's `checkAndMutate` does. Returns whether it put.
-    pub fn check_and_put(
-        &self,
-        table: &[u8],
-        key: &[u8],
-        check: (&[u8], &[u8]),
-        expected: Option<&[u8]>,
-        put: (&[u8], &[u8], &[u8]),
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let key = key.to_vec();
-        let (family, qualifier) = (check.0.to_vec(), check.1.to_vec());
-        let expected = expected.unwrap_or_default().to_vec();
-        let (put_family, put_qualifier, put_value) = (put.0.to_vec(), put.1.to_vec(), put.2.to_vec());
-        self.read_modify_write(table, 1, move |txn| {
-            txn.meta.require_family(&put_family)?;
-            let mut row = txn.load(&key)?;
-            let matches = match latest(txn.meta, &row, &family, &qualifier, now)? {
-                None => expected.is_empty(),
-                Some((_, v)) => expected == v,
-            };
-            if matches {
-                row.put(&put_family, &put_qualifier, &put_value, now, max_versions(txn.meta, &put_family));
-                txn.save(&key, row);
-            }
-            Ok(matches)
-        })
     }
 
     // ---- reads --------------------------------------------------------------------------
