@@ -237,8 +237,8 @@ pub fn scan_page(
     let iter = view.range(range).map(|entry| entry.map_err(|e| e.to_string()));
     let mut iter: Box<dyn Iterator<Item = Result<(fjall::Slice, fjall::Slice), String>>> =
         if cursor.reversed { Box::new(iter.rev()) } else { Box::new(iter) };
-    // The row being gathered: its prefix, whether the filter may keep it, its edits.
-    let mut current: Option<(Vec<u8>, bool)> = None;
+    // The row being gathered: its prefix, its row key if the filter may keep it, its edits.
+    let mut current: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
     let mut edits: Vec<fjall::Slice> = Vec::new();
     while out.len() < max_rows {
         let next = iter.next().transpose().map_err(|e| StoreError::Storage(format!("scan failed: {e}")))?;
@@ -255,7 +255,7 @@ pub fn scan_page(
                 } else {
                     cursor.lo = keys::after_row(&done);
                 }
-                if wanted {
+                if let Some(row_key) = wanted {
                     if edits.len() > edit::FOLD_AFTER_EDITS {
                         folds.push(done.clone());
                     }
@@ -263,7 +263,6 @@ pub fn scan_page(
                         edits.reverse();
                     }
                     let row = merged(meta, &edits)?;
-                    let row_key = keys::row_of(&done);
                     let cells = read_row(meta, &row_key, &row, &scan.selection, &scan.read, &scan.filter, now);
                     if !cells.is_empty() {
                         out.push(RowCells { row: row_key, cells });
@@ -275,10 +274,11 @@ pub fn scan_page(
                 cursor.exhausted = true;
                 break;
             };
-            let wanted = scan.filter.row_may_match(&keys::row_of(prefix));
+            let row_key = keys::row_of(prefix);
+            let wanted = scan.filter.row_may_match(&row_key).then_some(row_key);
             current = Some((prefix.to_vec(), wanted));
         }
-        if let (Some((_, true)), Some((_, value))) = (&current, next) {
+        if let (Some((_, Some(_))), Some((_, value))) = (&current, next) {
             edits.push(value);
         }
     }
