@@ -310,6 +310,47 @@ impl GuardedInput {
         Ok(start..out.len())
     }
 
+    /// Whether the connection speaks the compact protocol (else binary).
+    pub fn is_compact(&self) -> bool {
+        self.compact
+    }
+
+    /// Binary protocol only, inside a nested struct (where no argument is ever supplied):
+    /// a field header read straight off the stream, `None` at the struct's end. The binary
+    /// protocol keeps no state between reads, so this mixes with the other reads.
+    pub fn binary_field(&mut self) -> thrift::Result<Option<(i16, TType)>> {
+        let kind = self.read_raw_byte();
+        let kind = self.track(kind)?;
+        let kind = match kind {
+            0 => return Ok(None),
+            2 => TType::Bool,
+            3 => TType::I08,
+            4 => TType::Double,
+            6 => TType::I16,
+            8 => TType::I32,
+            10 => TType::I64,
+            11 => TType::String,
+            12 => TType::Struct,
+            13 => TType::Map,
+            14 => TType::Set,
+            15 => TType::List,
+            other => {
+                self.failed = true;
+                return Err(protocol_error(ProtocolErrorKind::InvalidData, format!("unknown field type {other}")));
+            }
+        };
+        let mut id = [0u8; 2];
+        let read = self.raw.read_exact(&mut id).map_err(thrift::Error::from);
+        self.track(read)?;
+        Ok(Some((i16::from_be_bytes(id), kind)))
+    }
+
+    /// Binary protocol only: a bool value read straight off the stream.
+    pub fn binary_bool(&mut self) -> thrift::Result<bool> {
+        let b = self.read_raw_byte();
+        self.track(b).map(|b| b != 0)
+    }
+
     fn refuse(&mut self, why: String) -> thrift::Error {
         self.failed = true;
         *self.refused.borrow_mut() = Some(why.clone());
@@ -644,6 +685,30 @@ impl TInputProtocol for GuardedInput {
     }
 }
 
+#[cfg(test)]
+impl GuardedInput {
+    /// An input over bytes in memory (unit tests).
+    pub(crate) fn over(bytes: Vec<u8>, compact: bool, max_bytes: usize) -> GuardedInput {
+        let raw = SharedRead(Rc::new(RefCell::new(Box::new(io::Cursor::new(bytes)))));
+        let inner: Box<dyn TInputProtocol> = if compact {
+            Box::new(TCompactInputProtocol::new(raw.clone()))
+        } else {
+            Box::new(TBinaryInputProtocol::new(raw.clone(), true))
+        };
+        GuardedInput {
+            inner,
+            raw,
+            compact,
+            max_bytes,
+            failed: false,
+            args: ArgsState::default(),
+            message: None,
+            refused: Rc::default(),
+            replay: None,
+        }
+    }
+}
+
 /// The output side of a connection. While the call being read is refused (see
 /// [`GuardedInput::refused_call`]) it drops what the processor writes — the
 /// `TApplicationException` the `thrift` crate answers a read error with — so that the server
@@ -862,23 +927,7 @@ mod tests {
     use super::*;
 
     fn guarded(bytes: Vec<u8>, compact: bool) -> GuardedInput {
-        let raw = SharedRead(Rc::new(RefCell::new(Box::new(io::Cursor::new(bytes)))));
-        let inner: Box<dyn TInputProtocol> = if compact {
-            Box::new(TCompactInputProtocol::new(raw.clone()))
-        } else {
-            Box::new(TBinaryInputProtocol::new(raw.clone(), true))
-        };
-        GuardedInput {
-            inner,
-            raw,
-            compact,
-            max_bytes: 1024,
-            failed: false,
-            args: ArgsState::default(),
-            message: None,
-            refused: Rc::default(),
-            replay: None,
-        }
+        GuardedInput::over(bytes, compact, 1024)
     }
 
     #[test]

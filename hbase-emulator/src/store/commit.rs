@@ -68,7 +68,7 @@ pub struct Group<'e> {
     engine: &'e Engine,
     seq: &'e mut Sequence,
     /// Edits (a value) and deletions (`None`) of row edits not yet committed.
-    edits: Vec<(Slice, Option<Vec<u8>>)>,
+    edits: Vec<(Slice, Option<Slice>)>,
     /// A new sequence reservation to record with them.
     reservation: Option<u64>,
     /// The uncommitted edits include blind ones.
@@ -109,7 +109,9 @@ impl<'e> Group<'e> {
     }
 
     /// Appends a blind delta to the row whose prefix is `prefix` (`keys::row_prefix`).
-    pub fn append(&mut self, meta: &TableMeta, prefix: Vec<u8>, delta: Vec<u8>) -> Result<(), StoreError> {
+    /// The delta comes as the engine's value type, built on the caller's thread, so that the
+    /// committer does not copy it.
+    pub fn append(&mut self, meta: &TableMeta, prefix: Vec<u8>, delta: Slice) -> Result<(), StoreError> {
         if let Some(row) = self.pending.get_mut(&prefix) {
             // Rewritten earlier in this group: the snapshot to be written includes it.
             return edit::apply(meta, row, &delta).ok_or_else(|| StoreError::Storage("corrupt delta".into()));
@@ -154,7 +156,7 @@ impl<'e> Group<'e> {
             // The snapshot first: a read of the row stops at it, whatever it finds below.
             if !row.is_empty() {
                 let seq = self.next_seq();
-                self.edits.push((keys::edit_key(&prefix, seq).into(), Some(row.encode())));
+                self.edits.push((keys::edit_key(&prefix, seq).into(), Some(row.encode().into())));
             }
             for key in self.loaded.remove(&prefix).unwrap_or_default() {
                 self.edits.push((key, None));

@@ -54,7 +54,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::filter::Filter;
 use crate::keys;
-pub use batch::{MutationBatch, OpKind};
+pub use batch::{MutationBatch, OpKind, OpRef};
 use commit::{Answer, Group, Job, Sequence, SEQ_RESERVED};
 pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_DIR};
 use meta::show;
@@ -330,10 +330,10 @@ impl Store {
             }
         }
         // The edits are encoded here, on the caller's thread; the committer only appends them.
-        let mut edits: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(batch.row_count());
+        let mut edits: Vec<(Vec<u8>, fjall::Slice)> = Vec::with_capacity(batch.row_count());
         for (row, ops) in batch.rows() {
             if ops.clone().next().is_some() {
-                edits.push((keys::row_prefix(meta.id, row), edit::delta(ts, ops)));
+                edits.push((keys::row_prefix(meta.id, row), edit::delta(ts, ops).into()));
             }
         }
         if edits.is_empty() {
