@@ -220,7 +220,6 @@ pub fn process(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::OpRef;
     use hbase_thrift::hbase::{BatchMutation, Mutation};
     use thrift::protocol::{TBinaryOutputProtocol, TCompactOutputProtocol, TListIdentifier};
 
@@ -285,7 +284,10 @@ mod tests {
         o.flush().unwrap();
     }
 
-    fn decoded(compact: bool) -> Vec<(Vec<u8>, Vec<(OpKind, Vec<u8>, Vec<u8>, Vec<u8>)>)> {
+    /// Each row and its ops (kind, family, qualifier, value).
+    type Rows = Vec<(Vec<u8>, Vec<(OpKind, Vec<u8>, Vec<u8>, Vec<u8>)>)>;
+
+    fn decoded(compact: bool) -> Rows {
         let mut bytes = Vec::new();
         if compact {
             args(&mut TCompactOutputProtocol::new(&mut bytes));
@@ -300,11 +302,8 @@ mod tests {
             .batch
             .rows()
             .map(|(row, ops)| {
-                let ops = ops
-                    .map(|OpRef { kind, family, qualifier, value }| {
-                        (kind, family.to_vec(), qualifier.to_vec(), value.to_vec())
-                    })
-                    .collect();
+                let ops =
+                    ops.map(|op| (op.kind, op.family.to_vec(), op.qualifier.to_vec(), op.value.to_vec())).collect();
                 (row.to_vec(), ops)
             })
             .collect();

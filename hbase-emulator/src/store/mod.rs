@@ -54,7 +54,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::filter::Filter;
 use crate::keys;
-pub use batch::{MutationBatch, OpKind, OpRef};
+pub use batch::{MutationBatch, OpKind};
 use commit::{Answer, Group, Job, Sequence, SEQ_RESERVED};
 pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_DIR};
 use meta::show;
