@@ -12,11 +12,11 @@
 //! **Semantics, as HBase has them.** Rows, families and qualifiers sort bytewise; versions
 //! newest first. A delete is a marker ("every version of this column / family with a
 //! timestamp ≤ T"); it is kept, so it also masks puts with an older timestamp that arrive
-//! later, as in HBase before a major compaction. Puts it masks are removed at once (and a
-//! masked put is not stored), which is what a compaction would do. A family keeps at most
-//! `maxVersions` versions per column (older ones are dropped on write, as a flush or
-//! compaction does); reads never return more. Cells older than the family's TTL are never
-//! returned. Counters are 8-byte big-endian longs.
+//! later, as in HBase before a major compaction. A family keeps at most `maxVersions`
+//! versions per column; reads never return more. Masked puts and versions past
+//! `maxVersions` stay in the engine as edits until the row is folded (below), as HBase keeps
+//! them until a compaction; reads behave as if they were gone. Cells older than the family's
+//! TTL are never returned. Counters are 8-byte big-endian longs.
 //!
 //! **Layout.** A row is a run of adjacent engine entries, its *edits* (`keys.rs`: `table id ‖
 //! row ‖ sequence number`; values: `edit.rs`), as an HBase row is a run of cells (KeyValues)
