@@ -143,7 +143,8 @@ fn read_args(i: &mut GuardedInput, with_ts: bool) -> thrift::Result<Args> {
     let mut args = Args {
         table: 0..0,
         ts: LATEST_TIMESTAMP,
-        batch: MutationBatch::with_capacity(64 * 1024, 1024, 4096),
+        // Small to start (a call of one row is common); grows as rows are read.
+        batch: MutationBatch::with_capacity(4 * 1024, 16, 64),
         refused: None,
     };
     let mut scratch = Vec::new();
