@@ -2,7 +2,8 @@
 //! holds the tables lock exclusively, so no write runs against a table being changed; a
 //! descriptor is written to the engine (durably) before the in-memory map changes, and a
 //! deleted table's id is never reused, so a crash midway through a delete leaves only
-//! invisible edits.
+//! invisible edits (as may a background fold of one of its rows that races the delete: its
+//! snapshot is written under the dead id, and never read).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
