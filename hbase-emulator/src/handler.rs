@@ -119,7 +119,7 @@ fn row_result(row: Vec<u8>, cells: Vec<Cell>, sort_columns: bool) -> TRowResult 
     }
 }
 
-fn check_row(row: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn check_row(row: &[u8]) -> Result<(), StoreError> {
     if row.is_empty() {
         return Err(illegal("Row length is 0"));
     }
@@ -173,6 +173,11 @@ fn family_to_thrift(f: &FamilyDescriptor) -> ColumnDescriptor {
     }
 }
 
+/// The server's clock, in milliseconds since the epoch (HBase's cell timestamps).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
+}
+
 /// Where mutations come from: `mutateRow*` ignores a put without a qualifier (HBase logs a
 /// warning); `mutateRows*` refuses it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -223,10 +228,7 @@ impl Handler {
     }
 
     fn now() -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
+        now_ms()
     }
 
     fn mutate(&self, table: &[u8], rows: Vec<RowMutation>, ts: Option<i64>) -> Result<(), StoreError> {

@@ -38,16 +38,18 @@
 //! # Layout
 //!
 //! * `config.rs` — [`Config`], the `chatpipe hbase-emulator` flags (env `CHATPIPE_HBASE_EMULATOR_*`);
-//! * `keys.rs` — keys of the store (`table id ‖ row`, bytewise order);
+//! * `keys.rs` — keys of the store (`table id ‖ row ‖ edit sequence`, bytewise row order);
 //! * `row.rs` — one row (families, columns, versions, delete markers) and HBase's write
-//!   semantics on it, stored as one value (unit-tested);
+//!   semantics on it, as reads put it together (unit-tested);
 //! * `store/` — tables, writes, reads and scans, no Thrift (unit-tested): `meta.rs`
-//!   (descriptors), `engine.rs` (log, memstore, sorted files, flushes, compaction),
-//!   `commit.rs` (group commit of every write), `read.rs` (the read path);
+//!   (descriptors), `batch.rs` (mutations in one buffer), `edit.rs` (a row's edits: blind
+//!   deltas, snapshots, merging), `engine.rs` (log, memstore, sorted files, flushes,
+//!   compaction), `commit.rs` (group commit of every write), `read.rs` (the read path);
 //! * `filter.rs` — HBase's filter language as happybase users write it (bounded parser);
 //! * `regions.rs` — region boundaries, salt pre-splits ([`SALT_BUCKETS`]);
 //! * `scanner.rs` — open scanners;
 //! * `handler.rs` — the `HbaseSyncHandler` implementation;
+//! * `mutate_rows.rs` — `mutateRows`/`mutateRowsTs` decoded straight into one buffer;
 //! * `protocol.rs` — transports and bounded protocols;
 //! * `server.rs` — listener, connection threads, shutdown.
 //!
@@ -78,6 +80,7 @@ mod error;
 mod filter;
 mod handler;
 mod keys;
+mod mutate_rows;
 mod protocol;
 mod regions;
 mod row;
@@ -133,14 +136,15 @@ pub fn start(config: Config) -> Result<EmulatorHandle, Error> {
     };
     let listener = TcpListener::bind(config.listen).map_err(|source| Error::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
-    let handler = handler::Handler::new(Arc::new(store), config.presplit_salt, addr.ip().to_string(), addr.port());
+    let store = Arc::new(store);
+    let handler = handler::Handler::new(Arc::clone(&store), config.presplit_salt, addr.ip().to_string(), addr.port());
     let wire = protocol::WireFormat {
         framed: config.framed(),
         compact: config.compact(),
         max_message_bytes: config.max_message_bytes,
         idle_timeout: (config.idle_timeout_secs > 0).then(|| std::time::Duration::from_secs(config.idle_timeout_secs)),
     };
-    let handle = server::serve(listener, handler, wire, config.max_connections).map_err(Error::Spawn)?;
+    let handle = server::serve(listener, handler, store, wire, config.max_connections).map_err(Error::Spawn)?;
     tracing::info!(
         addr = %handle.local_addr(),
         data_dir = ?config.data_dir,

@@ -241,6 +241,8 @@ pub struct GuardedInput {
     /// Why the call being read is refused (a length over the limits); shared with the
     /// [`FramedReader`], which reports oversize frames here.
     refused: Rc<RefCell<Option<String>>>,
+    /// A message header read already, returned by the next `read_message_begin`.
+    replay: Option<TMessageIdentifier>,
 }
 
 /// Bookkeeping to supply missing top-level arguments (see the module doc).
@@ -282,6 +284,71 @@ impl GuardedInput {
         let why = self.refused.borrow().clone()?;
         let (name, seq) = self.message.clone()?;
         Some((name, seq, why))
+    }
+
+    /// Has the next `read_message_begin` return `ident` again (read by the server to pick
+    /// a decoder, then handed to the generated processor).
+    pub fn replay(&mut self, ident: TMessageIdentifier) {
+        self.replay = Some(ident);
+    }
+
+    /// Reads a string or binary, appending it to `out` (no allocation of its own), and
+    /// returns where it is in `out`; bounded as every length here.
+    pub fn read_bytes_into(&mut self, out: &mut Vec<u8>) -> thrift::Result<std::ops::Range<usize>> {
+        let start = out.len();
+        if self.synthetic().is_some() {
+            return Ok(start..start);
+        }
+        let len = if self.compact { self.read_varint_u32().map(i64::from) } else { self.read_raw_i32().map(i64::from) };
+        let len = self.track(len)?;
+        let Some(len) = usize::try_from(len).ok().filter(|l| *l <= self.max_bytes) else {
+            return Err(self.refuse(format!("string or binary of {len} bytes outside 0..={}", self.max_bytes)));
+        };
+        out.resize(start + len, 0);
+        let read = self.raw.read_exact(&mut out[start..]).map_err(thrift::Error::from);
+        self.track(read)?;
+        Ok(start..out.len())
+    }
+
+    /// Whether the connection speaks the compact protocol (else binary).
+    pub fn is_compact(&self) -> bool {
+        self.compact
+    }
+
+    /// Binary protocol only, inside a nested struct (where no argument is ever supplied):
+    /// a field header read straight off the stream, `None` at the struct's end. The binary
+    /// protocol keeps no state between reads, so this mixes with the other reads.
+    pub fn binary_field(&mut self) -> thrift::Result<Option<(i16, TType)>> {
+        let kind = self.read_raw_byte();
+        let kind = self.track(kind)?;
+        let kind = match kind {
+            0 => return Ok(None),
+            2 => TType::Bool,
+            3 => TType::I08,
+            4 => TType::Double,
+            6 => TType::I16,
+            8 => TType::I32,
+            10 => TType::I64,
+            11 => TType::String,
+            12 => TType::Struct,
+            13 => TType::Map,
+            14 => TType::Set,
+            15 => TType::List,
+            other => {
+                self.failed = true;
+                return Err(protocol_error(ProtocolErrorKind::InvalidData, format!("unknown field type {other}")));
+            }
+        };
+        let mut id = [0u8; 2];
+        let read = self.raw.read_exact(&mut id).map_err(thrift::Error::from);
+        self.track(read)?;
+        Ok(Some((i16::from_be_bytes(id), kind)))
+    }
+
+    /// Binary protocol only: a bool value read straight off the stream.
+    pub fn binary_bool(&mut self) -> thrift::Result<bool> {
+        let b = self.read_raw_byte();
+        self.track(b).map(|b| b != 0)
     }
 
     fn refuse(&mut self, why: String) -> thrift::Error {
@@ -450,6 +517,9 @@ impl GuardedInput {
 
 impl TInputProtocol for GuardedInput {
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
+        if let Some(ident) = self.replay.take() {
+            return Ok(ident);
+        }
         let r = self.read_message_begin_untracked();
         self.track(r)
     }
@@ -612,6 +682,30 @@ impl TInputProtocol for GuardedInput {
         }
         let r = self.inner.read_byte();
         self.track(r)
+    }
+}
+
+#[cfg(test)]
+impl GuardedInput {
+    /// An input over bytes in memory (unit tests).
+    pub(crate) fn over(bytes: Vec<u8>, compact: bool, max_bytes: usize) -> GuardedInput {
+        let raw = SharedRead(Rc::new(RefCell::new(Box::new(io::Cursor::new(bytes)))));
+        let inner: Box<dyn TInputProtocol> = if compact {
+            Box::new(TCompactInputProtocol::new(raw.clone()))
+        } else {
+            Box::new(TBinaryInputProtocol::new(raw.clone(), true))
+        };
+        GuardedInput {
+            inner,
+            raw,
+            compact,
+            max_bytes,
+            failed: false,
+            args: ArgsState::default(),
+            message: None,
+            refused: Rc::default(),
+            replay: None,
+        }
     }
 }
 
@@ -813,6 +907,7 @@ pub fn protocols(stream: TcpStream, wire: WireFormat) -> io::Result<(GuardedInpu
         args: ArgsState::default(),
         message: None,
         refused: Rc::clone(&refused),
+        replay: None,
     };
     let writer: Box<dyn Write> = if wire.framed {
         Box::new(FramedWriter::new(BufWriter::with_capacity(64 * 1024, write_half)))
@@ -832,22 +927,7 @@ mod tests {
     use super::*;
 
     fn guarded(bytes: Vec<u8>, compact: bool) -> GuardedInput {
-        let raw = SharedRead(Rc::new(RefCell::new(Box::new(io::Cursor::new(bytes)))));
-        let inner: Box<dyn TInputProtocol> = if compact {
-            Box::new(TCompactInputProtocol::new(raw.clone()))
-        } else {
-            Box::new(TBinaryInputProtocol::new(raw.clone(), true))
-        };
-        GuardedInput {
-            inner,
-            raw,
-            compact,
-            max_bytes: 1024,
-            failed: false,
-            args: ArgsState::default(),
-            message: None,
-            refused: Rc::default(),
-        }
+        GuardedInput::over(bytes, compact, 1024)
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! One row as the store keeps it: its families, columns, versions and delete markers, in
-//! one value of the store (so that writing a new row is one B-tree insert, and a scan reads
-//! one entry per row). Pure data and HBase's write semantics; no I/O.
+//! One row as a read sees it: its families, columns, versions and delete markers, put
+//! together from the row's edits (`store/edit.rs`), and its encoding as a snapshot edit.
+//! Pure data and HBase's write semantics; no I/O.
 //!
 //! * Families and qualifiers are sorted bytewise; versions newest first.
 //! * A delete marker ("every version with a timestamp ≤ T") is kept on its family or
@@ -231,6 +231,11 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    /// A u32 length followed by that many bytes, borrowed.
+    pub(crate) fn sized(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
     }
     /// A u32 length followed by that many bytes.
     pub(crate) fn bytes(&mut self) -> Option<Vec<u8>> {

@@ -26,11 +26,15 @@ use std::time::Duration;
 
 use hbase_thrift::hbase::{HbaseSyncProcessor, IOError};
 use parking_lot::Mutex;
-use thrift::protocol::{TFieldIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType};
+use thrift::protocol::{
+    TFieldIdentifier, TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
+};
 use thrift::server::TProcessor;
 
 use crate::handler::Handler;
+use crate::mutate_rows;
 use crate::protocol::{self, WireFormat};
+use crate::store::Store;
 
 /// The live connections: their sockets (to shut them down) and threads (to join them).
 #[derive(Default)]
@@ -122,6 +126,7 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 pub(crate) fn serve(
     listener: TcpListener,
     handler: Handler,
+    store: Arc<Store>,
     wire: WireFormat,
     max_connections: usize,
 ) -> std::io::Result<EmulatorHandle> {
@@ -131,13 +136,14 @@ pub(crate) fn serve(
     let stop_flag = Arc::clone(&stop);
     let accept_thread = std::thread::Builder::new()
         .name("hbase-emu-accept".into())
-        .spawn(move || accept_loop(listener, processor, wire, max_connections, stop_flag))?;
+        .spawn(move || accept_loop(listener, processor, store, wire, max_connections, stop_flag))?;
     Ok(EmulatorHandle { addr, stop, accept_thread: Some(accept_thread) })
 }
 
 fn accept_loop(
     listener: TcpListener,
     processor: Arc<HbaseSyncProcessor<Handler>>,
+    store: Arc<Store>,
     wire: WireFormat,
     max_connections: usize,
     stop: Arc<AtomicBool>,
@@ -174,9 +180,10 @@ fn accept_loop(
         };
         conns.sockets.lock().insert(id, registered);
         let processor = Arc::clone(&processor);
+        let store = Arc::clone(&store);
         let conns_for_thread = Arc::clone(&conns);
         let spawned = std::thread::Builder::new().name(format!("hbase-emu-conn-{id}")).spawn(move || {
-            serve_connection(stream, &processor, wire);
+            serve_connection(stream, &processor, &store, wire);
             conns_for_thread.sockets.lock().remove(&id);
         });
         match spawned {
@@ -194,7 +201,7 @@ fn accept_loop(
 }
 
 /// Serves requests on one connection until it closes or fails.
-fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, wire: WireFormat) {
+fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, store: &Store, wire: WireFormat) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     if stream.set_read_timeout(wire.idle_timeout).is_err() {
@@ -209,7 +216,17 @@ fn serve_connection(stream: TcpStream, processor: &HbaseSyncProcessor<Handler>, 
         }
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| loop {
-        let outcome = processor.process(&mut input, &mut output);
+        // `mutateRows*` decode into one buffer (`mutate_rows.rs`); the rest is generated code.
+        let outcome = match input.read_message_begin() {
+            Ok(ident) if mutate_rows::handles(&ident.name) => {
+                mutate_rows::process(store, &ident, &mut input, &mut output)
+            }
+            Ok(ident) => {
+                input.replay(ident);
+                processor.process(&mut input, &mut output)
+            }
+            Err(e) => Err(e),
+        };
         // A read error of a known call is answered by the processor (muted if refused).
         if let Some((method, seq, why)) = input.refused_call() {
             refuse_call(&control, output.unmuted(), &method, seq, &why);

@@ -4,6 +4,10 @@
 
 use clap::Parser;
 
+// the allocator of the `chatpipe` binary, so that this one measures the same
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "chatpipe-hbase-emulator", version, about)]
 struct Args {

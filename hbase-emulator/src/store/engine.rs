@@ -21,12 +21,16 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use fjall::compaction::{SizeTiered, Strategy};
 use fjall::{Batch, Config, Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::StoreError;
 
 /// The directory of the LSM tree inside `--data-dir`.
 pub const LSM_DIR: &str = "lsm";
+/// The partition of the row edits (`rows` held one entry per row before edits; a data
+/// directory of that layout opens empty).
+const ROWS_PARTITION: &str = "row_edits";
 /// The file locked while an emulator has the data directory open.
 pub const LOCK_FILE: &str = "LOCK";
 
@@ -76,7 +80,7 @@ pub struct EngineStats {
 /// The open engine.
 pub struct Engine {
     keyspace: Keyspace,
-    /// Rows, keyed as `keys.rs` says, valued as `row.rs` encodes.
+    /// Row edits, keyed as `keys.rs` says, valued as `edit.rs` encodes.
     pub rows: PartitionHandle,
     /// Table descriptors and counters.
     pub meta: PartitionHandle,
@@ -143,7 +147,15 @@ impl Engine {
         // the next fills (HBase: `hbase.hregion.memstore.flush.size` under the global limit).
         let memtable = u32::try_from(memstore / 4).unwrap_or(u32::MAX);
         let rows = keyspace
-            .open_partition("rows", PartitionCreateOptions::default().max_memtable_size(memtable).block_size(16 * 1024))
+            .open_partition(
+                ROWS_PARTITION,
+                PartitionCreateOptions::default()
+                    .max_memtable_size(memtable)
+                    .block_size(16 * 1024)
+                    // Size-tiered, as HBase's own (ratio-based) compaction policy: a byte is
+                    // rewritten a few times, not once per level as in leveled compaction.
+                    .compaction_strategy(Strategy::SizeTiered(SizeTiered::default())),
+            )
             .map_err(|e| storage("cannot open the rows", e))?;
         let meta = keyspace
             .open_partition("meta", PartitionCreateOptions::default())
@@ -151,18 +163,40 @@ impl Engine {
         Ok(Engine { keyspace, rows, meta, durability: options.durability, _lock: None, _temp: None })
     }
 
+    /// A consistent view of the row edits as of the last finished commit: a batch being
+    /// applied is either wholly in it or absent (plain partition reads see a batch's entries
+    /// as they are inserted).
+    pub fn rows_snapshot(&self) -> fjall::Snapshot {
+        self.rows.snapshot_at(self.keyspace.instant())
+    }
+
+    /// The keyspace (for batches of a known size).
+    pub fn keyspace(&self) -> Keyspace {
+        self.keyspace.clone()
+    }
+
     /// A new, empty batch.
     pub fn batch(&self) -> Batch {
         self.keyspace.batch()
     }
 
-    /// Commits a batch atomically to the journal and memtables, durable as configured.
-    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
-        let mode = match self.durability {
+    fn persist_mode(&self) -> PersistMode {
+        match self.durability {
             Durability::Os => PersistMode::Buffer,
             Durability::Fsync => PersistMode::SyncData,
-        };
-        batch.durability(Some(mode)).commit().map_err(|e| storage("writing the log failed", e))
+        }
+    }
+
+    /// Commits a batch atomically to the journal and memtables; durable as configured when
+    /// `durable`, else left in the journal's buffer for a later commit or [`Engine::sync`].
+    pub fn commit(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        let mode = durable.then(|| self.persist_mode());
+        batch.durability(mode).commit().map_err(|e| storage("writing the log failed", e))
+    }
+
+    /// Makes everything committed so far durable as configured.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.keyspace.persist(self.persist_mode()).map_err(|e| storage("writing the log failed", e))
     }
 
     /// Flushes the memtables of the rows to a sorted file and waits for it (HBase `flush`).

@@ -12,44 +12,54 @@
 //! **Semantics, as HBase has them.** Rows, families and qualifiers sort bytewise; versions
 //! newest first. A delete is a marker ("every version of this column / family with a
 //! timestamp ≤ T"); it is kept, so it also masks puts with an older timestamp that arrive
-//! later, as in HBase before a major compaction. Puts it masks are removed at once (and a
-//! masked put is not stored), which is what a compaction would do. A family keeps at most
-//! `maxVersions` versions per column (older ones are dropped on write, as a flush or
-//! compaction does); reads never return more. Cells older than the family's TTL are never
-//! returned. Counters are 8-byte big-endian longs.
+//! later, as in HBase before a major compaction. A family keeps at most `maxVersions`
+//! versions per column; reads never return more. Masked puts and versions past
+//! `maxVersions` stay in the engine as edits until the row is folded (below), as HBase keeps
+//! them until a compaction; reads behave as if they were gone. Cells older than the family's
+//! TTL are never returned. Counters are 8-byte big-endian longs.
 //!
-//! **Layout.** One engine entry per row (`keys.rs`: `table id ‖ row`; value: `row.rs`), so a
-//! scan reads one entry per row; a write reads (memtable, then sorted files behind bloom
-//! filters), changes and rewrites its rows on the committer thread, which makes every
-//! read-modify-write atomic (fine for HBase-style narrow rows; a very wide row costs its
-//! size per write). Table metadata lives in the engine too and in an in-memory map guarded
-//! by a lock that data writes hold shared and DDL holds exclusive, so a table cannot vanish
-//! under a write.
+//! **Layout.** A row is a run of adjacent engine entries, its *edits* (`keys.rs`: `table id ‖
+//! row ‖ sequence number`; values: `edit.rs`), as an HBase row is a run of cells (KeyValues)
+//! across the memstore and store files. A put or delete is a blind write — one edit per row
+//! and call, no read before it — so its cost does not depend on what the row holds; reads
+//! merge a row's edits. A read-modify-write (`increment`, `append`, `checkAndPut`) reads the
+//! row on the committer thread, which makes it atomic, and replaces the edits it read with
+//! one snapshot; a row that reads find with many edits is folded the same way in the
+//! background, so a row's read cost stays bounded. Table metadata lives in the engine too
+//! and in an in-memory map guarded by a lock that data writes hold shared and DDL holds
+//! exclusive, so a table cannot vanish under a write.
 //!
 //! * `meta.rs` — table and family descriptors;
+//! * `edit.rs` — row edits (deltas, snapshots) and merging them into a row;
 //! * `engine.rs` — the LSM engine (log, memstore, files, flushes, compaction);
 //! * `commit.rs` — the group committer (every write);
-//! * `read.rs` — the read path (gets, scans, filters, versions).
+//! * `read.rs` — the read path (gets, scans, filters, versions);
+//! * `tables.rs` — DDL (create, enable, disable, delete);
+//! * `rmw.rs` — read-modify-writes (`increment`, `append`, `checkAndPut`).
 
+mod batch;
 mod commit;
+mod edit;
 mod engine;
 mod meta;
 mod read;
+mod rmw;
+mod tables;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::filter::Filter;
 use crate::keys;
-use crate::row::Row;
-use commit::{Answer, Group, Job, Txn};
+pub use batch::{MutationBatch, OpKind};
+use commit::{Answer, Group, Job, Sequence, SEQ_RESERVED};
 pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_DIR};
 use meta::show;
 pub use meta::{validate_table_name, FamilyDescriptor, TableMeta};
-use read::{decode_row, expired, read_row, resolve_selection};
+use read::{load_row, read_row, resolve_selection};
 pub use read::{Cell, PreparedScan, RowCells, ScanCursor, ScanSpec};
 
 /// HBase's `HConstants.LATEST_TIMESTAMP`: "the server's current time".
@@ -59,8 +69,11 @@ pub const LATEST_TIMESTAMP: i64 = i64::MAX;
 const TABLE_PREFIX: &[u8] = b"table/";
 const NEXT_TABLE_ID: &[u8] = b"counter/next_table_id";
 
-/// Rows removed per batch when a table is deleted.
+/// Edits removed per batch when a table is deleted.
 const DELETE_CHUNK_ROWS: usize = 10_000;
+
+/// Most rows waiting to be folded at once; reads that find more leave them for later.
+const MAX_PENDING_FOLDS: usize = 1024;
 
 /// Errors of the store; each maps to the exception HBase's Thrift server would raise.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -168,6 +181,8 @@ pub struct Store {
     /// Hands writes to the group committer; `None` once the store is closing.
     committer: Option<mpsc::Sender<Job>>,
     committer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Prefixes of rows handed to the committer to be folded, not yet done.
+    folding: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 impl Drop for Store {
@@ -184,40 +199,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("tables", &self.tables.read().len()).finish()
     }
-}
-
-/// Applies one op of a validated mutation to a row.
-fn apply_op(meta: &TableMeta, row: &mut Row, op: &Op, ts: i64) {
-    match op {
-        Op::Put { family, qualifier, value } => row.put(family, qualifier, value, ts, max_versions(meta, family)),
-        Op::DeleteColumn { family, qualifier } => row.delete_column(family, qualifier, ts),
-        Op::DeleteFamily { family } => row.delete_family(family, ts),
-        Op::DeleteRow => {
-            for f in &meta.families {
-                row.delete_family(&f.name, ts);
-            }
-        }
-    }
-}
-
-fn max_versions(meta: &TableMeta, family: &[u8]) -> usize {
-    meta.family(family).map_or(1, |f| f.max_versions.max(1) as usize)
-}
-
-/// The newest visible (unexpired) version of a column.
-fn latest<'r>(
-    meta: &TableMeta,
-    row: &'r Row,
-    family: &[u8],
-    qualifier: &[u8],
-    now: i64,
-) -> Result<Option<(i64, &'r [u8])>, StoreError> {
-    let desc = meta.require_family(family)?;
-    let Some(fam) = row.family(family) else { return Ok(None) };
-    let Ok(i) = fam.columns.binary_search_by(|c| c.qualifier.as_slice().cmp(qualifier)) else {
-        return Ok(None);
-    };
-    Ok(fam.columns[i].versions.iter().find(|v| !expired(desc, v.ts, now)).map(|v| (v.ts, v.value.as_slice())))
 }
 
 impl Store {
@@ -249,18 +230,25 @@ impl Store {
                 .ok_or_else(|| StoreError::Storage(format!("corrupt descriptor of table {}", show(&k))))?;
             tables.insert(meta.name.clone(), Arc::new(meta));
         }
+        let reserved = match engine.meta.get(SEQ_RESERVED).map_err(|e| storage("reading the sequence failed", e))? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Storage("corrupt sequence reservation".into()))?,
+            None => 0,
+        };
         let engine = Arc::new(engine);
         let (committer, jobs) = mpsc::channel();
         let committer_engine = Arc::clone(&engine);
         let committer_thread = std::thread::Builder::new()
             .name("hbase-emu-commit".into())
-            .spawn(move || commit::run_committer(committer_engine, jobs))
+            .spawn(move || commit::run_committer(committer_engine, Sequence::after(reserved), jobs))
             .map_err(|e| storage("cannot start the committer", e))?;
         Ok(Store {
             engine,
             tables: RwLock::new(tables),
             committer: Some(committer),
             committer_thread: Some(committer_thread),
+            folding: Arc::default(),
         })
     }
 
@@ -286,116 +274,7 @@ impl Store {
         answer.recv().map_err(|_| closed())?
     }
 
-    // ---- tables -------------------------------------------------------------------------
-
-    /// The descriptor of a table, enabled or not.
-    pub fn table(&self, name: &[u8]) -> Result<Arc<TableMeta>, StoreError> {
-        self.tables.read().get(name).cloned().ok_or_else(|| StoreError::TableNotFound(show(name)))
-    }
-
-    /// Every table with its enabled flag, sorted by name.
-    pub fn tables(&self) -> Vec<(Vec<u8>, bool)> {
-        self.tables.read().values().map(|m| (m.name.clone(), m.enabled)).collect()
-    }
-
-    fn write_meta(&self, meta: &TableMeta, next_id: Option<u64>) -> Result<(), StoreError> {
-        let mut batch = self.engine.batch();
-        batch.insert(&self.engine.meta, [TABLE_PREFIX, meta.name.as_slice()].concat(), meta.encode());
-        if let Some(id) = next_id {
-            batch.insert(&self.engine.meta, NEXT_TABLE_ID, id.to_be_bytes().to_vec());
-        }
-        self.engine.commit(batch)
-    }
-
-    /// Creates a table (enabled).
-    pub fn create_table(
-        &self,
-        name: &[u8],
-        families: Vec<FamilyDescriptor>,
-        split_points: Vec<Vec<u8>>,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        validate_table_name(name)?;
-        let mut tables = self.tables.write();
-        if tables.contains_key(name) {
-            return Err(StoreError::TableExists(show(name)));
-        }
-        if families.is_empty() {
-            return Err(StoreError::Refused(format!("Table should have at least one column family: {}", show(name))));
-        }
-        let mut by_name: BTreeMap<Vec<u8>, FamilyDescriptor> = BTreeMap::new();
-        for f in families {
-            let f = f.validate()?;
-            if by_name.contains_key(&f.name) {
-                return Err(StoreError::IllegalArgument(format!(
-                    "Family '{}' already exists so cannot be added",
-                    show(&f.name)
-                )));
-            }
-            by_name.insert(f.name.clone(), f);
-        }
-        let id = match self.engine.meta.get(NEXT_TABLE_ID).map_err(|e| storage("reading the table ids failed", e))? {
-            Some(v) => <[u8; 8]>::try_from(v.as_ref())
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Storage("corrupt table id counter".into()))?,
-            None => 1,
-        };
-        let id32 = u32::try_from(id).map_err(|_| StoreError::Refused("table ids exhausted".into()))?;
-        let meta = TableMeta {
-            id: id32,
-            name: name.to_vec(),
-            families: by_name.into_values().collect(),
-            enabled: true,
-            split_points,
-            created_ms: now,
-        };
-        self.write_meta(&meta, Some(id + 1))?;
-        tables.insert(name.to_vec(), Arc::new(meta));
-        Ok(())
-    }
-
-    /// Enables or disables a table; HBase refuses to enable an enabled table and vice versa.
-    pub fn set_enabled(&self, name: &[u8], enabled: bool) -> Result<(), StoreError> {
-        let mut tables = self.tables.write();
-        let meta = tables.get(name).ok_or_else(|| StoreError::TableNotFound(show(name)))?;
-        match (meta.enabled, enabled) {
-            (true, true) => return Err(StoreError::TableNotDisabled(show(name))),
-            (false, false) => return Err(StoreError::TableDisabled(show(name))),
-            _ => {}
-        }
-        let mut meta = TableMeta::clone(meta);
-        meta.enabled = enabled;
-        self.write_meta(&meta, None)?;
-        tables.insert(name.to_vec(), Arc::new(meta));
-        Ok(())
-    }
-
-    /// Deletes a disabled table and all its cells. The descriptor goes first, so a crash
-    /// midway leaves only rows of a table id that is never used again (invisible).
-    pub fn delete_table(&self, name: &[u8]) -> Result<(), StoreError> {
-        let mut tables = self.tables.write();
-        let meta = tables.get(name).ok_or_else(|| StoreError::TableNotFound(show(name)))?;
-        if meta.enabled {
-            return Err(StoreError::TableNotDisabled(show(name)));
-        }
-        let start = keys::table_start(meta.id);
-        let end = keys::table_end(meta.id);
-        let mut batch = self.engine.batch();
-        batch.remove(&self.engine.meta, [TABLE_PREFIX, name].concat());
-        self.engine.commit(batch)?;
-        tables.remove(name);
-        let range: (std::ops::Bound<Vec<u8>>, std::ops::Bound<Vec<u8>>) =
-            (std::ops::Bound::Included(start), end.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded));
-        let mut batch = self.engine.batch();
-        for key in self.engine.rows.range(range).map(|kv| kv.map(|(k, _)| k)) {
-            let key = key.map_err(|e| storage("reading the rows to delete failed", e))?;
-            batch.remove(&self.engine.rows, key);
-            if batch.len() >= DELETE_CHUNK_ROWS {
-                self.engine.commit(std::mem::replace(&mut batch, self.engine.batch()))?;
-            }
-        }
-        self.engine.commit(batch)
-    }
+    // ---- tables: `tables.rs`; read-modify-writes: `rmw.rs` ------------------------------
 
     // ---- engine -------------------------------------------------------------------------
 
@@ -421,6 +300,17 @@ impl Store {
     /// [`LATEST_TIMESTAMP`]) means `now`. Every family is checked before anything is written:
     /// a batch naming an unknown family writes nothing.
     pub fn mutate(&self, table: &[u8], rows: Vec<RowMutation>, ts: Option<i64>, now: i64) -> Result<(), StoreError> {
+        self.mutate_batch(table, &MutationBatch::from(rows.as_slice()), ts, now)
+    }
+
+    /// [`Store::mutate`] of a batch in one buffer (`mutateRows`).
+    pub fn mutate_batch(
+        &self,
+        table: &[u8],
+        batch: &MutationBatch,
+        ts: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let ts = match ts {
             None | Some(LATEST_TIMESTAMP) => now,
             Some(ts) if ts < 0 => {
@@ -432,145 +322,32 @@ impl Store {
         let tables = self.tables.read();
         let meta = tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?;
         meta.require_enabled()?;
-        for rm in &rows {
-            for op in &rm.ops {
-                match op {
-                    Op::Put { family, .. } | Op::DeleteColumn { family, .. } | Op::DeleteFamily { family } => {
-                        meta.require_family(family)?;
-                    }
-                    Op::DeleteRow => {}
+        for (_, ops) in batch.rows() {
+            for op in ops {
+                if op.kind != OpKind::DeleteRow {
+                    meta.require_family(op.family)?;
                 }
             }
         }
-        if rows.iter().all(|r| r.ops.is_empty()) {
+        // The edits are encoded here, on the caller's thread; the committer only appends them.
+        let mut edits: Vec<(Vec<u8>, fjall::Slice)> = Vec::with_capacity(batch.row_count());
+        for (row, ops) in batch.rows() {
+            if ops.clone().next().is_some() {
+                edits.push((keys::row_prefix(meta.id, row), edit::delta(ts, ops).into()));
+            }
+        }
+        if edits.is_empty() {
             return Ok(());
         }
         let meta = Arc::clone(meta);
-        let result = self.submit(rows.len(), move |group| {
-            for rm in &rows {
-                group.update(keys::row_key(meta.id, &rm.row), |row| {
-                    for op in &rm.ops {
-                        apply_op(&meta, row, op, ts);
-                    }
-                })?;
+        let result = self.submit(edits.len(), move |group| {
+            for (prefix, delta) in edits {
+                group.append(&meta, prefix, delta)?;
             }
             Ok(())
         });
         drop(tables);
         result
-    }
-
-    /// Runs a read-modify-write of `rows` rows on the committer: all of `step`'s changes are
-    /// committed, or none if it fails.
-    fn read_modify_write<T: Send + 'static>(
-        &self,
-        table: &[u8],
-        rows: usize,
-        step: impl FnOnce(&mut Txn<'_, '_>) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let tables = self.tables.read();
-        let meta = Arc::clone(tables.get(table).ok_or_else(|| StoreError::TableNotFound(show(table)))?);
-        meta.require_enabled()?;
-        let result = self.submit(rows, move |group| {
-            let mut txn = Txn::new(group, &meta);
-            let out = step(&mut txn)?;
-            let staged = txn.into_staged();
-            group.stage(staged);
-            Ok(out)
-        });
-        drop(tables);
-        result
-    }
-
-    /// Adds `amount` to the 8-byte big-endian counter of each cell, atomically, and returns
-    /// the new values. A missing cell counts as 0; any other width is refused.
-    pub fn increment(&self, table: &[u8], increments: &[Increment], now: i64) -> Result<Vec<i64>, StoreError> {
-        let increments = increments.to_vec();
-        self.read_modify_write(table, increments.len(), move |txn| {
-            let mut out = Vec::with_capacity(increments.len());
-            for Increment { row: key, family, qualifier, amount } in &increments {
-                let mut row = txn.load(key)?;
-                let (old, old_ts) = match latest(txn.meta, &row, family, qualifier, now)? {
-                    None => (0, None),
-                    Some((ts, value)) => {
-                        let bytes: [u8; 8] = value.try_into().map_err(|_| {
-                            StoreError::Refused(format!("Field is not a long, it's {} bytes wide", value.len()))
-                        })?;
-                        (i64::from_be_bytes(bytes), Some(ts))
-                    }
-                };
-                let new = old.wrapping_add(*amount);
-                if *amount != 0 || old_ts.is_none() {
-                    // Newer than the current version, as HBase does, so the new value is the
-                    // visible one even after increments within one millisecond.
-                    let ts = old_ts.map_or(now, |t| now.max(t.saturating_add(1)));
-                    row.put(family, qualifier, &new.to_be_bytes(), ts, max_versions(txn.meta, family));
-                    txn.save(key, row);
-                }
-                out.push(new);
-            }
-            Ok(out)
-        })
-    }
-
-    /// Appends bytes to cells (a missing cell is empty) and returns the new cells.
-    pub fn append(
-        &self,
-        table: &[u8],
-        key: &[u8],
-        columns: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
-        now: i64,
-    ) -> Result<Vec<Cell>, StoreError> {
-        let (key, columns) = (key.to_vec(), columns.to_vec());
-        self.read_modify_write(table, 1, move |txn| {
-            let mut out = Vec::with_capacity(columns.len());
-            for (family, qualifier, suffix) in &columns {
-                let mut row = txn.load(&key)?;
-                let (value, ts) = match latest(txn.meta, &row, family, qualifier, now)? {
-                    None => (suffix.clone(), now),
-                    Some((t, v)) => {
-                        let mut v = v.to_vec();
-                        v.extend_from_slice(suffix);
-                        (v, now.max(t.saturating_add(1)))
-                    }
-                };
-                row.put(family, qualifier, &value, ts, max_versions(txn.meta, family));
-                txn.save(&key, row);
-                out.push(Cell { family: family.clone(), qualifier: qualifier.clone(), ts, value });
-            }
-            Ok(out)
-        })
-    }
-
-    /// Puts `put` if the newest visible value of the checked column equals `expected`;
-    /// `None` or an empty value: if the column has no visible value (or an empty one), as
-    /// HBase's `checkAndMutate` does. Returns whether it put.
-    pub fn check_and_put(
-        &self,
-        table: &[u8],
-        key: &[u8],
-        check: (&[u8], &[u8]),
-        expected: Option<&[u8]>,
-        put: (&[u8], &[u8], &[u8]),
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let key = key.to_vec();
-        let (family, qualifier) = (check.0.to_vec(), check.1.to_vec());
-        let expected = expected.unwrap_or_default().to_vec();
-        let (put_family, put_qualifier, put_value) = (put.0.to_vec(), put.1.to_vec(), put.2.to_vec());
-        self.read_modify_write(table, 1, move |txn| {
-            txn.meta.require_family(&put_family)?;
-            let mut row = txn.load(&key)?;
-            let matches = match latest(txn.meta, &row, &family, &qualifier, now)? {
-                None => expected.is_empty(),
-                Some((_, v)) => expected == v,
-            };
-            if matches {
-                row.put(&put_family, &put_qualifier, &put_value, now, max_versions(txn.meta, &put_family));
-                txn.save(&key, row);
-            }
-            Ok(matches)
-        })
     }
 
     // ---- reads --------------------------------------------------------------------------
@@ -585,12 +362,9 @@ impl Store {
     pub fn get(&self, table: &[u8], key: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<Cell>, StoreError> {
         let meta = self.readable(table)?;
         let selection = resolve_selection(&meta, &spec.columns)?;
-        let Some(value) =
-            self.engine.rows.get(keys::row_key(meta.id, key)).map_err(|e| storage("reading a row failed", e))?
-        else {
-            return Ok(Vec::new());
-        };
-        let row = decode_row(&value)?;
+        let mut folds = Vec::new();
+        let row = load_row(&self.engine, &meta, &keys::row_prefix(meta.id, key), &mut folds)?;
+        self.fold(&meta, folds);
         Ok(read_row(&meta, key, &row, &selection, spec, &Filter::default(), now))
     }
 
@@ -601,20 +375,23 @@ impl Store {
         let id = meta.id;
         let (start, stop) = (&spec.start_row, &spec.stop_row);
         let (mut lo, mut hi) = if !spec.reversed {
-            let hi = if stop.is_empty() { keys::table_end(id) } else { Some(keys::row_key(id, stop)) };
-            (keys::row_key(id, start), hi)
+            let hi = if stop.is_empty() { keys::table_end(id) } else { Some(keys::row_bound(id, stop)) };
+            (keys::row_bound(id, start), hi)
         } else {
             // Reversed: from start_row (inclusive) down to stop_row (exclusive).
-            let hi =
-                if start.is_empty() { keys::table_end(id) } else { Some(keys::successor(&keys::row_key(id, start))) };
-            let lo = if stop.is_empty() { keys::table_start(id) } else { keys::successor(&keys::row_key(id, stop)) };
+            let hi = if start.is_empty() {
+                keys::table_end(id)
+            } else {
+                Some(keys::after_row(&keys::row_prefix(id, start)))
+            };
+            let lo = if stop.is_empty() { keys::table_start(id) } else { keys::after_row(&keys::row_prefix(id, stop)) };
             (lo, hi)
         };
         // Narrow the range to the filter's row prefixes: a prefix scan is a range read.
         for prefix in &spec.filter.row_prefixes {
-            lo = lo.max(keys::row_key(id, prefix));
+            lo = lo.max(keys::row_bound(id, prefix));
             if let Some(end) = keys::prefix_end(prefix) {
-                let end = keys::row_key(id, &end);
+                let end = keys::row_bound(id, &end);
                 hi = Some(hi.map_or(end.clone(), |h| h.min(end)));
             }
         }
@@ -657,228 +434,42 @@ impl Store {
             }
             None => max_rows,
         };
-        read::scan_page(&self.engine, &meta, cursor, scan, max_rows, now)
+        let mut folds = Vec::new();
+        let page = read::scan_page(&self.engine, &meta, cursor, scan, max_rows, now, &mut folds);
+        self.fold(&meta, folds);
+        page
+    }
+
+    /// Has the committer fold each row (by prefix) into one snapshot edit, without waiting:
+    /// a row with many edits costs every read of it that many entries until then.
+    fn fold(&self, meta: &Arc<TableMeta>, prefixes: Vec<Vec<u8>>) {
+        let Some(committer) = self.committer.as_ref() else { return };
+        for prefix in prefixes {
+            {
+                let mut folding = self.folding.lock();
+                if folding.len() >= MAX_PENDING_FOLDS || !folding.insert(prefix.clone()) {
+                    continue;
+                }
+            }
+            let (meta, folding) = (Arc::clone(meta), Arc::clone(&self.folding));
+            let job = Job {
+                rows: 1,
+                run: Box::new(move |group| {
+                    // A failed read leaves the row as it is; a later read asks again.
+                    if let Ok(row) = group.load(&meta, &prefix) {
+                        group.stage(std::collections::HashMap::from([(prefix.clone(), row)]));
+                    }
+                    let answer: Answer = Box::new(move |_| {
+                        folding.lock().remove(&prefix);
+                    });
+                    answer
+                }),
+            };
+            // The store is closing: the row stays as it is.
+            let _ = committer.send(job);
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::meta::TTL_FOREVER;
-    use super::*;
-
-    const NOW: i64 = 1_700_000_000_000;
-
-    fn store_with(families: &[(&str, i32, i32)]) -> Store {
-        let store = Store::in_memory().unwrap();
-        let fams = families
-            .iter()
-            .map(|(n, v, ttl)| FamilyDescriptor {
-                max_versions: *v,
-                time_to_live: *ttl,
-                ..FamilyDescriptor::new(n.as_bytes())
-            })
-            .collect();
-        store.create_table(b"t", fams, Vec::new(), NOW).unwrap();
-        store
-    }
-
-    fn put(row: &str, fam: &str, q: &str, v: &str) -> RowMutation {
-        RowMutation { row: row.into(), ops: vec![Op::Put { family: fam.into(), qualifier: q.into(), value: v.into() }] }
-    }
-
-    fn values(cells: &[Cell]) -> Vec<(String, i64, String)> {
-        cells.iter().map(|c| (format!("{}:{}", show(&c.family), show(&c.qualifier)), c.ts, show(&c.value))).collect()
-    }
-
-    fn versions(n: u32) -> ReadSpec {
-        ReadSpec { versions: n, ..ReadSpec::default() }
-    }
-
-    #[test]
-    fn versions_are_newest_first_and_capped_by_max_versions() {
-        let s = store_with(&[("f", 2, TTL_FOREVER)]);
-        for (ts, v) in [(10, "a"), (30, "c"), (20, "b")] {
-            s.mutate(b"t", vec![put("r", "f", "q", v)], Some(ts), NOW).unwrap();
-        }
-        let got = s.get(b"t", b"r", &versions(10), NOW).unwrap();
-        assert_eq!(values(&got), vec![("f:q".into(), 30, "c".into()), ("f:q".into(), 20, "b".into())]);
-        let latest = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap();
-        assert_eq!(values(&latest), vec![("f:q".into(), 30, "c".into())]);
-        let before = ReadSpec { max_ts_exclusive: Some(30), versions: 5, ..ReadSpec::default() };
-        assert_eq!(values(&s.get(b"t", b"r", &before, NOW).unwrap())[0].1, 20);
-    }
-
-    #[test]
-    fn column_delete_masks_older_puts_even_ones_written_later() {
-        let s = store_with(&[("f", 3, TTL_FOREVER)]);
-        s.mutate(b"t", vec![put("r", "f", "q", "old")], Some(100), NOW).unwrap();
-        s.mutate(b"t", vec![put("r", "f", "keep", "k")], Some(100), NOW).unwrap();
-        let del = RowMutation {
-            row: b"r".to_vec(),
-            ops: vec![Op::DeleteColumn { family: b"f".to_vec(), qualifier: b"q".to_vec() }],
-        };
-        s.mutate(b"t", vec![del], Some(200), NOW).unwrap();
-        s.mutate(b"t", vec![put("r", "f", "q", "late-but-old")], Some(150), NOW).unwrap();
-        assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("f:keep".into(), 100, "k".into())]);
-        s.mutate(b"t", vec![put("r", "f", "q", "new")], Some(201), NOW).unwrap();
-        assert_eq!(
-            values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()),
-            vec![("f:keep".into(), 100, "k".into()), ("f:q".into(), 201, "new".into())]
-        );
-    }
-
-    #[test]
-    fn family_and_row_deletes_mask_at_or_below_their_timestamp() {
-        let s = store_with(&[("a", 3, TTL_FOREVER), ("b", 3, TTL_FOREVER)]);
-        s.mutate(b"t", vec![put("r", "a", "x", "1"), put("r", "b", "y", "2")], Some(50), NOW).unwrap();
-        let del = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteFamily { family: b"a".to_vec() }] };
-        s.mutate(b"t", vec![del], Some(50), NOW).unwrap();
-        assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("b:y".into(), 50, "2".into())]);
-        let del_row = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteRow] };
-        s.mutate(b"t", vec![del_row], None, NOW).unwrap();
-        assert!(s.get(b"t", b"r", &versions(3), NOW).unwrap().is_empty());
-        // A put after the delete, at a later server time, is visible again.
-        s.mutate(b"t", vec![put("r", "a", "x", "3")], None, NOW + 1).unwrap();
-        assert_eq!(s.get(b"t", b"r", &versions(3), NOW + 1).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn ttl_hides_expired_cells() {
-        let s = store_with(&[("f", 3, 10)]);
-        s.mutate(b"t", vec![put("r", "f", "old", "x")], Some(NOW - 11_000), NOW).unwrap();
-        s.mutate(b"t", vec![put("r", "f", "new", "y")], Some(NOW - 9_000), NOW).unwrap();
-        assert_eq!(
-            values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()),
-            vec![("f:new".into(), NOW - 9_000, "y".into())]
-        );
-        assert!(s.get(b"t", b"r", &versions(3), NOW + 2_000).unwrap().is_empty());
-    }
-
-    #[test]
-    fn increments_are_big_endian_longs() {
-        let s = store_with(&[("c", 3, TTL_FOREVER)]);
-        let inc = |n: i64| Increment { row: b"r".to_vec(), family: b"c".to_vec(), qualifier: b"n".to_vec(), amount: n };
-        assert_eq!(s.increment(b"t", &[inc(5)], NOW).unwrap(), vec![5]);
-        assert_eq!(s.increment(b"t", &[inc(-2), inc(10)], NOW).unwrap(), vec![3, 13]);
-        let got = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap();
-        assert_eq!(got[0].value, 13i64.to_be_bytes().to_vec());
-        s.mutate(b"t", vec![put("r", "c", "s", "abc")], None, NOW).unwrap();
-        let err = s.increment(b"t", &[Increment { qualifier: b"s".to_vec(), ..inc(1) }], NOW).unwrap_err();
-        assert!(err.to_string().contains("3 bytes wide"), "{err}");
-    }
-
-    #[test]
-    fn scans_are_bytewise_ordered_bounded_and_resumable() {
-        let s = store_with(&[("f", 1, TTL_FOREVER)]);
-        let rows = ["b", "a", "a\u{0}", "ab", "c", "aa"];
-        let muts: Vec<_> = rows.iter().map(|r| put(r, "f", "q", r)).collect();
-        s.mutate(b"t", muts, None, NOW).unwrap();
-        let scan_all = |spec: ScanSpec, page: usize| {
-            let (mut cur, prep) = s.open_scan(b"t", spec).unwrap();
-            let mut seen = Vec::new();
-            while !cur.is_exhausted() {
-                for r in s.scan_next(&mut cur, &prep, page, NOW).unwrap() {
-                    seen.push(show(&r.row));
-                }
-            }
-            seen
-        };
-        assert_eq!(scan_all(ScanSpec::default(), 2), vec!["a", "a\u{0}", "aa", "ab", "b", "c"]);
-        let prefix = ScanSpec { filter: crate::filter::parse(b"PrefixFilter('a')").unwrap(), ..ScanSpec::default() };
-        assert_eq!(scan_all(prefix, 1), vec!["a", "a\u{0}", "aa", "ab"]);
-        let bounded = ScanSpec { start_row: b"aa".to_vec(), stop_row: b"c".to_vec(), ..ScanSpec::default() };
-        assert_eq!(scan_all(bounded, 10), vec!["aa", "ab", "b"]);
-        let reversed =
-            ScanSpec { start_row: b"b".to_vec(), stop_row: b"a".to_vec(), reversed: true, ..ScanSpec::default() };
-        assert_eq!(scan_all(reversed, 2), vec!["b", "ab", "aa", "a\u{0}"]);
-        let reversed_prefix = ScanSpec {
-            reversed: true,
-            filter: crate::filter::parse(b"PrefixFilter('a')").unwrap(),
-            ..ScanSpec::default()
-        };
-        assert_eq!(scan_all(reversed_prefix, 3), vec!["ab", "aa", "a\u{0}", "a"]);
-    }
-
-    #[test]
-    fn unknown_family_and_table_and_disabled_table_are_refused() {
-        let s = store_with(&[("f", 1, TTL_FOREVER)]);
-        let err = s.mutate(b"t", vec![put("r", "nope", "q", "v")], None, NOW).unwrap_err();
-        assert!(matches!(err, StoreError::NoSuchFamily { .. }), "{err}");
-        let err = s.mutate(b"missing", vec![put("r", "f", "q", "v")], None, NOW).unwrap_err();
-        assert!(matches!(err, StoreError::TableNotFound(_)), "{err}");
-        let err = s.delete_table(b"t").unwrap_err();
-        assert!(matches!(err, StoreError::TableNotDisabled(_)), "{err}");
-        s.set_enabled(b"t", false).unwrap();
-        let err = s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap_err();
-        assert!(matches!(err, StoreError::TableDisabled(_)), "{err}");
-        s.delete_table(b"t").unwrap();
-        assert!(s.tables().is_empty());
-    }
-
-    #[test]
-    fn recreated_table_does_not_see_old_cells() {
-        let s = store_with(&[("f", 1, TTL_FOREVER)]);
-        s.mutate(b"t", vec![put("r", "f", "q", "v")], None, NOW).unwrap();
-        s.set_enabled(b"t", false).unwrap();
-        s.delete_table(b"t").unwrap();
-        s.create_table(b"t", vec![FamilyDescriptor::new("f")], Vec::new(), NOW).unwrap();
-        assert!(s.get(b"t", b"r", &ReadSpec::default(), NOW).unwrap().is_empty());
-    }
-
-    #[test]
-    fn descriptors_are_validated_like_hbase() {
-        let s = Store::in_memory().unwrap();
-        let bad = |f: FamilyDescriptor| {
-            matches!(s.create_table(b"x", vec![f], Vec::new(), NOW), Err(StoreError::IllegalArgument(_)))
-        };
-        assert!(bad(FamilyDescriptor::new("")));
-        assert!(bad(FamilyDescriptor { max_versions: 0, ..FamilyDescriptor::new("f") }));
-        assert!(bad(FamilyDescriptor { compression: "zip".into(), ..FamilyDescriptor::new("f") }));
-        assert!(bad(FamilyDescriptor { bloom_filter_type: "BLOOM".into(), ..FamilyDescriptor::new("f") }));
-        assert!(matches!(
-            s.create_table(b"-x", vec![FamilyDescriptor::new("f")], Vec::new(), NOW),
-            Err(StoreError::IllegalArgument(_))
-        ));
-        s.create_table(b"ns:x", vec![FamilyDescriptor::new("f")], Vec::new(), NOW).unwrap();
-        assert!(matches!(
-            s.create_table(b"ns:x", vec![FamilyDescriptor::new("f")], Vec::new(), NOW),
-            Err(StoreError::TableExists(_))
-        ));
-    }
-
-    #[test]
-    fn rows_survive_flushes_compactions_and_reopening_and_the_dir_is_locked() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = EngineOptions { durability: Durability::Os, memstore_bytes: 4 << 20, block_cache_bytes: 1 << 20 };
-        let body = "x".repeat(100);
-        {
-            let s = Store::open(dir.path(), options).unwrap();
-            s.create_table(b"t", vec![FamilyDescriptor::new("f")], Vec::new(), NOW).unwrap();
-            for i in 0..3000 {
-                s.mutate(b"t", vec![put(&format!("r{i:05}"), "f", "q", &body)], None, NOW).unwrap();
-                match i {
-                    1000 => s.flush().unwrap(),
-                    2000 => s.major_compact().unwrap(),
-                    _ => {}
-                }
-            }
-            // A row in a sorted file, rewritten in the memstore: the newest value wins.
-            s.mutate(b"t", vec![put("r00001", "f", "q", "new")], None, NOW + 1).unwrap();
-            let del = RowMutation { row: b"r00002".to_vec(), ops: vec![Op::DeleteRow] };
-            s.mutate(b"t", vec![del], None, NOW + 1).unwrap();
-            assert!(s.stats().flushes >= 2, "{:?}", s.stats());
-            let second = Store::open(dir.path(), options).unwrap_err();
-            assert!(second.to_string().contains("in use by another emulator"), "{second}");
-        }
-        let s = Store::open(dir.path(), options).unwrap();
-        let (mut cursor, prepared) = s.open_scan(b"t", ScanSpec::default()).unwrap();
-        let mut rows = 0;
-        while !cursor.is_exhausted() {
-            rows += s.scan_next(&mut cursor, &prepared, 700, NOW + 2).unwrap().len();
-        }
-        assert_eq!(rows, 2999);
-        assert_eq!(values(&s.get(b"t", b"r00001", &versions(1), NOW + 2).unwrap())[0].2, "new");
-        assert!(s.get(b"t", b"r00002", &versions(1), NOW + 2).unwrap().is_empty());
-        assert_eq!(values(&s.get(b"t", b"r02999", &versions(1), NOW + 2).unwrap())[0].2, body);
-    }
-}
+mod tests;

@@ -1,11 +1,14 @@
-//! The read path: which cells of a row a read returns (column selection, TTL, time range,
-//! filter, version limit), and scans page by page over the engine's merged view of
-//! memtables and sorted files. Reads never wait for writes: each get or scan page reads
-//! the latest committed state (fjall's sequence-number snapshots).
+//! The read path: a row put together from its edits (`edit.rs`), which cells of it a read
+//! returns (column selection, TTL, time range, filter, version limit), and scans page by
+//! page over the engine's merged view of memtables and sorted files. Reads never wait for
+//! writes: each get or scan page reads the latest committed state (fjall's sequence-number
+//! snapshots). A read that finds a row with many edits reports it, and the store has it
+//! folded into one snapshot edit on the committer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
+use super::edit;
 use super::engine::Engine;
 use super::meta::{FamilyDescriptor, TableMeta, TTL_FOREVER};
 use super::{ColumnSel, ReadSpec, StoreError};
@@ -190,8 +193,30 @@ pub fn read_row(
     cells
 }
 
+/// A row put together from its edits, newest first.
+fn merged(meta: &TableMeta, edits: &[fjall::Slice]) -> Result<Row, StoreError> {
+    edit::merge(meta, edits).ok_or_else(|| StoreError::Storage("corrupt row in the store".into()))
+}
+
+/// One row, from its edits; `folds` gets its prefix if it has many.
+pub fn load_row(engine: &Engine, meta: &TableMeta, prefix: &[u8], folds: &mut Vec<Vec<u8>>) -> Result<Row, StoreError> {
+    let mut edits = Vec::new();
+    let view = engine.rows_snapshot();
+    for entry in view.prefix(prefix) {
+        let (_, v) = entry.map_err(|e| StoreError::Storage(format!("reading a row failed: {e}")))?;
+        edits.push(v);
+    }
+    if edits.len() > edit::FOLD_AFTER_EDITS {
+        folds.push(prefix.to_vec());
+    }
+    merged(meta, &edits)
+}
+
 /// Reads up to `max_rows` further non-empty rows of a scan from the engine (the caller has
-/// checked the table and the page limits).
+/// checked the table and the page limits). A row's edits are adjacent: they are gathered
+/// and merged when the next row's first edit (or the end) is read; the cursor moves past
+/// each finished row, so a page that stops early reads the next row again from its start.
+/// Prefixes of rows with many edits go to `folds`.
 pub fn scan_page(
     engine: &Engine,
     meta: &TableMeta,
@@ -199,6 +224,7 @@ pub fn scan_page(
     scan: &PreparedScan,
     max_rows: usize,
     now: i64,
+    folds: &mut Vec<Vec<u8>>,
 ) -> Result<Vec<RowCells>, StoreError> {
     let mut out = Vec::new();
     if cursor.hi.as_ref().is_some_and(|h| *h <= cursor.lo) {
@@ -207,35 +233,55 @@ pub fn scan_page(
     }
     let range: (Bound<Vec<u8>>, Bound<Vec<u8>>) =
         (Bound::Included(cursor.lo.clone()), cursor.hi.clone().map_or(Bound::Unbounded, Bound::Excluded));
-    let iter = engine.rows.range(range);
-    let mut iter: Box<dyn Iterator<Item = fjall::Result<(fjall::Slice, fjall::Slice)>>> =
+    let view = engine.rows_snapshot();
+    let iter = view.range(range).map(|entry| entry.map_err(|e| e.to_string()));
+    let mut iter: Box<dyn Iterator<Item = Result<(fjall::Slice, fjall::Slice), String>>> =
         if cursor.reversed { Box::new(iter.rev()) } else { Box::new(iter) };
+    // The row being gathered: its prefix, its row key if the filter may keep it, its edits.
+    let mut current: Option<(Vec<u8>, Option<Vec<u8>>)> = None;
+    let mut edits: Vec<fjall::Slice> = Vec::new();
     while out.len() < max_rows {
-        let Some(entry) = iter.next() else {
-            cursor.exhausted = true;
-            break;
+        let next = iter.next().transpose().map_err(|e| StoreError::Storage(format!("scan failed: {e}")))?;
+        let prefix = match &next {
+            Some((key, _)) => Some(keys::prefix_of(key).ok_or_else(|| StoreError::Storage("corrupt key".into()))?),
+            None => None,
         };
-        let (key, value) = entry.map_err(|e| StoreError::Storage(format!("scan failed: {e}")))?;
-        if cursor.reversed {
-            cursor.hi = Some(key.to_vec());
-        } else {
-            cursor.lo = keys::successor(&key);
+        let same_row = matches!((&current, prefix), (Some((c, _)), Some(p)) if c.as_slice() == p);
+        if !same_row {
+            if let Some((done, wanted)) = current.take() {
+                // Past this row, whichever way the scan goes.
+                if cursor.reversed {
+                    cursor.hi = Some(done[..done.len() - 2].to_vec());
+                } else {
+                    cursor.lo = keys::after_row(&done);
+                }
+                if let Some(row_key) = wanted {
+                    if edits.len() > edit::FOLD_AFTER_EDITS {
+                        folds.push(done.clone());
+                    }
+                    if cursor.reversed {
+                        edits.reverse();
+                    }
+                    let row = merged(meta, &edits)?;
+                    let cells = read_row(meta, &row_key, &row, &scan.selection, &scan.read, &scan.filter, now);
+                    if !cells.is_empty() {
+                        out.push(RowCells { row: row_key, cells });
+                    }
+                }
+                edits.clear();
+            }
+            let Some(prefix) = prefix else {
+                cursor.exhausted = true;
+                break;
+            };
+            let row_key = keys::row_of(prefix);
+            let wanted = scan.filter.row_may_match(&row_key).then_some(row_key);
+            current = Some((prefix.to_vec(), wanted));
         }
-        let row_key = &key[4..];
-        if !scan.filter.row_may_match(row_key) {
-            continue;
-        }
-        let row = decode_row(&value)?;
-        let cells = read_row(meta, row_key, &row, &scan.selection, &scan.read, &scan.filter, now);
-        if !cells.is_empty() {
-            out.push(RowCells { row: row_key.to_vec(), cells });
+        if let (Some((_, Some(_))), Some((_, value))) = (&current, next) {
+            edits.push(value);
         }
     }
     cursor.rows_returned += out.len() as u64;
     Ok(out)
-}
-
-/// Decodes a row read from the engine.
-pub fn decode_row(bytes: &[u8]) -> Result<Row, StoreError> {
-    Row::decode(bytes).ok_or_else(|| StoreError::Storage("corrupt row in the store".into()))
 }
