@@ -6,6 +6,10 @@
 //! and kills the broker when dropped. If `tansu` is not installed, starting fails with a
 //! message naming the set-up command.
 //!
+//! [`chat`] holds the scripted workload, its independent oracle and the output collector;
+//! [`pipeline`] produces a workload to `chat.events` and reads HBase back; [`roles`] runs
+//! roles as `chatpipe` processes that tests kill (SIGKILL) or freeze (SIGSTOP).
+//!
 //! The harness panics on set-up failure (it is test code: a broken harness must fail the
 //! test loudly).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
