@@ -10,7 +10,7 @@ use chatpipe_common::rows::tables;
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::chat::{Input, Workload};
+use crate::chat::{diff, Input, Outputs, Workload};
 use crate::TestBroker;
 
 /// Produces every record of `w` to its partition of `chat.events`, in order; with `pause`,
@@ -48,6 +48,23 @@ pub async fn produce(broker: &TestBroker, w: &Workload, chunk: usize, pause: Opt
         }
     });
     futures::future::join_all(all).await;
+}
+
+/// Waits until every HBase table equals `expected` (the oracle's rows); panics with a diff
+/// after `timeout`.
+pub async fn wait_for_hbase(thrift: &str, expected: &Outputs, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let t = thrift.to_owned();
+        let rows = tokio::task::spawn_blocking(move || hbase_rows(&t)).await.expect("HBase read task");
+        if rows == expected.rows {
+            return;
+        }
+        let got = Outputs { rows, ..Outputs::default() };
+        let want = Outputs { rows: expected.rows.clone(), ..Outputs::default() };
+        assert!(std::time::Instant::now() < deadline, "HBase differs from the oracle:\n{}", diff(&want, &got));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Every row of every chatpipe table, `c:revision` cells left out (they count writes, not

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chatpipe_common::kafka::TopicSpec;
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
-use chatpipe_tests::chat::{diff, oracle, scripted, Collector, OracleRules, Outputs};
-use chatpipe_tests::pipeline::{hbase_rows, produce};
+use chatpipe_tests::chat::{oracle, scripted, Collector, OracleRules};
+use chatpipe_tests::pipeline::{produce, wait_for_hbase};
 use chatpipe_tests::roles::{processor_args, sink_args, RoleProcess};
 use chatpipe_tests::{TestBroker, TestHbase};
 
@@ -111,19 +111,7 @@ async fn processor_killed_twice_within_3s_and_the_sink_once_outputs_and_hbase_eq
     tokio::join!(producing, faults);
     collector.wait_for(&expected, Duration::from_secs(300)).await;
     eprintln!("group rejoins by the watchdog: {}", logs.count("rejoining the group"));
-    let thrift = hbase.thrift();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let t = thrift.clone();
-        let rows = tokio::task::spawn_blocking(move || hbase_rows(&t)).await.unwrap();
-        if rows == expected.rows {
-            break;
-        }
-        let got = Outputs { rows, ..Outputs::default() };
-        let want = Outputs { rows: expected.rows.clone(), ..Outputs::default() };
-        assert!(Instant::now() < deadline, "HBase differs from the oracle:\n{}", diff(&want, &got));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_for_hbase(&hbase.thrift(), &expected, Duration::from_secs(180)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use chatpipe_common::http::{ObservabilityServer, Telemetry};
 use chatpipe_common::kafka::{parse_kafka_option, KafkaArgs, TopicSpec};
 use chatpipe_common::rows::tables;
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
-use chatpipe_tests::chat::{diff, oracle, scripted, Collector, Input, OracleRules, Outputs, Workload};
+use chatpipe_tests::chat::{diff, oracle, scripted, Collector, Input, OracleRules, Workload};
 use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -127,19 +127,6 @@ fn published(broker: &TestBroker, expected: usize) -> Workload {
     }
 }
 
-fn hbase_rows(thrift: &str) -> BTreeMap<(String, Vec<u8>), BTreeMap<String, Vec<u8>>> {
-    let mut client = HbaseClient::connect(&HbaseConfig::new(thrift)).unwrap();
-    let mut out = BTreeMap::new();
-    for (table, _) in tables::ALL {
-        for row in client.scan_all(table).unwrap() {
-            let mut cells = row.cells;
-            cells.remove("c:revision");
-            out.insert((table.to_string(), row.row), cells);
-        }
-    }
-    out
-}
-
 fn scrape_names(t: &Telemetry) -> Vec<String> {
     t.registry.gather().iter().map(|f| f.name().to_owned()).collect()
 }
@@ -221,18 +208,7 @@ async fn posted_workload_lands_in_hbase_and_topics_exactly() {
     }
     // HBase
     let thrift = hbase.thrift();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let t = thrift.clone();
-        let rows = tokio::task::spawn_blocking(move || hbase_rows(&t)).await.unwrap();
-        if rows == expected.rows {
-            break;
-        }
-        let got = Outputs { rows, ..Outputs::default() };
-        let want = Outputs { rows: expected.rows.clone(), ..Outputs::default() };
-        assert!(Instant::now() < deadline, "HBase differs from the oracle:\n{}", diff(&want, &got));
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    chatpipe_tests::pipeline::wait_for_hbase(&thrift, &expected, Duration::from_secs(120)).await;
     // timelines: newest first, bodies decompressed, seq dense
     let sessions: std::collections::BTreeSet<(u64, bool)> = published
         .partitions
