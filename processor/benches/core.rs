@@ -181,12 +181,13 @@ fn rss_mib() -> f64 {
 /// A restart's local part: write the state as a checkpoint, read it back and rebuild the
 /// state (what a restart does before it reads the changelog's tail).
 fn checkpoint_round_trip(state: &PartitionState, what: &str) {
-    use chatpipe_processor::changelog::{read_checkpoint, write_checkpoint};
+    use chatpipe_processor::checkpoint::{read_checkpoint, write_checkpoint};
     let dir = std::env::temp_dir().join(format!("chatpipe-bench-checkpoint-{}", std::process::id()));
     let start = Instant::now();
     write_checkpoint(&dir, "cl", 0, 1, (0, 1), state).expect("write checkpoint");
     let wrote = start.elapsed();
-    let size: u64 = std::fs::read_dir(&dir).map_or(0, |d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum());
+    let size: u64 =
+        std::fs::read_dir(&dir).map_or(0, |d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum());
     let start = Instant::now();
     let (_, fold) = read_checkpoint(&dir, "cl", 0).expect("read checkpoint");
     let restored = fold.finish();

@@ -44,8 +44,6 @@
 //! next one retried — it only costs restart time, never exactness.
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -55,6 +53,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use chatpipe_common::envelope;
 
+use crate::checkpoint::{read_checkpoint, MAX_CHECKPOINT_AGE};
 use crate::config::Config;
 use crate::state::{ChangeRecord, PartitionState, StateKey};
 use crate::Error;
@@ -63,9 +62,6 @@ use crate::Error;
 pub const EPOCH_HEADER: &str = "chatpipe.epoch";
 /// The value of a fence record (never a tombstone, so compaction keeps the latest).
 const FENCE_VALUE: &[u8] = b"fence";
-/// A checkpoint older than this is not used (Kafka's default `delete.retention.ms`, 24 h,
-/// halved: tombstones compacted away after the checkpoint would be missed by a tail read).
-pub const MAX_CHECKPOINT_AGE: Duration = Duration::from_secs(12 * 3600);
 /// How long a restore may take before it fails (and is retried).
 const RESTORE_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -88,6 +84,12 @@ impl Fold {
     /// An empty fold (no fence read yet).
     pub fn new() -> Self {
         Fold { fence: -1, ..Fold::default() }
+    }
+
+    /// A fold that continues from a checkpoint: the latest record of every key and the
+    /// fence it was written under.
+    pub(crate) fn resume(fence: i64, latest: HashMap<StateKey, ChangeRecord>) -> Self {
+        Fold { latest, fence, ..Fold::default() }
     }
 
     /// Folds the record at `offset`: a fence moves the bound; a record whose `epoch` is below
@@ -346,142 +348,32 @@ pub fn kafka_headers(headers: &[(&'static str, String)]) -> Option<OwnedHeaders>
     Some(h)
 }
 
-// ---------------------------------------------------------------------------------------
-// Checkpoint files
-// ---------------------------------------------------------------------------------------
-
-/// The first part of a checkpoint file.
-#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
-pub struct CheckpointHeader {
-    /// The changelog topic.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-    /// Changelog offset of the `Meta` record the state reflects.
-    pub offset: i64,
-    /// The fence the writer ran under (its offset)...
-    pub fence: i64,
-    /// ... and its id.
-    pub fence_id: u64,
-    /// When it was written (epoch ms).
-    pub written_at_ms: i64,
-    /// Entries that follow.
-    pub entries: u64,
-}
-
-impl CheckpointHeader {
-    fn age(&self) -> Duration {
-        let now = chrono::Utc::now().timestamp_millis();
-        Duration::from_millis(now.saturating_sub(self.written_at_ms).max(0) as u64)
-    }
-}
-
-fn checkpoint_path(dir: &Path, topic: &str, partition: i32) -> PathBuf {
-    dir.join(format!("{topic}-{partition}.checkpoint"))
-}
-
-/// Writes `state` as the checkpoint of `partition` at changelog `offset` (atomically: a
-/// temporary file renamed over the old one).
-pub fn write_checkpoint(
-    dir: &Path,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    (fence, fence_id): (i64, u64),
-    state: &PartitionState,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let path = checkpoint_path(dir, topic, partition);
-    // instances sharing a directory never write the same temporary file
-    let tmp = path.with_extension(format!("{}-{fence}.tmp", std::process::id()));
-    let records = state.committed_records();
-    let header = CheckpointHeader {
-        topic: topic.to_owned(),
-        partition,
-        offset,
-        fence,
-        fence_id,
-        written_at_ms: chrono::Utc::now().timestamp_millis(),
-        entries: records.len() as u64,
-    };
-    let mut w = BufWriter::new(std::fs::File::create(&tmp)?);
-    let frame = |w: &mut BufWriter<std::fs::File>, bytes: Vec<u8>| -> std::io::Result<()> {
-        w.write_all(&(bytes.len() as u32).to_le_bytes())?;
-        w.write_all(&bytes)
-    };
-    let invalid = |e: envelope::EnvelopeError| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
-    frame(&mut w, envelope::encode(&header).map_err(invalid)?)?;
-    for r in &records {
-        frame(&mut w, envelope::encode(r).map_err(invalid)?)?;
-    }
-    w.into_inner().map_err(|e| e.into_error())?.sync_data()?;
-    std::fs::rename(&tmp, &path)
-}
-
-/// The checkpoint of `partition`, as a fold to continue; `None` when there is none or it
-/// does not read back (logged).
-pub fn read_checkpoint(dir: &Path, topic: &str, partition: i32) -> Option<(CheckpointHeader, Fold)> {
-    let path = checkpoint_path(dir, topic, partition);
-    let bytes = std::fs::read(&path).ok()?;
-    match parse_checkpoint(&bytes) {
-        Ok((h, fold)) if h.topic == topic && h.partition == partition => Some((h, fold)),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(partition, error = %e, "checkpoint unreadable; restoring from the changelog");
-            None
-        }
-    }
-}
-
-/// Parses a checkpoint file read whole (one read, entries decoded in place).
-fn parse_checkpoint(mut r: &[u8]) -> Result<(CheckpointHeader, Fold), String> {
-    let mut frame = || -> Result<&[u8], String> {
-        let (len, rest) = r.split_first_chunk::<4>().ok_or("truncated")?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if len > rest.len() {
-            return Err(format!("a {len}-byte entry past the end"));
-        }
-        let (body, rest) = rest.split_at(len);
-        r = rest;
-        Ok(body)
-    };
-    let header: CheckpointHeader = envelope::decode(frame()?).map_err(|e| e.to_string())?;
-    let mut fold = Fold::new();
-    fold.fence = header.fence;
-    fold.latest.reserve(usize::try_from(header.entries).unwrap_or(0).min(1 << 24));
-    for _ in 0..header.entries {
-        let (k, v): (StateKey, ChangeRecord) = envelope::decode(frame()?).map_err(|e| e.to_string())?;
-        fold.latest.insert(k, v);
-    }
-    Ok((header, fold))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::state::{Member, Meta};
+    use crate::state::Member;
 
     fn member(read_seq: u64) -> Member {
         Member { joined_at_ms: 0, joined_seq: 0, read_seq, read_message_id: 0 }
     }
 
     /// A changelog as the broker keeps it: (offset, key, epoch, value).
-    type Log = Vec<(i64, StateKey, i64, Option<ChangeRecord>)>;
+    pub(crate) type Log = Vec<(i64, StateKey, i64, Option<ChangeRecord>)>;
 
-    fn append(log: &mut Log, epoch: i64, changes: Vec<(StateKey, ChangeRecord)>) {
+    pub(crate) fn append(log: &mut Log, epoch: i64, changes: Vec<(StateKey, ChangeRecord)>) {
         for (k, r) in changes {
             let v = if r.prev.is_none() && r.new.is_none() { None } else { Some(r) };
             log.push((log.len() as i64, k, epoch, v));
         }
     }
 
-    fn fence(log: &mut Log) -> i64 {
+    pub(crate) fn fence(log: &mut Log) -> i64 {
         let at = log.len() as i64;
         log.push((at, StateKey::Fence(at as u64), -1, None));
         at
     }
 
-    fn fold(log: &Log) -> PartitionState {
+    pub(crate) fn fold(log: &Log) -> PartitionState {
         let mut f = Fold::new();
         for (o, k, e, v) in log {
             f.push(*o, k.clone(), *e, v.clone());
@@ -531,37 +423,5 @@ mod tests {
         // compaction: the first fence is superseded by the second and dropped
         let compacted: Log = log.iter().filter(|(o, _, _, _)| *o != e1).cloned().collect();
         assert_eq!(fold(&compacted).snapshot(), st.snapshot());
-    }
-
-    #[test]
-    fn a_checkpoint_plus_the_tail_equals_the_whole_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log: Log = Vec::new();
-        let e = fence(&mut log);
-        let mut st = PartitionState::default();
-        st.meta = Meta { applied_offset: -1, ..Meta::default() };
-        st.add_member(1, 1, member(1));
-        st.add_member(1, 2, member(1));
-        st.meta.applied_offset = 10;
-        append(&mut log, e, st.drain_changes());
-        let at = log.len() as i64 - 1; // the Meta record
-        write_checkpoint(dir.path(), "cl", 3, at, (e, 77), &st).unwrap();
-        st.remove_member(1, 1);
-        st.add_member(1, 3, member(0));
-        st.meta.applied_offset = 20;
-        append(&mut log, e, st.drain_changes());
-        st.meta.applied_offset = 30;
-        append(&mut log, e, st.drain_changes()); // the tombstone of (1, 1)
-        let (h, mut f) = read_checkpoint(dir.path(), "cl", 3).unwrap();
-        assert_eq!((h.offset, h.fence, h.fence_id), (at, e, 77));
-        for (o, k, ep, v) in log.iter().filter(|(o, _, _, _)| *o > at) {
-            f.push(*o, k.clone(), *ep, v.clone());
-        }
-        assert!(f.read < log.len() as u64, "only the tail was read");
-        assert_eq!(f.finish().snapshot(), fold(&log).snapshot());
-        assert!(read_checkpoint(dir.path(), "cl", 4).is_none());
-        assert!(read_checkpoint(dir.path(), "other", 3).is_none());
-        std::fs::write(checkpoint_path(dir.path(), "cl", 3), b"\x05\x00\x00\x00garbage").unwrap();
-        assert!(read_checkpoint(dir.path(), "cl", 3).is_none(), "garbage is not a checkpoint");
     }
 }

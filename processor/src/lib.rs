@@ -8,7 +8,8 @@
 //!   building and row ownership; `windows.rs` — window counts and partials; [`records`] —
 //!   the analysts' JSON records;
 //! * [`state`] — partition state and its changelog encoding (crash-atomic batches);
-//!   [`changelog`] — fencing, restore and checkpoints (the protocol and why it is exact);
+//!   [`changelog`] — fencing and restore (the protocol and why it is exact); [`checkpoint`]
+//!   — checkpoint files under `--state-dir`;
 //! * [`merge`] — the global window merge over per-partition partials;
 //! * [`runner`] — the Kafka I/O: consumer group, partition tasks (`runner::partition_task`
 //!   is the ordering point), commits; `delivery.rs` — output records and awaited delivery;
@@ -57,6 +58,7 @@
 //! sessions joined) span partitions and are left out.
 
 pub mod changelog;
+pub mod checkpoint;
 pub mod config;
 mod conversation;
 pub mod core;

@@ -693,7 +693,7 @@ fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, fence:
     let Some(at) = committed_at else { return };
     let cfg = &shared.config;
     let t0 = Instant::now();
-    match changelog::write_checkpoint(&cfg.state_dir, &cfg.changelog_topic, partition, at, fence, state) {
+    match crate::checkpoint::write_checkpoint(&cfg.state_dir, &cfg.changelog_topic, partition, at, fence, state) {
         Ok(()) => tracing::debug!(partition, offset = at, took = ?t0.elapsed(), "checkpoint written"),
         Err(e) => {
             shared.out.metrics.errors.with_label_values(&["checkpoint"]).inc();
