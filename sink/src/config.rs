@@ -147,7 +147,7 @@ pub struct Config {
 
     /// How long a revocation or shutdown waits for in-flight batches before abandoning them
     /// (their offsets are then not committed, so the rows are written again by the next
-    /// owner). Keep it below the Kafka session timeout (45 s by default).
+    /// owner).
     #[arg(long, env = "CHATPIPE_SINK_DRAIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
