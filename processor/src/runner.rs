@@ -704,9 +704,13 @@ fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, fence:
 
 async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync::CancellationToken) {
     let cfg = &shared.config;
+    // the merge's group fails over as fast as the processor's (GROUP_DEFAULTS): its one
+    // partition is idle until a dead member's session expires
+    let mut defaults = vec![("fetch.wait.max.ms", chatpipe_common::kafka::FETCH_WAIT_MAX_MS)];
+    defaults.extend_from_slice(chatpipe_common::kafka::GROUP_DEFAULTS);
     let consumer: StreamConsumer = match cfg
         .kafka
-        .consumer_config("processor-merge")
+        .client_config_with("processor-merge", &defaults)
         .set("group.id", format!("{}-merge", cfg.group_id))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

@@ -13,6 +13,8 @@
 //! final event-time windows after a failover are not always emitted and the global merge's
 //! consumer group does not always fail over, so a run can end without those records — a
 //! liveness gap of issue 14 (windows and the partials merge), not a tolerated difference.
+//! (The merge's group now fails over with the processor's 10 s session; with that, all three
+//! passed alone, but they have not yet been shown to pass under the whole suite.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
