@@ -8,14 +8,22 @@
 //! **Failure behaviour**: a record refused for what it is (over the size limit) is replaced
 //! by a DLQ record naming it (reason `output_refused`) instead of stalling the partition; an
 //! output that fails to encode is counted as an error and logged; while the broker does not
-//! answer, readiness reports Kafka down and a warning is counted every 30 s.
+//! answer, readiness reports Kafka down and a warning is counted every 30 s. A producer the
+//! client declares failed for good (a fatal error, or fenced by the broker — tansu 0.6 fences
+//! an idempotent producer whose process was frozen past its timeouts) is replaced by a new one
+//! (`errors_total{kind="producer_fatal"}`) and the set is sent again through it: without that,
+//! a partition task would retry on a dead producer forever.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
 use rdkafka::message::OwnedMessage;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 use rdkafka::producer::FutureRecord;
+use rdkafka::producer::Producer;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use chatpipe_common::envelope;
@@ -29,10 +37,80 @@ use crate::metrics::ProcessorMetrics;
 
 /// What delivering needs: the producer, where refused records go, and where to report.
 pub(crate) struct Delivery {
-    pub(crate) producer: FutureProducer,
+    producer: RenewableProducer,
     pub(crate) metrics: ProcessorMetrics,
     pub(crate) telemetry: Telemetry,
     pub(crate) dlq_topic: String,
+}
+
+impl Delivery {
+    /// Creates the first producer with `make`, which also makes its replacements.
+    pub(crate) fn new(
+        make: impl Fn() -> KafkaResult<FutureProducer> + Send + Sync + 'static,
+        metrics: ProcessorMetrics,
+        telemetry: Telemetry,
+        dlq_topic: String,
+    ) -> KafkaResult<Self> {
+        Ok(Delivery { producer: RenewableProducer::new(Box::new(make))?, metrics, telemetry, dlq_topic })
+    }
+
+    /// The current producer and its generation (to name it in [`Delivery::renew_if_failed`]).
+    pub(crate) fn producer(&self) -> (u64, FutureProducer) {
+        self.producer.current()
+    }
+
+    /// Replaces producer `generation` if it failed for good (`error` is what it answered);
+    /// whether the next attempt uses a new producer.
+    pub(crate) fn renew_if_failed(&self, generation: u64, error: &KafkaError) -> bool {
+        let renewed = self.producer.renew_if_failed(generation, error);
+        if let Some(result) = &renewed {
+            self.metrics.errors.with_label_values(&["producer_fatal"]).inc();
+            match result {
+                Ok(()) => tracing::error!(%error, "the Kafka producer failed for good; replaced it"),
+                Err(e) => tracing::error!(%error, replacement = %e, "the Kafka producer failed for good and a new one could not be made; retrying"),
+            }
+        }
+        matches!(renewed, Some(Ok(())))
+    }
+}
+
+/// The processor's one producer, replaced when the client declares it failed for good.
+struct RenewableProducer {
+    current: Mutex<(u64, FutureProducer)>,
+    make: Box<dyn Fn() -> KafkaResult<FutureProducer> + Send + Sync>,
+}
+
+impl RenewableProducer {
+    fn new(make: Box<dyn Fn() -> KafkaResult<FutureProducer> + Send + Sync>) -> KafkaResult<Self> {
+        Ok(RenewableProducer { current: Mutex::new((0, make()?)), make })
+    }
+
+    fn current(&self) -> (u64, FutureProducer) {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `None` when producer `generation` has not failed for good or was replaced already;
+    /// otherwise whether a replacement was made.
+    fn renew_if_failed(&self, generation: u64, error: &KafkaError) -> Option<KafkaResult<()>> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != generation || !failed_for_good(&current.1, error) {
+            return None;
+        }
+        // the old producer's queue is dropped: every task awaiting it sees its deliveries
+        // fail and sends its set again through the new one (outputs are deterministic)
+        current.1.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        Some((self.make)().map(|p| *current = (generation + 1, p)))
+    }
+}
+
+/// Whether a producer cannot deliver anything any more: librdkafka raised a fatal error, or
+/// the broker fenced its producer id (which only a new producer gets past).
+fn failed_for_good(producer: &FutureProducer, error: &KafkaError) -> bool {
+    producer.client().fatal_error().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+        )
 }
 
 /// A record to produce.
@@ -57,7 +135,8 @@ pub(crate) async fn deliver(d: &Delivery, records: &[Out], source: Source<'_>) -
     let mut substituted: Vec<Out>;
     let mut records = records;
     loop {
-        match try_deliver(d, records).await {
+        let (generation, producer) = d.producer();
+        match try_deliver(d, &producer, records).await {
             Ok((refused, last)) if refused.is_empty() => {
                 d.telemetry.health.set("kafka", true);
                 return last;
@@ -76,6 +155,9 @@ pub(crate) async fn deliver(d: &Delivery, records: &[Out], source: Source<'_>) -
             Err(e) => {
                 d.metrics.errors.with_label_values(&["produce"]).inc();
                 d.telemetry.health.set("kafka", false);
+                if d.renew_if_failed(generation, &e) {
+                    continue;
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "output delivery failed; retrying the batch");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -95,7 +177,7 @@ pub(crate) struct Source<'a> {
 
 /// The DLQ record that stands for an output the broker refused: its key, no value, and
 /// headers naming the output topic and size and the input batch it came from.
-fn refused_to_dlq(d: &Delivery, r: &Out, e: &rdkafka::error::KafkaError, source: Source<'_>) -> Out {
+fn refused_to_dlq(d: &Delivery, r: &Out, e: &KafkaError, source: Source<'_>) -> Out {
     let size = r.value.as_ref().map_or(0, Vec::len);
     d.metrics.errors.with_label_values(&["output_refused"]).inc();
     d.metrics.dlq.with_label_values(&["output_refused"]).inc();
@@ -127,7 +209,7 @@ fn refused_to_dlq(d: &Delivery, r: &Out, e: &rdkafka::error::KafkaError, source:
 const SLOW_DELIVERY: Duration = Duration::from_secs(30);
 
 /// Whether a produce error is a property of the record (retrying cannot help).
-fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
+fn is_permanent(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
     matches!(e.rdkafka_error_code(), Some(C::MessageSizeTooLarge | C::InvalidRecord))
 }
@@ -137,9 +219,9 @@ fn is_permanent(e: &rdkafka::error::KafkaError) -> bool {
 /// transient failure.
 async fn try_deliver(
     d: &Delivery,
+    producer: &FutureProducer,
     records: &[Out],
-) -> Result<(Vec<(usize, rdkafka::error::KafkaError)>, Option<i64>), rdkafka::error::KafkaError> {
-    let producer = &d.producer;
+) -> Result<(Vec<(usize, KafkaError)>, Option<i64>), KafkaError> {
     let mut futures = Vec::with_capacity(records.len());
     for r in records {
         let mut rec = FutureRecord::<[u8], [u8]>::to(&r.topic).key(&r.key);
@@ -274,4 +356,54 @@ pub(crate) fn output_records(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    use rdkafka::ClientConfig;
+
+    use super::*;
+
+    fn delivery(bootstrap: String) -> Delivery {
+        let telemetry = Telemetry::new();
+        let metrics = ProcessorMetrics::new(&telemetry.registry);
+        let make = move || {
+            ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("enable.idempotence", "true")
+                .set("message.timeout.ms", "0")
+                .create::<FutureProducer>()
+        };
+        Delivery::new(make, metrics, telemetry, "dlq".into()).unwrap()
+    }
+
+    fn record(i: u8) -> Out {
+        Out { topic: "out".into(), partition: Some(0), key: vec![i], value: Some(vec![i; 8]), headers: Vec::new() }
+    }
+
+    /// A producer the broker fences (what tansu answers an idempotent producer whose process
+    /// was frozen) is replaced, and the set is delivered through the new one.
+    #[tokio::test]
+    async fn a_fenced_producer_is_replaced_and_the_set_delivered() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("out", 1, 1).unwrap();
+        let d = delivery(cluster.bootstrap_servers());
+        let source = Source { topic: "in", partition: 0, offset: 0 };
+        assert!(deliver(&d, &[record(1)], source).await.is_some());
+        assert_eq!(d.producer().0, 0);
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 3],
+        );
+        let delivered = tokio::time::timeout(Duration::from_secs(60), deliver(&d, &[record(2), record(3)], source))
+            .await
+            .expect("a fenced producer must not stall the partition");
+        assert!(delivered.is_some());
+        assert!(d.producer().0 >= 1, "the fenced producer was replaced");
+        assert!(d.metrics.errors.with_label_values(&["producer_fatal"]).get() >= 1);
+    }
 }

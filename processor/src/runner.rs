@@ -53,6 +53,9 @@ use crate::state::{ChangeRecord, PartitionState, StateKey};
 use crate::Error;
 
 struct PartitionTask {
+    /// Unique per task: the poller tells a partition's new task from its old one by it, even
+    /// when the partition was revoked (or lost) and assigned again within one poll.
+    id: u64,
     tx: mpsc::Sender<OwnedMessage>,
     task: JoinHandle<()>,
 }
@@ -62,6 +65,7 @@ struct Shared {
     out: Delivery,
     runtime: tokio::runtime::Handle,
     tasks: Mutex<HashMap<i32, PartitionTask>>,
+    task_ids: std::sync::atomic::AtomicU64,
     commits: mpsc::Sender<(i32, i64)>,
     freeze: Arc<FreezeGuard>,
     /// Partitions whose task found a newer owner's fence, and when: the poller starts them
@@ -74,14 +78,17 @@ impl Shared {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn start_partition(self: &Arc<Self>, partition: i32) {
+    /// Starts a task (a fence and a restore) for `partition`; its task id.
+    fn start_partition(self: &Arc<Self>, partition: i32) -> u64 {
         let (tx, rx) = mpsc::channel(self.config.partition_queue.max(1));
         let shared = self.clone();
         let task = self.runtime.spawn(async move { partition_task(partition, rx, shared).await });
-        if let Some(old) = self.tasks().insert(partition, PartitionTask { tx, task }) {
+        let id = self.task_ids.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self.tasks().insert(partition, PartitionTask { id, tx, task }) {
             old.task.abort();
         }
         self.out.metrics.assigned.set(self.tasks().len() as i64);
+        id
     }
 
     /// Closes the partitions' queues, waits (bounded) for their tasks to finish the records
@@ -102,7 +109,7 @@ impl Shared {
                 t.task.abort();
             }
             tracing::warn!(partitions = ?partitions, "partitions lost; their tasks aborted and the producer's queue purged");
-            self.out.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            self.out.producer().1.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
             return;
         }
         let deadline = self.config.drain_timeout;
@@ -115,12 +122,12 @@ impl Shared {
                 a.abort();
             }
         }
-        if let Err(e) = self.out.producer.flush(deadline) {
+        if let Err(e) = self.out.producer().1.flush(deadline) {
             // nothing of a revoked partition may be delivered after its new owner starts:
             // drop what is still queued (other partitions' tasks see their deliveries fail
             // and resend them, which is safe)
             tracing::error!(error = %e, "producer flush on revocation failed; purging the producer's queue");
-            self.out.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+            self.out.producer().1.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         }
     }
 }
@@ -196,7 +203,7 @@ impl ProcessorHandle {
         for t in tasks {
             t.task.abort();
         }
-        self.shared.out.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.shared.out.producer().1.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         // the poller exits without draining (tasks are gone) and drops the consumer
         self.stop.store(true, Ordering::SeqCst);
         if let Some(p) = self.poller.take() {
@@ -237,8 +244,13 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
         )));
     }
     // deliveries are awaited and retried here: no local message timeout (no epoch bump)
-    let producer: FutureProducer =
-        config.kafka.awaited_producer_config("processor", config.producer_linger_ms).create()?;
+    let producer_config = config.kafka.awaited_producer_config("processor", config.producer_linger_ms);
+    let delivery = Delivery::new(
+        move || producer_config.create::<FutureProducer>(),
+        metrics,
+        telemetry.clone(),
+        config.dlq_topic.clone(),
+    )?;
     let mut defaults = vec![
         ("group.id", config.group_id.as_str()),
         ("auto.offset.reset", "earliest"),
@@ -254,9 +266,10 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     let (commit_tx, commit_rx) = mpsc::channel(4096);
     let shared = Arc::new(Shared {
         config: config.clone(),
-        out: Delivery { producer, metrics, telemetry: telemetry.clone(), dlq_topic: config.dlq_topic.clone() },
+        out: delivery,
         runtime: tokio::runtime::Handle::current(),
         tasks: Mutex::new(HashMap::new()),
+        task_ids: std::sync::atomic::AtomicU64::new(0),
         commits: commit_tx,
         fenced: Mutex::new(Vec::new()),
         freeze: FreezeGuard::start(chatpipe_common::kafka::session_timeout(&consumer_config))
@@ -340,7 +353,8 @@ fn poll_loop(
     // (fetched again after a seek) is dropped here rather than queued for the task to skip,
     // so a seek back never refills a queue with old records.
     let mut next: HashMap<i32, i64> = HashMap::new();
-    let mut known: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    // The task each partition had at the last look (partition → task id).
+    let mut known: HashMap<i32, u64> = HashMap::new();
     let mut watched = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         commit(&consumer, &mut commits);
@@ -354,20 +368,28 @@ fn poll_loop(
                 }
             }
         }
-        let assigned: std::collections::HashSet<i32> = shared.tasks().keys().copied().collect();
-        for p in assigned.difference(&known) {
-            starts.assigned(*p);
-            next.remove(p);
-            // a partition paused before it was revoked must not stay paused when it returns
-            // (whether a client keeps the pause across an assignment varies)
-            let mut tpl = TopicPartitionList::new();
-            let _ = tpl.add_partition(&topic, *p);
-            let _ = consumer.resume(&tpl);
+        let current: HashMap<i32, u64> = shared.tasks().iter().map(|(p, t)| (*p, t.id)).collect();
+        for (&p, &id) in &current {
+            let Some(&was) = known.get(&p) else {
+                starts.assigned(p);
+                new_task(&consumer, &topic, p, &mut parked, &mut next);
+                continue;
+            };
+            if was != id {
+                // Revoked (or lost) and assigned again within one poll: what the old task
+                // was handed but did not apply is not the new task's unless fetched again,
+                // so the fetch goes back to the committed offset (the new task skips what its
+                // restored state applied).
+                tracing::info!(partition = p, "a partition's task was replaced; fetching from the committed offset");
+                new_task(&consumer, &topic, p, &mut parked, &mut next);
+                starts.restart(&consumer, &topic, p);
+            }
         }
+        let assigned: std::collections::HashSet<i32> = current.keys().copied().collect();
         starts.retain(&assigned);
         parked.retain(|p, _| assigned.contains(p));
         next.retain(|p, _| assigned.contains(p));
-        known = assigned;
+        known = current;
         for (p, m) in std::mem::take(&mut parked) {
             let after = m.offset() + 1;
             match hand_over(&shared, m) {
@@ -391,7 +413,11 @@ fn poll_loop(
                 Err(None) => {}
             }
         }
-        restart_fenced(&consumer, &shared, &topic, &mut starts, &mut parked, &mut next);
+        for (p, id) in restart_fenced(&consumer, &shared, &topic) {
+            new_task(&consumer, &topic, p, &mut parked, &mut next);
+            starts.restart(&consumer, &topic, p);
+            known.insert(p, id);
+        }
         starts.check_stalled(&consumer, &topic);
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
@@ -442,15 +468,8 @@ const REFENCE_AFTER: Duration = Duration::from_secs(1);
 /// while the partition is still assigned to this member: either the fence came from a
 /// zombie-era double assignment that the group has since resolved in this member's favour,
 /// or the group will revoke the partition soon. Partitions no longer assigned are left
-/// alone.
-fn restart_fenced(
-    consumer: &BaseConsumer<Ctx>,
-    shared: &Arc<Shared>,
-    topic: &str,
-    starts: &mut FetchStarts,
-    parked: &mut HashMap<i32, OwnedMessage>,
-    next: &mut HashMap<i32, i64>,
-) {
+/// alone. The partitions restarted, with their new task ids.
+fn restart_fenced(consumer: &BaseConsumer<Ctx>, shared: &Arc<Shared>, topic: &str) -> Vec<(i32, u64)> {
     let due: Vec<i32> = {
         let mut fenced = shared.fenced.lock().unwrap_or_else(|p| p.into_inner());
         let due = fenced.iter().filter(|(_, at)| at.elapsed() >= REFENCE_AFTER).map(|(p, _)| *p).collect();
@@ -458,19 +477,33 @@ fn restart_fenced(
         due
     };
     if due.is_empty() {
-        return;
+        return Vec::new();
     }
     let assigned: Vec<i32> = consumer.assignment().map(|tpl| partitions_of(&tpl, topic)).unwrap_or_default();
-    for p in due.into_iter().filter(|p| assigned.contains(p)) {
-        tracing::warn!(partition = p, "restarting a fenced partition that is still assigned here");
-        shared.start_partition(p);
-        parked.remove(&p);
-        next.remove(&p);
-        let mut tpl = TopicPartitionList::new();
-        let _ = tpl.add_partition(topic, p);
-        let _ = consumer.resume(&tpl);
-        starts.restart(consumer, topic, p);
-    }
+    due.into_iter()
+        .filter(|p| assigned.contains(p))
+        .map(|p| {
+            tracing::warn!(partition = p, "restarting a fenced partition that is still assigned here");
+            (p, shared.start_partition(p))
+        })
+        .collect()
+}
+
+/// What the poller forgets when a partition gets a new task: what it handed the old task
+/// and a record parked for it; a pause left from before is lifted (whether a client keeps a
+/// pause across an assignment varies).
+fn new_task(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &str,
+    p: i32,
+    parked: &mut HashMap<i32, OwnedMessage>,
+    next: &mut HashMap<i32, i64>,
+) {
+    parked.remove(&p);
+    next.remove(&p);
+    let mut tpl = TopicPartitionList::new();
+    let _ = tpl.add_partition(topic, p);
+    let _ = consumer.resume(&tpl);
 }
 
 /// Gives a record to its partition's task without blocking: `Err(Some(record))` when the
@@ -494,9 +527,15 @@ async fn partition_task(partition: i32, mut rx: mpsc::Receiver<OwnedMessage>, sh
     let t0 = Instant::now();
     let mut backoff = Duration::from_millis(200);
     let restored = loop {
-        match changelog::restore(cfg, &shared.out.producer, partition).await {
+        let (generation, producer) = shared.out.producer();
+        match changelog::restore(cfg, &producer, partition).await {
             Ok(r) => break r,
             Err(e) => {
+                if let Error::Kafka(k) = &e {
+                    if shared.out.renew_if_failed(generation, k) {
+                        continue;
+                    }
+                }
                 shared.out.metrics.errors.with_label_values(&["restore"]).inc();
                 tracing::error!(partition, error = %e, "state restore failed; retrying");
                 tokio::time::sleep(backoff).await;

@@ -61,6 +61,14 @@ impl Drop for Logs {
         if !std::thread::panicking() {
             return;
         }
+        // the whole logs are kept for a post-mortem; the tails are printed
+        let kept = std::env::temp_dir().join(format!("chatpipe-crash-logs-{}", now_ms()));
+        if std::fs::create_dir_all(&kept).is_ok() {
+            for entry in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
+                let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+            }
+            eprintln!("---- the roles' logs are kept in {}", kept.display());
+        }
         for entry in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
             let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
