@@ -71,8 +71,10 @@ pub mod merge;
 pub mod metrics;
 pub mod records;
 pub mod rows;
+mod poller;
 pub mod runner;
 pub mod state;
+mod task;
 mod windows;
 
 use std::future::Future;
