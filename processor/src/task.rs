@@ -99,6 +99,8 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
     let mut released_dirty = false;
     let part_label = partition.to_string();
     let mut last_input = Instant::now();
+    // the offset a rewind last went back to for a gap in the input (`None`: none yet)
+    let mut gap_refetched: Option<i64> = None;
     loop {
         let mut batch: Vec<OwnedMessage> = Vec::new();
         let idle_at = last_input + cfg.idle_timeout;
@@ -132,7 +134,13 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
                 }
             }
             last_input = Instant::now();
+            let mut skipped = None;
             for m in &batch {
+                let expected = core.applied_offset() + 1;
+                if expected > 0 && m.offset() > expected && gap_refetched != Some(expected) {
+                    skipped = Some((expected, m.offset()));
+                    break;
+                }
                 match m.payload().map(envelope::decode::<ChatEvent>) {
                     Some(Ok(ev)) => {
                         core.apply(m.offset(), &ev);
@@ -142,6 +150,23 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
                 }
             }
             shared.out.metrics.batch_events.observe(batch.len() as f64);
+            if let Some((expected, got)) = skipped {
+                // Input offsets are dense: records were skipped on the way here (a fetch that
+                // started past its offset). They are fetched again, once; a gap that is still
+                // there afterwards is real (retention, or a transactional producer's markers).
+                shared.out.metrics.errors.with_label_values(&["input_gap"]).inc();
+                tracing::warn!(partition, expected, got, "input skipped offsets; fetching them again");
+                gap_refetched = Some(expected);
+                match shared.rewind(partition, id, expected).await {
+                    Some(fresh) => rx = fresh,
+                    None => {
+                        // replaced or revoked meanwhile: this batch is neither written nor
+                        // checkpointed (its next owner redoes it)
+                        released_dirty = true;
+                        break;
+                    }
+                }
+            }
         }
         let (outputs, changes) = core.finish_batch(now_ms());
         if changes.is_empty() {

@@ -159,6 +159,7 @@ async fn a_killed_processor_that_never_comes_back_is_replaced_by_the_survivor() 
     };
     tokio::join!(producing, fault);
     collector.wait_for(&expected, Duration::from_secs(300)).await;
+    eprintln!("input gaps fetched again: {}", logs.count("input skipped offsets"));
 }
 
 /// The zombie case: a processor frozen (SIGSTOP) past its session while events flow, the
