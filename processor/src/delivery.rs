@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::message::OwnedMessage;
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::producer::FutureRecord;
 use rdkafka::producer::Producer;
@@ -67,7 +67,9 @@ impl Delivery {
             self.metrics.errors.with_label_values(&["producer_fatal"]).inc();
             match result {
                 Ok(()) => tracing::error!(%error, "the Kafka producer failed for good; replaced it"),
-                Err(e) => tracing::error!(%error, replacement = %e, "the Kafka producer failed for good and a new one could not be made; retrying"),
+                Err(e) => {
+                    tracing::error!(%error, replacement = %e, "the Kafka producer failed for good and a new one could not be made; retrying")
+                }
             }
         }
         matches!(renewed, Some(Ok(())))
@@ -395,10 +397,7 @@ mod tests {
         let source = Source { topic: "in", partition: 0, offset: 0 };
         assert!(deliver(&d, &[record(1)], source).await.is_some());
         assert_eq!(d.producer().0, 0);
-        cluster.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 3],
-        );
+        cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED; 3]);
         let delivered = tokio::time::timeout(Duration::from_secs(60), deliver(&d, &[record(2), record(3)], source))
             .await
             .expect("a fenced producer must not stall the partition");

@@ -3,7 +3,7 @@
 //! A global window is emitted once every input partition's watermark has passed its end
 //! (partitions report their watermark with every [`Progress`]; idle partitions advance on
 //! wall time). `active_senders` is exact: partials carry sender sets, merged by union.
-//! A partial with a higher revision for an emitted window re-emits it with the global
+//! A partial with a higher revision (its message count, `windows.rs`) for an emitted window re-emits it with the global
 //! revision + 1. The merge is idempotent: replaying the partials topic from its start
 //! rebuilds the same state and re-emits the same records (same key, revision and value).
 

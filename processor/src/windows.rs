@@ -122,14 +122,10 @@ impl PartitionCore {
     }
 
     fn partial(&mut self, start: i64) -> WindowPartial {
-        let revision = {
-            let r = self.state.meta.partial_revisions.entry(start).or_insert(0);
-            *r += 1;
-            *r
-        };
+        *self.state.meta.partial_revisions.entry(start).or_insert(0) += 1;
         let mut p = WindowPartial {
             window_start_ms: start,
-            revision,
+            revision: 0, // set from the content below
             messages: 0,
             active_sessions: 0,
             senders: BTreeSet::new(),
@@ -149,6 +145,7 @@ impl PartitionCore {
                 }
             }
         }
+        p.revision = published_revision(p.messages);
         p
     }
 
@@ -174,7 +171,7 @@ impl PartitionCore {
             messages: w.messages,
             by_kind: w.by_kind.iter().map(|(k, n)| (k.as_str(), *n)).collect(),
             senders: w.senders.len(),
-            revision: w.revision,
+            revision: published_revision(w.messages),
         };
         match to_json(&rec) {
             Ok(json) => self.out.session_aggs.push((format!("{session}|{window_start}"), json)),
@@ -186,7 +183,7 @@ impl PartitionCore {
         m.num("c:window_start", start)
             .num("c:messages", w.messages)
             .num("c:senders", w.senders.len())
-            .num("c:revision", w.revision);
+            .num("c:revision", published_revision(w.messages));
         for (k, n) in &w.by_kind {
             m.num(&format!("c:{}", k.as_str()), *n);
         }
@@ -208,4 +205,14 @@ impl PartitionCore {
         }
         self.state.meta.partial_revisions.retain(|s, _| *s >= horizon - self.rules.window_ms);
     }
+}
+
+/// The revision a window's value is published with: the number of messages it counts. A
+/// correction adds a message, so it grows by one per correction; and it depends only on the
+/// input applied, not on when a watermark closed the window (idle partitions advance on
+/// wall time), so the value a processor emits after a failover never carries a lower
+/// revision than an earlier owner's value with less in it — consumers (the global merge,
+/// analysts) keep the highest revision, and equal revisions have equal values.
+fn published_revision(messages: u64) -> u32 {
+    u32::try_from(messages).unwrap_or(u32::MAX)
 }
