@@ -8,13 +8,11 @@
 //! * A processor killed and never replaced: the survivor takes over its partitions.
 //! * A processor frozen (SIGSTOP) past its session, then resumed (SIGCONT).
 //!
-//! Ignored by default (`cargo test -p chatpipe-tests --test processor_crash -- --ignored`):
-//! the rows, unread, DLQ and fencing checks pass, but under the load of the whole suite the
-//! final event-time windows after a failover are not always emitted and the global merge's
-//! consumer group does not always fail over, so a run can end without those records — a
-//! liveness gap of issue 14 (windows and the partials merge), not a tolerated difference.
-//! (The merge's group now fails over with the processor's 10 s session; with that, all three
-//! passed alone, but they have not yet been shown to pass under the whole suite.)
+//! What these found, and what keeps them passing under load: a producer fenced by the broker
+//! after a freeze is replaced (`delivery.rs`); a partition revoked or lost and assigned
+//! again within one poll gets a fresh fetch (task ids, `poller.rs`); a task's input resumes
+//! right after its restored state, not at the committed offset; a window's revision is its
+//! message count, so a failover never leaves an older owner's smaller value on top.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -81,7 +79,6 @@ impl Drop for Logs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap (issue 14): after a failover the last event-time windows and the global merge are not always finalised (chat:counts rows, session and global window records missing); run with -- --ignored"]
 async fn processor_killed_twice_within_3s_and_the_sink_once_outputs_and_hbase_equal_the_oracle() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
@@ -133,7 +130,6 @@ async fn processor_killed_twice_within_3s_and_the_sink_once_outputs_and_hbase_eq
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap (issue 14): after a failover the last event-time windows and the global merge are not always finalised (chat:counts rows, session and global window records missing); run with -- --ignored"]
 async fn a_killed_processor_that_never_comes_back_is_replaced_by_the_survivor() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
@@ -167,7 +163,6 @@ async fn a_killed_processor_that_never_comes_back_is_replaced_by_the_survivor() 
 /// neither roll the state back nor overwrite newer outputs — then the second is killed and
 /// restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap (issue 14): after a failover the last event-time windows and the global merge are not always finalised (chat:counts rows, session and global window records missing); run with -- --ignored"]
 async fn a_frozen_processor_resumed_after_losing_its_partitions_changes_nothing() {
     let broker = TestBroker::start();
     broker.create_topics(&[TopicSpec::new("chat.events", PARTITIONS)]).await;
