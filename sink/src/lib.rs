@@ -49,6 +49,7 @@ pub mod batch;
 pub mod config;
 pub mod hbase;
 pub mod metrics;
+mod ownership;
 pub mod query;
 mod sink;
 pub mod tables;
@@ -72,7 +73,8 @@ pub use tables::TablesArgs;
 
 use crate::hbase::{HbaseError, HbasePool};
 use crate::metrics::SinkMetrics;
-use crate::sink::{Pipeline, Shared, SinkConsumer, SinkContext};
+use crate::ownership::Shared;
+use crate::sink::{Pipeline, SinkConsumer, SinkContext};
 use crate::tables::TablesError;
 use crate::writer::Writer;
 
@@ -204,8 +206,9 @@ async fn start_and_run(
     let context = SinkContext {
         shared: Arc::clone(&shared),
         topic: config.rows_topic.clone(),
-        lag: metrics.consumer_lag.clone(),
+        metrics: metrics.clone(),
         drain_timeout: config.drain_timeout,
+        call_bound: config.hbase.timeout + ownership::CALL_MARGIN,
         assignments: assignments_tx,
     };
     let mut cc = config.kafka.consumer_config("sink");
