@@ -33,10 +33,14 @@
 //! On revocation, the consumer's rebalance callback waits (up to `--drain-timeout`) for the
 //! revoked partitions' in-flight batches, which store their offsets, then commits. Batches
 //! still running then are cancelled: they stop at their next retry or step and store
-//! nothing, so their rows are written again by the next owner. The revoked workers stop and
-//! drop their buffers (never stored). A new batch for a partition never starts while an
-//! older one, even a cancelled one, is still running. Shutdown stops reading, writes what
-//! is buffered, waits for in-flight batches up to `--drain-timeout`, and commits.
+//! nothing, so their rows are written again by the next owner. Their calls not yet on the
+//! wire are refused, and the callback waits for the ones on the wire (bounded by the Thrift
+//! call timeout and a second) so that none lands after the next owner's writes
+//! (`ownership.rs`). The revoked workers stop and drop their buffers (never stored). A new
+//! batch for a partition never starts while an older one, even a cancelled one, is still
+//! running. Shutdown stops reading, writes what is buffered, waits for in-flight batches up
+//! to `--drain-timeout` (then cancels them and waits for their calls on the wire, as a
+//! revocation does), and commits.
 //!
 //! # Where a fetch starts
 //!
