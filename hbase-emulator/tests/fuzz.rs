@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hbase_thrift::hbase::{BatchMutation, HbaseSyncClient, Mutation, TScan, THbaseSyncClient};
+use hbase_thrift::hbase::{BatchMutation, HbaseSyncClient, Mutation, THbaseSyncClient, TScan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thrift::protocol::{
@@ -427,15 +427,18 @@ fn generated_thrift_calls_never_crash_hang_or_starve_other_clients() {
         default_hook(info);
     }));
     let cases: u64 = std::env::var("CHATPIPE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_CASES);
-    let seed: u64 =
-        std::env::var("CHATPIPE_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| rand::thread_rng().gen());
+    let seed: u64 = std::env::var("CHATPIPE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
     println!("thrift fuzz: {cases} cases, seed {seed}");
     let started = Instant::now();
 
-    let servers: Vec<_> = WIRES.iter().map(|&(framed, compact)| (framed, compact, emulator_with(framed, compact))).collect();
+    let servers: Vec<_> =
+        WIRES.iter().map(|&(framed, compact)| (framed, compact, emulator_with(framed, compact))).collect();
     let done = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    for (k, (framed, compact, emu)) in servers.iter().enumerate() {
+    for (framed, compact, emu) in &servers {
         let (addr, framed, compact) = (emu.local_addr(), *framed, *compact);
         let mut good = connect_with(addr, framed, compact);
         create_table(&mut good, "t", &["f"]);
@@ -455,7 +458,6 @@ fn generated_thrift_calls_never_crash_hang_or_starve_other_clients() {
             }
             Ok(calls)
         }));
-        let _ = k;
     }
     let fuzzers: Vec<_> = servers
         .iter()

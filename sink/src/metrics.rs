@@ -141,10 +141,8 @@ impl SinkMetrics {
                 "How long a revocation blocked before releasing its partitions.",
                 REVOCATION_BUCKETS,
             ),
-            revocation_waiting_calls: m.gauge(
-                REVOCATION_WAITING_CALLS,
-                "HBase calls of revoked partitions a revocation is waiting for.",
-            ),
+            revocation_waiting_calls: m
+                .gauge(REVOCATION_WAITING_CALLS, "HBase calls of revoked partitions a revocation is waiting for."),
         }
     }
 

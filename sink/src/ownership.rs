@@ -175,7 +175,13 @@ impl Shared {
     /// Marks `partitions` revoked and stops their workers; waits up to `drain` for their
     /// batches; cancels the ones still running and waits up to `call_bound` for the HBase
     /// calls they have on a connection (see the module doc). Blocking.
-    pub(crate) fn revoke(&self, partitions: &[i32], drain: Duration, call_bound: Duration, waiting: &IntGauge) -> Released {
+    pub(crate) fn revoke(
+        &self,
+        partitions: &[i32],
+        drain: Duration,
+        call_bound: Duration,
+        waiting: &IntGauge,
+    ) -> Released {
         let deadline = Instant::now() + drain;
         let mut parts = self.lock();
         for p in partitions {

@@ -211,8 +211,8 @@ impl Drop for TestBroker {
 
 pub mod chat;
 pub mod pipeline;
-pub mod roles;
 pub mod proxy;
+pub mod roles;
 
 /// An HBase emulator (chatpipe's Thrift1 server, in process) owned by one test, persisting
 /// to a temporary directory, so that it can be stopped and started again on the same port

@@ -159,7 +159,10 @@ fn accept(listener: &TcpListener, state: &Arc<State>) {
         state.lock().conns.push(Arc::clone(&conn));
         for direction in [Direction::Up, Direction::Down] {
             let (conn, state) = (Arc::clone(&conn), Arc::clone(state));
-            std::thread::Builder::new().name("proxy-pump".into()).spawn(move || pump(&conn, &state, direction)).unwrap();
+            std::thread::Builder::new()
+                .name("proxy-pump".into())
+                .spawn(move || pump(&conn, &state, direction))
+                .unwrap();
         }
     }
 }

@@ -204,9 +204,8 @@ fn arb_hostile() -> impl Strategy<Value = Body> {
 
 /// A valid batch of 1–4 events.
 fn arb_valid() -> impl Strategy<Value = Body> {
-    prop::collection::vec(0u64..10_000, 1..5).prop_map(|is| {
-        Body::Text(Value::Array(is.into_iter().map(event).collect()).to_string(), "application/json")
-    })
+    prop::collection::vec(0u64..10_000, 1..5)
+        .prop_map(|is| Body::Text(Value::Array(is.into_iter().map(event).collect()).to_string(), "application/json"))
 }
 
 /// What one case's body is, with its events marked by the case number.
@@ -258,10 +257,8 @@ struct Outcomes {
 #[test]
 fn fuzzed_bodies_leave_exactly_the_accepted_events_in_kafka() {
     let cases: u64 = std::env::var("CHATPIPE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(15_000);
-    let seed: u64 = std::env::var("CHATPIPE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| rand::random::<u64>());
+    let seed: u64 =
+        std::env::var("CHATPIPE_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| rand::random::<u64>());
     println!("ingest fuzz: {cases} cases, seed {seed}");
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -364,7 +361,12 @@ fn fuzzed_bodies_leave_exactly_the_accepted_events_in_kafka() {
             assert!(!o.rejected_cases.contains(&case), "an event of rejected case {case} is in Kafka: {ev:?}");
         }
     }
-    assert!(seen == o.accepted_ids, "{} records in the topic, {} events acknowledged", seen.len(), o.accepted_ids.len());
+    assert!(
+        seen == o.accepted_ids,
+        "{} records in the topic, {} events acknowledged",
+        seen.len(),
+        o.accepted_ids.len()
+    );
     // Still serving.
     let reply = rt.block_on(ingest.post_json(&event(1)));
     assert_eq!(reply.status, 202);
