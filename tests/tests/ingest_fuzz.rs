@@ -258,7 +258,7 @@ struct Outcomes {
 fn fuzzed_bodies_leave_exactly_the_accepted_events_in_kafka() {
     let cases: u64 = std::env::var("CHATPIPE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(15_000);
     let seed: u64 =
-        std::env::var("CHATPIPE_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| rand::random::<u64>());
+        std::env::var("CHATPIPE_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random::<u64>);
     println!("ingest fuzz: {cases} cases, seed {seed}");
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -300,7 +300,7 @@ fn fuzzed_bodies_leave_exactly_the_accepted_events_in_kafka() {
                 Err(e) => Err(e),
             };
             let mut o = outcomes.lock().unwrap();
-            let mut fail = |o: &mut Outcomes, what: String| {
+            let fail = |o: &mut Outcomes, what: String| {
                 if o.failures.len() < 20 {
                     o.failures.push(format!("case {case} (seed {seed}, {len} bytes): {what}"));
                 }
@@ -340,7 +340,6 @@ fn fuzzed_bodies_leave_exactly_the_accepted_events_in_kafka() {
                     if ids.is_empty() || ids.len() != results {
                         fail(format!("202 without one accepted result per event: {}", reply.body));
                     }
-                    drop(fail);
                     o.accepted_ids.extend(ids.into_values());
                     o.accepted_cases.insert(case);
                 }
@@ -348,7 +347,6 @@ fn fuzzed_bodies_leave_exactly_the_accepted_events_in_kafka() {
                     if reply.body["code"].as_str().is_none() && reply.body["errors"].as_array().is_none() {
                         fail(format!("{} without a JSON error: {}", reply.status, reply.body));
                     }
-                    drop(fail);
                     o.rejected_cases.insert(case);
                 }
                 s => fail(format!("status {s}: {}", reply.body)),
