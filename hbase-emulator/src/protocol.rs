@@ -516,6 +516,65 @@ impl GuardedInput {
 }
 
 impl TInputProtocol for GuardedInput {
+    /// thrift's own skip, except that strings are skipped as bytes: HBase's `Text` is
+    /// binary, and the default reads a skipped string as UTF-8, so a valid call whose
+    /// skipped field (a `mutateRows` attribute, an unknown method's argument) holds other
+    /// bytes failed and closed its connection. A map that claims entries without naming
+    /// their types is an error here, not the default's panic.
+    fn skip_till_depth(&mut self, field_type: TType, depth: i8) -> thrift::Result<()> {
+        if depth == 0 {
+            return Err(protocol_error(ProtocolErrorKind::DepthLimit, format!("cannot parse past {field_type:?}")));
+        }
+        match field_type {
+            TType::Bool => self.read_bool().map(drop),
+            TType::I08 => self.read_i8().map(drop),
+            TType::I16 => self.read_i16().map(drop),
+            TType::I32 => self.read_i32().map(drop),
+            TType::I64 => self.read_i64().map(drop),
+            TType::Double => self.read_double().map(drop),
+            TType::String => self.read_bytes().map(drop),
+            TType::Struct => {
+                self.read_struct_begin()?;
+                loop {
+                    let field = self.read_field_begin()?;
+                    if field.field_type == TType::Stop {
+                        break;
+                    }
+                    self.skip_till_depth(field.field_type, depth - 1)?;
+                }
+                self.read_struct_end()
+            }
+            TType::List => {
+                let list = self.read_list_begin()?;
+                for _ in 0..list.size {
+                    self.skip_till_depth(list.element_type, depth - 1)?;
+                }
+                self.read_list_end()
+            }
+            TType::Set => {
+                let set = self.read_set_begin()?;
+                for _ in 0..set.size {
+                    self.skip_till_depth(set.element_type, depth - 1)?;
+                }
+                self.read_set_end()
+            }
+            TType::Map => {
+                let map = self.read_map_begin()?;
+                if map.size > 0 {
+                    let (Some(k), Some(v)) = (map.key_type, map.value_type) else {
+                        return Err(protocol_error(ProtocolErrorKind::InvalidData, "map entries without types".into()));
+                    };
+                    for _ in 0..map.size {
+                        self.skip_till_depth(k, depth - 1)?;
+                        self.skip_till_depth(v, depth - 1)?;
+                    }
+                }
+                self.read_map_end()
+            }
+            other => Err(protocol_error(ProtocolErrorKind::Unknown, format!("cannot skip field type {other:?}"))),
+        }
+    }
+
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
         if let Some(ident) = self.replay.take() {
             return Ok(ident);

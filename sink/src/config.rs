@@ -147,7 +147,8 @@ pub struct Config {
 
     /// How long a revocation or shutdown waits for in-flight batches before abandoning them
     /// (their offsets are then not committed, so the rows are written again by the next
-    /// owner).
+    /// owner). Abandoned batches' HBase calls already on the wire are then waited for, up to
+    /// `--hbase-timeout` + 1 s, before the partitions are released.
     #[arg(long, env = "CHATPIPE_SINK_DRAIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 

@@ -32,7 +32,11 @@
 //! * Permanent errors (`IllegalArgument`, unknown table or family) send the records HBase
 //!   refuses (found by bisecting the call) to `chat.dlq` with the reason in headers, and the
 //!   partition moves on. Undecodable and malformed records go there too, without a call.
-//! * Revocation and shutdown drain in-flight batches within `--drain-timeout`.
+//! * Revocation and shutdown drain in-flight batches within `--drain-timeout`; batches still
+//!   running then are cancelled, and the partitions are released only once the HBase calls
+//!   they had on the wire returned (at most `--hbase-timeout` + 1 s more): **no write of a
+//!   revoked partition lands after the partition is released** (`ownership.rs` has the
+//!   argument and its limit: a call that timed out may still execute in HBase).
 //!
 //! # Layout
 //!
@@ -41,6 +45,7 @@
 //! * `hbase.rs` — the Thrift client, the bounded connection pool, error classification;
 //! * `sink.rs` — the consumer, one worker per partition (buffer, flush), rebalances;
 //! * `writer.rs` — one batch: DLQ, HBase calls with retries, the offset;
+//! * `ownership.rs` — which batch and which call may write for a partition; revocation;
 //! * `tables.rs` — `chatpipe tables` (create over Thrift, or HBase shell DDL);
 //! * `query.rs` — `chatpipe query timeline | inbox`;
 //! * `metrics.rs` — every metric name.
@@ -49,6 +54,7 @@ pub mod batch;
 pub mod config;
 pub mod hbase;
 pub mod metrics;
+mod ownership;
 pub mod query;
 mod sink;
 pub mod tables;
@@ -72,7 +78,8 @@ pub use tables::TablesArgs;
 
 use crate::hbase::{HbaseError, HbasePool};
 use crate::metrics::SinkMetrics;
-use crate::sink::{Pipeline, Shared, SinkConsumer, SinkContext};
+use crate::ownership::Shared;
+use crate::sink::{Pipeline, SinkConsumer, SinkContext};
 use crate::tables::TablesError;
 use crate::writer::Writer;
 
@@ -204,8 +211,9 @@ async fn start_and_run(
     let context = SinkContext {
         shared: Arc::clone(&shared),
         topic: config.rows_topic.clone(),
-        lag: metrics.consumer_lag.clone(),
+        metrics: metrics.clone(),
         drain_timeout: config.drain_timeout,
+        call_bound: config.hbase.timeout + ownership::CALL_MARGIN,
         assignments: assignments_tx,
     };
     let mut cc = config.kafka.consumer_config("sink");

@@ -27,6 +27,13 @@ pub const CONSUMER_LAG: &str = "chatpipe_sink_consumer_lag_messages";
 pub const ERRORS: &str = "chatpipe_sink_errors_total";
 /// Batches being written now.
 pub const IN_FLIGHT_BATCHES: &str = "chatpipe_sink_in_flight_batches";
+/// How long each revocation (and a shutdown past its drain timeout) blocked before the
+/// partitions were released: draining batches, then waiting for the HBase calls of
+/// cancelled ones (bounded by `--drain-timeout` + `--hbase-timeout` + 1 s).
+pub const REVOCATION_WAIT: &str = "chatpipe_sink_revocation_wait_seconds";
+/// HBase calls of revoked partitions that a revocation is waiting for now (they were on
+/// the wire when their batch was cancelled).
+pub const REVOCATION_WAITING_CALLS: &str = "chatpipe_sink_revocation_waiting_calls";
 /// Partitions not reading because their buffer is full (HBase slower than Kafka, or failing).
 pub const PAUSED_PARTITIONS: &str = "chatpipe_sink_paused_partitions";
 
@@ -58,6 +65,9 @@ pub mod kind {
     pub const OFFSET_COMMIT: &str = "offset_commit";
     /// A batch abandoned on revocation or shutdown (its rows are replayed later).
     pub const ABANDONED: &str = "abandoned";
+    /// An HBase call of a released partition was still running after the bound: its write
+    /// may land after the next owner's (data at risk; see `ownership.rs`).
+    pub const REVOKED_CALL_OUTLIVED: &str = "revoked_call_outlived";
     /// The member rejoined its group after holding no partitions while some were unowned
     /// (`chatpipe_common::group`).
     pub const GROUP_REJOIN: &str = "group_rejoin";
@@ -90,11 +100,19 @@ pub struct SinkMetrics {
     pub in_flight: IntGauge,
     /// See [`PAUSED_PARTITIONS`].
     pub paused: IntGauge,
+    /// See [`REVOCATION_WAIT`].
+    pub revocation_wait: Histogram,
+    /// See [`REVOCATION_WAITING_CALLS`].
+    pub revocation_waiting_calls: IntGauge,
 }
 
 /// End-to-end latency spans seconds to hours (a sink catching up after an outage).
 const E2E_BUCKETS: &[f64] =
     &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// A revocation blocks from nothing (no batch in flight) to drain plus call timeout
+/// (15 s + 30 s + 1 s with the defaults).
+const REVOCATION_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 46.0, 60.0, 120.0];
 
 impl SinkMetrics {
     /// Registers the sink's metrics on `registry` (once per registry).
@@ -118,6 +136,13 @@ impl SinkMetrics {
             errors: m.counter_vec(ERRORS, "Errors by kind.", &[label::KIND]),
             in_flight: m.gauge(IN_FLIGHT_BATCHES, "Batches being written now."),
             paused: m.gauge(PAUSED_PARTITIONS, "Partitions not reading because their buffer is full."),
+            revocation_wait: m.histogram(
+                REVOCATION_WAIT,
+                "How long a revocation blocked before releasing its partitions.",
+                REVOCATION_BUCKETS,
+            ),
+            revocation_waiting_calls: m
+                .gauge(REVOCATION_WAITING_CALLS, "HBase calls of revoked partitions a revocation is waiting for."),
         }
     }
 

@@ -33,10 +33,14 @@
 //! On revocation, the consumer's rebalance callback waits (up to `--drain-timeout`) for the
 //! revoked partitions' in-flight batches, which store their offsets, then commits. Batches
 //! still running then are cancelled: they stop at their next retry or step and store
-//! nothing, so their rows are written again by the next owner. The revoked workers stop and
-//! drop their buffers (never stored). A new batch for a partition never starts while an
-//! older one, even a cancelled one, is still running. Shutdown stops reading, writes what
-//! is buffered, waits for in-flight batches up to `--drain-timeout`, and commits.
+//! nothing, so their rows are written again by the next owner. Their calls not yet on the
+//! wire are refused, and the callback waits for the ones on the wire (bounded by the Thrift
+//! call timeout and a second) so that none lands after the next owner's writes
+//! (`ownership.rs`). The revoked workers stop and drop their buffers (never stored). A new
+//! batch for a partition never starts while an older one, even a cancelled one, is still
+//! running. Shutdown stops reading, writes what is buffered, waits for in-flight batches up
+//! to `--drain-timeout` (then cancels them and waits for their calls on the wire, as a
+//! revocation does), and commits.
 //!
 //! # Where a fetch starts
 //!
@@ -47,8 +51,7 @@
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatpipe_common::group::{self, GroupWatchdog, Verdict};
@@ -65,7 +68,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Buffer, Record};
 use crate::config::Config;
-use crate::metrics::kind;
+use crate::metrics::{kind, SinkMetrics};
+use crate::ownership::{Begin, Released, Shared, CALL_MARGIN};
 use crate::writer::{BatchReport, Outcome, Writer};
 use crate::Error;
 
@@ -76,133 +80,6 @@ const CHECK_IDLE: Duration = Duration::from_secs(1);
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a seek may wait for librdkafka.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------------------
-// State shared between the workers, the batch tasks and the rebalance callback
-// ---------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct PartShared {
-    /// Bumped on every revocation: a worker of an older generation must stop.
-    generation: u64,
-    /// The running batch, if any (cancelled when a revocation times out).
-    in_flight: Option<CancellationToken>,
-    /// Stops the partition's worker (revocation).
-    worker: Option<CancellationToken>,
-}
-
-/// What the workers, the batch tasks and the rebalance callback share (std locks: the
-/// callback runs inside librdkafka's poll, outside any async context).
-#[derive(Default)]
-pub(crate) struct Shared {
-    parts: Mutex<HashMap<i32, PartShared>>,
-    idle: Condvar,
-    next_generation: AtomicU64,
-}
-
-enum Begin {
-    Started,
-    /// The worker is from before a revocation.
-    Stale,
-    /// An older batch (maybe cancelled) is still running.
-    Busy,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, PartShared>> {
-        self.parts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn generation(&self, partition: i32) -> u64 {
-        self.lock().entry(partition).or_default().generation
-    }
-
-    /// Registers a worker's stop token; false when the worker is already stale.
-    fn register_worker(&self, partition: i32, generation: u64, stop: CancellationToken) -> bool {
-        let mut parts = self.lock();
-        let p = parts.entry(partition).or_default();
-        if p.generation != generation {
-            return false;
-        }
-        p.worker = Some(stop);
-        true
-    }
-
-    fn begin(&self, partition: i32, generation: u64, token: CancellationToken) -> Begin {
-        let mut parts = self.lock();
-        let p = parts.entry(partition).or_default();
-        if p.generation != generation {
-            Begin::Stale
-        } else if p.in_flight.is_some() {
-            Begin::Busy
-        } else {
-            p.in_flight = Some(token);
-            Begin::Started
-        }
-    }
-
-    fn finish(&self, partition: i32) {
-        if let Some(p) = self.lock().get_mut(&partition) {
-            p.in_flight = None;
-        }
-        self.idle.notify_all();
-    }
-
-    /// Marks `partitions` revoked and stops their workers, waits up to `timeout` for their
-    /// batches, cancels the ones still running. Blocking.
-    fn revoke(&self, partitions: &[i32], timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut parts = self.lock();
-        for p in partitions {
-            let g = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
-            let part = parts.entry(*p).or_default();
-            part.generation = g;
-            if let Some(w) = part.worker.take() {
-                w.cancel();
-            }
-        }
-        loop {
-            let busy = partitions.iter().filter(|p| parts.get(p).is_some_and(|s| s.in_flight.is_some())).count();
-            let now = Instant::now();
-            if busy == 0 {
-                break;
-            }
-            if now >= deadline {
-                tracing::warn!(batches = busy, "revocation: batches still in flight after the drain timeout; cancelled (their rows will be written again)");
-                for p in partitions {
-                    if let Some(token) = parts.get(p).and_then(|s| s.in_flight.as_ref()) {
-                        token.cancel();
-                    }
-                }
-                break;
-            }
-            parts = match self.idle.wait_timeout(parts, deadline - now) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-    }
-
-    fn cancel_all(&self) {
-        for p in self.lock().values() {
-            if let Some(t) = &p.in_flight {
-                t.cancel();
-            }
-        }
-    }
-}
-
-/// Clears a partition's in-flight mark when its batch task ends, however it ends.
-pub(crate) struct FinishGuard {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) partition: i32,
-}
-
-impl Drop for FinishGuard {
-    fn drop(&mut self) {
-        self.shared.finish(self.partition);
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Consumer context: lag metrics, partition queues, the rebalance drain
@@ -219,8 +96,11 @@ pub(crate) struct Assignment {
 pub(crate) struct SinkContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) topic: String,
-    pub(crate) lag: prometheus::IntGaugeVec,
+    pub(crate) metrics: SinkMetrics,
     pub(crate) drain_timeout: Duration,
+    /// How long a revocation waits for the HBase calls its cancelled batches have on a
+    /// connection: the Thrift call timeout plus a margin (see `ownership.rs`).
+    pub(crate) call_bound: Duration,
     /// New assignments for the main task (at most one message per assigned partition per
     /// rebalance, so unbounded is bounded by the partition count).
     pub(crate) assignments: mpsc::UnboundedSender<Assignment>,
@@ -234,7 +114,7 @@ impl SinkContext {
 
 impl ClientContext for SinkContext {
     fn stats(&self, statistics: Statistics) {
-        record_consumer_lag(&statistics, &self.lag);
+        record_consumer_lag(&statistics, &self.metrics.consumer_lag);
     }
 }
 
@@ -244,12 +124,19 @@ impl ConsumerContext for SinkContext {
             Rebalance::Revoke(tpl) => {
                 let partitions = self.partitions(tpl);
                 tracing::info!(?partitions, "partitions revoked; draining in-flight batches");
-                // Waiting blocks this thread; batch tasks need the runtime's other threads.
-                if multi_thread() {
-                    tokio::task::block_in_place(|| self.shared.revoke(&partitions, self.drain_timeout));
+                let started = Instant::now();
+                let waiting = &self.metrics.revocation_waiting_calls;
+                // Waiting blocks this thread; batch tasks need the runtime's other threads
+                // (HBase calls run on the pool's own threads, so waiting for them never
+                // needs the runtime).
+                let released = if multi_thread() {
+                    tokio::task::block_in_place(|| {
+                        self.shared.revoke(&partitions, self.drain_timeout, self.call_bound, waiting)
+                    })
                 } else {
-                    self.shared.revoke(&partitions, Duration::ZERO);
-                }
+                    self.shared.revoke(&partitions, Duration::ZERO, self.call_bound, waiting)
+                };
+                record_release(&self.metrics, released, started.elapsed());
                 commit(base_consumer);
             }
             Rebalance::Assign(_) => {}
@@ -265,6 +152,22 @@ impl ConsumerContext for SinkContext {
             let generation = self.shared.generation(partition);
             let _ = self.assignments.send(Assignment { partition, generation });
         }
+    }
+}
+
+/// Counts what a revocation or shutdown had to cancel, wait for, or leave running.
+fn record_release(metrics: &SinkMetrics, released: Released, took: Duration) {
+    metrics.revocation_wait.observe(took.as_secs_f64());
+    if released.waited_calls > 0 || released.outlived > 0 {
+        tracing::info!(
+            calls = released.waited_calls,
+            outlived = released.outlived,
+            took_ms = took.as_millis() as u64,
+            "partitions released after their running HBase calls returned"
+        );
+    }
+    for _ in 0..released.outlived {
+        metrics.error(kind::REVOKED_CALL_OUTLIVED);
     }
 }
 
@@ -452,8 +355,13 @@ impl Pipeline {
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!("drain timeout: abandoning in-flight batches (their rows are written again after restart)");
-                    self.env.shared.cancel_all();
-                    // cancelled batches stop at their next step; a blocking call ends by its timeout
+                    // no HBase call of a cancelled batch starts; the ones on the wire end by
+                    // their timeout, and the consumer leaves the group only after them
+                    let started = Instant::now();
+                    let (shared, m) = (&self.env.shared, &self.env.writer.metrics);
+                    let bound = self.env.config.hbase.timeout + CALL_MARGIN;
+                    let released = blocking(|| shared.fence_all(bound, &m.revocation_waiting_calls));
+                    record_release(m, released, started.elapsed());
                     let grace = tokio::time::Instant::now() + Duration::from_secs(5);
                     while tokio::time::timeout_at(grace, self.workers.join_next()).await.is_ok_and(|d| d.is_some()) {}
                     self.workers.abort_all();
@@ -756,39 +664,5 @@ impl FetchCheck {
         );
         seek(consumer, topic, partition, self.target);
         self.since = Instant::now();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revocation_stops_the_worker_waits_for_in_flight_batches_then_cancels() {
-        let shared = Arc::new(Shared::default());
-        let g = shared.generation(3);
-        let worker = CancellationToken::new();
-        assert!(shared.register_worker(3, g, worker.clone()));
-        let token = CancellationToken::new();
-        assert!(matches!(shared.begin(3, g, token.clone()), Begin::Started));
-        assert!(matches!(shared.begin(3, g, CancellationToken::new()), Begin::Busy));
-        // a batch that finishes within the drain timeout is waited for
-        let s2 = Arc::clone(&shared);
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            s2.finish(3);
-        });
-        shared.revoke(&[3], Duration::from_secs(10));
-        t.join().unwrap();
-        assert!(worker.is_cancelled());
-        assert!(!token.is_cancelled());
-        assert!(matches!(shared.begin(3, g, CancellationToken::new()), Begin::Stale));
-        assert!(!shared.register_worker(3, g, CancellationToken::new()));
-        // one that does not is cancelled
-        let g = shared.generation(3);
-        let token = CancellationToken::new();
-        assert!(matches!(shared.begin(3, g, token.clone()), Begin::Started));
-        shared.revoke(&[3], Duration::from_millis(20));
-        assert!(token.is_cancelled());
     }
 }

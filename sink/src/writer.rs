@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{flatten, plan, plan_mutations, reason, Entry, EntryOp, Phase, Record, Rejection};
 use crate::hbase::{batch_mutation, HbaseClient, HbaseError, HbasePool};
 use crate::metrics::{kind, SinkMetrics};
-use crate::sink::{FinishGuard, Shared, SinkConsumer};
+use crate::ownership::{FinishGuard, Shared};
+use crate::sink::SinkConsumer;
 use chatpipe_common::rows::RowMutation;
 
 /// HBase timestamps are milliseconds: a put must reach the server at least this long after
@@ -336,19 +337,26 @@ impl BatchRun<'_> {
             }
             // the latency of the call itself, on its connection (not the wait for one)
             let f = make();
+            let (shared, partition, batch) = (Arc::clone(&w.shared), self.partition, self.cancel.clone());
             let result = w
                 .pool
                 .call(move |c| {
+                    // admitted right before it goes on the wire: a revocation waits for an
+                    // admitted call, and a cancelled batch's call is not made (ownership.rs)
+                    let Some(_call) = shared.enter_call(partition, &batch) else { return Ok(None) };
                     let started = Instant::now();
-                    f(c).map(|v| (v, started.elapsed()))
+                    f(c).map(|v| Some((v, started.elapsed())))
                 })
                 .await
-                .map(|(v, took)| {
-                    w.metrics.hbase_write_latency.observe(took.as_secs_f64());
-                    v
+                .map(|done| {
+                    done.map(|(v, took)| {
+                        w.metrics.hbase_write_latency.observe(took.as_secs_f64());
+                        v
+                    })
                 });
             match result {
-                Ok(v) => {
+                Ok(None) => return Err(Abandoned), // fenced: the partition was revoked
+                Ok(Some(v)) => {
                     if failures > 0 {
                         tracing::info!(partition = self.partition, failures, "HBase call succeeded after retries");
                     }

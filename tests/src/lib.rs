@@ -8,7 +8,8 @@
 //!
 //! [`chat`] holds the scripted workload, its independent oracle and the output collector;
 //! [`pipeline`] produces a workload to `chat.events` and reads HBase back; [`roles`] runs
-//! roles as `chatpipe` processes that tests kill (SIGKILL) or freeze (SIGSTOP).
+//! roles as `chatpipe` processes that tests kill (SIGKILL) or freeze (SIGSTOP); [`proxy`] is a
+//! TCP proxy that holds, delays or resets a connection's bytes.
 //!
 //! The harness panics on set-up failure (it is test code: a broken harness must fail the
 //! test loudly).
@@ -210,6 +211,7 @@ impl Drop for TestBroker {
 
 pub mod chat;
 pub mod pipeline;
+pub mod proxy;
 pub mod roles;
 
 /// An HBase emulator (chatpipe's Thrift1 server, in process) owned by one test, persisting
