@@ -3,7 +3,7 @@
 //! same input sequence always yields the same rows, aggregates and state (DESIGN §7), which
 //! is what makes a replay after a crash rewrite identical records.
 //!
-//! Per event, in partition order (the ordering point is `runner::partition_task`):
+//! Per event, in partition order (the ordering point is `task::partition_task`):
 //! 1. filter (blocked sender, disallowed kind → `filtered`; body too large → DLQ);
 //! 2. dedupe by (session, `client_msg_id`) within the dedupe horizon of **ingest** time; a
 //!    retried message that got a new id is remembered as an alias of the original;

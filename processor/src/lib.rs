@@ -11,8 +11,11 @@
 //!   [`changelog`] — fencing and restore (the protocol and why it is exact); [`checkpoint`]
 //!   — checkpoint files under `--state-dir`;
 //! * [`merge`] — the global window merge over per-partition partials;
-//! * [`runner`] — the Kafka I/O: consumer group, partition tasks (`runner::partition_task`
-//!   is the ordering point), commits; `delivery.rs` — output records and awaited delivery;
+//! * [`runner`] — the Kafka I/O: shared state, rebalance callbacks, start-up; `poller.rs` —
+//!   the poller thread (hands records to tasks, never blocks, moves a task's fetch to where
+//!   its restored state ends); `task.rs` — one partition's task (`task::partition_task` is
+//!   the ordering point); `delivery.rs` — output records, awaited delivery, the producer
+//!   replaced when it fails for good;
 //! * [`config`], [`metrics`].
 //!
 //! **Broker cost** (DESIGN §3): one `chat.rows` record per input event that changes rows
