@@ -1,6 +1,8 @@
 //! The observability endpoint every role serves on its own port: `/metrics` (Prometheus
-//! text), `/healthz` (liveness: the process serves requests) and `/readyz` (readiness:
-//! every registered component reports ready; 503 with the names of those that are not).
+//! text), `/healthz` (liveness: the process serves requests and no component declared
+//! itself broken for good — 503 with the broken ones and why, so Kubernetes restarts the pod)
+//! and `/readyz` (readiness: every registered component reports ready; 503 with the names of
+//! those that are not).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Default, Debug)]
 pub struct Health {
     components: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// Components broken for good (a Kafka client's fatal error), with the reason.
+    broken: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Health {
@@ -39,6 +43,19 @@ impl Health {
     /// Whether every component is ready.
     pub fn is_ready(&self) -> bool {
         self.not_ready().is_empty()
+    }
+    /// Declares a component broken for good (`/healthz` fails until [`Health::repaired`]).
+    pub fn broken(&self, component: &str, reason: &str) {
+        let mut b = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        b.insert(component.to_owned(), reason.to_owned());
+    }
+    /// A component declared broken works again (it was replaced).
+    pub fn repaired(&self, component: &str) {
+        self.broken.lock().unwrap_or_else(|p| p.into_inner()).remove(component);
+    }
+    /// The components broken for good, with their reasons.
+    pub fn broken_components(&self) -> BTreeMap<String, String> {
+        self.broken.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -66,8 +83,13 @@ async fn metrics(State(t): State<Telemetry>) -> impl IntoResponse {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(t): State<Telemetry>) -> axum::response::Response {
+    let broken = t.health.broken_components();
+    if broken.is_empty() {
+        return "ok\n".into_response();
+    }
+    let body = serde_json::json!({ "alive": false, "broken": broken }).to_string();
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn readyz(State(t): State<Telemetry>) -> impl IntoResponse {
@@ -110,5 +132,27 @@ impl ObservabilityServer {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_fails_while_a_component_is_broken_for_good() {
+        let t = Telemetry::new();
+        t.health.set("kafka", false); // not ready is not dead
+        assert_eq!(healthz(State(t.clone())).await.status(), StatusCode::OK);
+        t.health.broken("consumer", "fatal: group instance fenced");
+        let r = healthz(State(t.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["broken"]["consumer"], "fatal: group instance fenced");
+        t.health.repaired("consumer");
+        assert_eq!(healthz(State(t)).await.status(), StatusCode::OK);
     }
 }

@@ -66,8 +66,13 @@ impl Delivery {
         if let Some(result) = &renewed {
             self.metrics.errors.with_label_values(&["producer_fatal"]).inc();
             match result {
-                Ok(()) => tracing::error!(%error, "the Kafka producer failed for good; replaced it"),
+                Ok(()) => {
+                    self.telemetry.health.repaired("producer");
+                    tracing::error!(%error, "the Kafka producer failed for good; replaced it")
+                }
                 Err(e) => {
+                    // liveness fails until a replacement works (a restart may fix what did not)
+                    self.telemetry.health.broken("producer", &e.to_string());
                     tracing::error!(%error, replacement = %e, "the Kafka producer failed for good and a new one could not be made; retrying")
                 }
             }

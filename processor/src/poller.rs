@@ -12,7 +12,9 @@
 //! ahead). Every fetch start is checked (`fetch_start.rs`). Committed offsets are sent here by
 //! the tasks after their `Meta` and committed asynchronously.
 //!
-//! **Failure behaviour**: a consume error is counted and logged and polling goes on; a failed
+//! **Failure behaviour**: a consume error is counted and logged and polling goes on; a
+//! consumer the client declares failed for good makes `/healthz` fail (a restart is the only
+//! way past it); a failed
 //! seek is counted and left to the fetch check; the group watchdog (`chatpipe_common::group`)
 //! rejoins when this member was left without partitions while some are unowned.
 
@@ -78,6 +80,13 @@ pub(crate) fn poll_loop(
         commit(&consumer, &mut commits);
         if watched.elapsed() >= Duration::from_secs(1) {
             watched = Instant::now();
+            if let Some((code, reason)) = consumer.client().fatal_error() {
+                // only a new consumer gets past it: liveness fails so the pod is restarted
+                if shared.out.telemetry.health.broken_components().is_empty() {
+                    tracing::error!(?code, %reason, "the Kafka consumer failed for good; /healthz fails");
+                }
+                shared.out.telemetry.health.broken("consumer", &format!("{code:?}: {reason}"));
+            }
             if watchdog.check(&consumer, watched) == Verdict::Rejoin {
                 shared.out.metrics.errors.with_label_values(&["group_rejoin"]).inc();
                 if let Err(e) = group::rejoin(&consumer, &topic) {
