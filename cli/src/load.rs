@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use chatpipe_common::duration::parse_duration;
 use chatpipe_common::event::{EventInput, EventType, MessageContent, MessageKind, SessionKind};
 use chatpipe_common::row_key;
 use chatpipe_common::rows::tables;
@@ -48,10 +49,6 @@ fn parse_mix(s: &str) -> Result<KindMix, String> {
         })
         .collect::<Result<Vec<_>, String>>()
         .map(KindMix)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Load generator flags.

@@ -17,11 +17,13 @@
 //! * [`kafka`] — Kafka client configuration from CLI flags (secrets redacted), topic
 //!   creation, DLQ header names; [`group`] — the consumer-group watchdog that rejoins a
 //!   member a faulty coordinator left without partitions.
+//! * [`duration`] — the one parser of duration flags (humantime syntax).
 //! * [`telemetry`], [`http`], [`shutdown`] — tracing set-up, the `/metrics` `/healthz`
 //!   `/readyz` server, and the SIGINT/SIGTERM shutdown future.
 //!
 //! Nothing here panics on input: every fallible function returns a typed error.
 
+pub mod duration;
 pub mod envelope;
 pub mod event;
 pub mod group;

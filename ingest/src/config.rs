@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chatpipe_common::duration::parse_duration;
 use chatpipe_common::kafka::{topics, KafkaArgs};
 use chatpipe_common::snowflake::MAX_WORKER;
 
@@ -33,11 +34,6 @@ pub const DEFAULT_RATE_LIMIT_EVENTS_PER_SECOND: u32 = 100_000;
 pub const DEFAULT_RATE_LIMIT_EVENTS_BURST: u32 = 200_000;
 /// Most validation errors returned in one 400 body.
 pub const DEFAULT_MAX_ERRORS: usize = 100;
-
-/// Parses a duration such as `60s`, `5ms`, `1m 30s` (humantime syntax).
-fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
 
 /// Accept chat events over HTTP and publish them to Kafka.
 #[derive(clap::Args, Debug, Clone)]

@@ -5,14 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chatpipe_common::duration::parse_duration;
 use chatpipe_common::event::MessageKind;
 use chatpipe_common::kafka::{topics, KafkaArgs};
 
 use crate::core::Rules;
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (e.g. 500ms, 30s, 24h)"))
-}
 
 fn parse_kind(s: &str) -> Result<MessageKind, String> {
     MessageKind::from_name(s).ok_or_else(|| format!("unknown message kind {s:?}"))

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chatpipe_common::duration::parse_duration;
 use chatpipe_common::kafka::{topics, KafkaArgs};
 use chatpipe_sink::HbaseArgs;
 use clap::builder::TypedValueParser as _;
@@ -29,11 +30,6 @@ pub const DEFAULT_PUSH_RETENTION_EVENTS: usize = 200_000;
 pub const DEFAULT_MAX_PUSH_CLIENTS: usize = 10_000;
 /// Requests served at once (503 beyond).
 pub const DEFAULT_MAX_INFLIGHT_REQUESTS: usize = 512;
-
-/// Parses a humantime duration (`100ms`, `5s`, `1m`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
 
 /// Serve the read API for chat clients from HBase, and live push from Kafka.
 #[derive(clap::Args, Debug, Clone)]

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chatpipe_common::duration::parse_duration;
 use chatpipe_common::kafka::{topics, KafkaArgs};
 use clap::builder::TypedValueParser as _;
 
@@ -22,11 +23,6 @@ pub const DEFAULT_HBASE_CONNECTIONS: usize = 8;
 /// Default in-flight batches: twice the connections, so that a connection goes straight to
 /// the next batch while the previous one is being planned or acknowledged.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 2 * DEFAULT_HBASE_CONNECTIONS;
-
-/// Parses a humantime duration (`100ms`, `5s`, `1m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
 
 /// How to reach HBase's Thrift1 server (shared by `sink`, `tables create` and `query`).
 #[derive(clap::Args, Debug, Clone)]
