@@ -7,7 +7,8 @@
 //!   the prefix `SALT|ID|` returns the newest message first.
 //!
 //! The salt count is part of every table's identity: changing it is a migration. The HBase
-//! pre-split list ([`split_points`]) derives from the same constant.
+//! pre-split list ([`split_points`]) derives from the same constant. [`MAX_ROW_LENGTH`] is
+//! HBase's limit on any row key, which the sink and the emulator both enforce.
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -17,6 +18,10 @@ pub const SALT_BUCKETS: u64 = 128;
 pub const REVERSE_WIDTH: usize = 19;
 /// Separator between key parts.
 pub const SEP: char = '|';
+/// The longest row key HBase accepts (`HConstants.MAX_ROW_LENGTH`, `Short.MAX_VALUE`): the
+/// sink refuses a longer row before writing (`sink::batch::validate`) and the emulator
+/// answers it with HBase's `IllegalArgument`. chatpipe's own keys are far shorter.
+pub const MAX_ROW_LENGTH: usize = i16::MAX as usize;
 
 /// Why a row key does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

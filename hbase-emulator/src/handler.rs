@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chatpipe_common::row_key::MAX_ROW_LENGTH;
 use hbase_thrift::hbase::{
     AlreadyExists, BatchMutation, Bytes, ColumnDescriptor, HbaseSyncHandler, IOError, IllegalArgument, Mutation,
     ScannerID, TAccessControlEntity, TAppend, TCell, TColumn, TIncrement, TRegionInfo, TRowResult, TScan,
@@ -26,8 +27,6 @@ use crate::store::{
 
 type Attributes = BTreeMap<Text, Text>;
 
-/// HBase's `HConstants.MAX_ROW_LENGTH`.
-const MAX_ROW_LENGTH: usize = i16::MAX as usize;
 /// Rows read from the store per step while filling a `scannerGetList`.
 const SCAN_STEP_ROWS: usize = 1024;
 

@@ -32,10 +32,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use chatpipe_common::row_key::MAX_ROW_LENGTH;
 use chatpipe_common::rows::{self, RowMutation};
-
-/// HBase's `HConstants.MAX_ROW_LENGTH`.
-pub const MAX_ROW_LENGTH: usize = i16::MAX as usize;
 
 /// DLQ reason codes (header `chatpipe.reason`).
 pub mod reason {
