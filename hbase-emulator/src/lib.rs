@@ -46,7 +46,7 @@
 //!   deltas, snapshots, merging), `engine.rs` (log, memstore, sorted files, flushes,
 //!   compaction), `commit.rs` (group commit of every write), `read.rs` (the read path);
 //! * `filter.rs` — HBase's filter language as happybase users write it (bounded parser);
-//! * `regions.rs` — region boundaries, salt pre-splits ([`SALT_BUCKETS`]);
+//! * `regions.rs` — region boundaries, salt pre-splits ([`SALT_BUCKETS`], chatpipe-common's);
 //! * `scanner.rs` — open scanners;
 //! * `handler.rs` — the `HbaseSyncHandler` implementation;
 //! * `mutate_rows.rs` — `mutateRows`/`mutateRowsTs` decoded straight into one buffer;

@@ -2,10 +2,15 @@
 //! way HBase would after the table was pre-split, so that code computing its own region
 //! layout (salted row keys, DESIGN §5) sees what it would see against a real cluster.
 
+use chatpipe_common::row_key;
+
 /// Number of salt buckets of chatpipe's row keys (DESIGN §5): salts are "000".."127".
 ///
-/// Must equal `chatpipe_common::row_key::SALT_BUCKETS`; the sink checks that they agree.
-pub const SALT_BUCKETS: u32 = 128;
+/// It is `chatpipe_common::row_key::SALT_BUCKETS` (the one salt constant), as the `u32`
+/// that [`salt_split_points`] takes; the assertion below refuses, at compile time, a salt
+/// count the three-digit split points cannot express.
+pub const SALT_BUCKETS: u32 = row_key::SALT_BUCKETS as u32;
+const _: () = assert!(row_key::SALT_BUCKETS <= 1000, "salt split points have three decimal digits");
 
 /// Tables in this namespace are pre-split into [`SALT_BUCKETS`] regions by default.
 pub const SALTED_NAMESPACE: &str = "chat";
@@ -66,6 +71,13 @@ pub fn regions(table: &[u8], split_points: &[Vec<u8>], region_id: i64) -> Vec<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn salt_split_points_are_the_row_key_codecs() {
+        let ours: Vec<String> =
+            salt_split_points(SALT_BUCKETS).into_iter().map(|p| String::from_utf8(p).unwrap()).collect();
+        assert_eq!(ours, row_key::split_points());
+    }
 
     #[test]
     fn salt_split_points_are_three_digit_and_cover_all_buckets() {
