@@ -34,7 +34,7 @@ fn workload(n: usize) -> (Vec<ChatEvent>, usize) {
         x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         x >> 33
     };
-    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
+    let t0 = chatpipe_tests::now_ms() - 3_600_000;
     let body: String = "lorem ipsum dolor sit amet ".repeat(12).chars().take(300).collect();
     let mut id = 1u64 << 40;
     let mut out = Vec::new();

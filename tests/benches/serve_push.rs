@@ -24,12 +24,12 @@ mod serve_support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{parse_kafka_option, KafkaArgs, TopicSpec};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
-use chatpipe_tests::{TestBroker, TestHbase};
+use chatpipe_tests::{now_ms, TestBroker, TestHbase};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use serve_support::Serve;
@@ -43,10 +43,6 @@ fn kafka(broker: &TestBroker) -> KafkaArgs {
     let mut k = broker.kafka_args();
     k.options.push(parse_kafka_option("session.timeout.ms=6000").unwrap());
     k
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
 }
 
 /// A `message` event as received: (user, message id, arrival).

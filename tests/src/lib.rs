@@ -9,7 +9,8 @@
 //! [`chat`] holds the scripted workload, its independent oracle and the output collector;
 //! [`pipeline`] produces a workload to `chat.events` and reads HBase back; [`roles`] runs
 //! roles as `chatpipe` processes that tests kill (SIGKILL) or freeze (SIGSTOP); [`proxy`] is a
-//! TCP proxy that holds, delays or resets a connection's bytes.
+//! TCP proxy that holds, delays or resets a connection's bytes; [`time`] has [`now_ms`] and
+//! the one "poll until true" loop ([`eventually`], [`wait_for`]).
 //!
 //! The harness panics on set-up failure (it is test code: a broken harness must fail the
 //! test loudly).
@@ -213,6 +214,9 @@ pub mod chat;
 pub mod pipeline;
 pub mod proxy;
 pub mod roles;
+pub mod time;
+
+pub use time::{eventually, now_ms, wait_for};
 
 /// An HBase emulator (chatpipe's Thrift1 server, in process) owned by one test, persisting
 /// to a temporary directory, so that it can be stopped and started again on the same port

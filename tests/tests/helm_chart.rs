@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use chatpipe_common::http::{ObservabilityServer, Telemetry};
 use chatpipe_common::kafka::{parse_kafka_option, topics, KafkaArgs};
 use chatpipe_common::rows::{self, Cell, RowMutation};
-use chatpipe_tests::{chatpipe_binary, free_port, TestBroker, TestHbase, SETUP_COMMAND};
+use chatpipe_tests::{chatpipe_binary, free_port, now_ms, TestBroker, TestHbase, SETUP_COMMAND};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
@@ -103,10 +103,6 @@ fn kafka_args(broker: &TestBroker) -> KafkaArgs {
     k
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 /// A conversation: two joins and a few messages in a group, sent now.
 fn conversation() -> Value {
     let t = now_ms();
@@ -114,7 +110,7 @@ fn conversation() -> Value {
         json!({"type":"join","session_id":4242,"session_kind":"group","sender_id":1,"user_id":1,"client_msg_id":"j1","sent_at":t}),
         json!({"type":"join","session_id":4242,"session_kind":"group","sender_id":2,"user_id":2,"client_msg_id":"j2","sent_at":t}),
     ];
-    for i in 0..10u64 {
+    for i in 0..10i64 {
         events.push(json!({"type":"message","session_id":4242,"session_kind":"group","sender_id":1 + i % 2,
             "client_msg_id":format!("m{i}"),"sent_at":t + i,"message":{"kind":"text","body":format!("hello {i}")}}));
     }
@@ -199,7 +195,7 @@ async fn alert_and_dashboard_metrics_exist_in_a_running_stack() {
         row: b"000|1|1".to_vec(),
         cells: vec![Cell::new("m:body", b"x".to_vec())],
         delete: false,
-        ingested_at_ms: now_ms() as i64,
+        ingested_at_ms: now_ms(),
     };
     produce(&producer, topics::ROWS, "000|1|1", &rows::encode_one(&missing_table).unwrap()).await;
 

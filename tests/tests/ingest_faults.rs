@@ -7,7 +7,8 @@ mod ingest_support;
 
 use std::time::Duration;
 
-use ingest_support::{batch, eventually, Ingest, TOPIC};
+use chatpipe_tests::eventually;
+use ingest_support::{batch, Ingest, TOPIC};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 

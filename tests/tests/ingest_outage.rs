@@ -10,8 +10,8 @@ mod ingest_support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use chatpipe_tests::{Storage, TestBroker};
-use ingest_support::{batch, eventually, read_topic, Ingest, TOPIC};
+use chatpipe_tests::{eventually, Storage, TestBroker};
+use ingest_support::{batch, read_topic, Ingest, TOPIC};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_gives_503_and_not_ready_then_recovers() {

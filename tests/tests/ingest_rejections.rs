@@ -9,8 +9,8 @@ mod ingest_support;
 use std::io::Write;
 use std::time::Duration;
 
-use chatpipe_tests::TestBroker;
-use ingest_support::{batch, event, eventually, read_topic_all, topic_count, Ingest, Reply, TOPIC};
+use chatpipe_tests::{eventually, TestBroker};
+use ingest_support::{batch, event, read_topic_all, topic_count, Ingest, Reply, TOPIC};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

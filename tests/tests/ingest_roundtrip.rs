@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chatpipe_common::event::{self, ChatEvent};
-use chatpipe_tests::TestBroker;
+use chatpipe_tests::{now_ms, TestBroker};
 use ingest_support::{batch, event, read_topic, Ingest, TOPIC};
 use serde_json::{json, Value};
 
@@ -27,7 +27,7 @@ fn assert_stamped(posted: &Value, got: &ChatEvent, message_id: u64, from: i64, t
 async fn accepted_events_appear_on_the_topic_exactly_as_posted_with_their_ids() {
     let broker = TestBroker::start();
     let ingest = Ingest::start(&broker.bootstrap(), |_| {}).await;
-    let from = chrono_now();
+    let from = now_ms();
 
     // One object, with a sent_at far in the future (clamped) ...
     let mut future_event = event(0);
@@ -54,7 +54,7 @@ async fn accepted_events_appear_on_the_topic_exactly_as_posted_with_their_ids() 
     }
     let ndr = ingest.post(body, Some("application/x-ndjson"), None).await;
     assert_eq!(ndr.status, 202, "{:?}", ndr.body);
-    let to = chrono_now();
+    let to = now_ms();
 
     // Every event has an id, in order of the request, all distinct.
     let mut posted: BTreeMap<u64, Value> = BTreeMap::new();
@@ -148,7 +148,7 @@ async fn shutdown_finishes_in_flight_requests_and_flushes() {
             })
         })
         .collect();
-    let inflight_all = ingest_support::eventually(Duration::from_secs(10), async || {
+    let inflight_all = chatpipe_tests::eventually(Duration::from_secs(10), async || {
         ingest.metrics().await.contains("chatpipe_ingest_inflight_requests 5")
     })
     .await;
@@ -163,8 +163,4 @@ async fn shutdown_finishes_in_flight_requests_and_flushes() {
     assert_eq!(ids.len(), 50);
     let records = read_topic(&broker.bootstrap(), TOPIC, 50, Duration::from_secs(30));
     assert_eq!(records.iter().map(|(_, e)| e.message_id).collect::<HashSet<_>>(), ids);
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }

@@ -25,7 +25,7 @@ fn rules(r: &OracleRules) -> Rules {
 #[test]
 fn rows_are_the_same_whatever_the_batch_size() {
     let r = OracleRules::default();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = chatpipe_tests::now_ms();
     let w = scripted(4, 2_500, now, &r, 22);
     let expected = oracle(&w, &r);
     for batch in [5_000usize, 100, 7, 1] {

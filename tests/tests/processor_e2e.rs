@@ -16,13 +16,9 @@ use chatpipe_common::kafka::{parse_kafka_option, TopicSpec};
 use chatpipe_processor::Config;
 use chatpipe_tests::chat::{oracle, scripted, Collector, OracleRules, Outputs, Workload};
 use chatpipe_tests::roles::{processor_args, RoleProcess};
-use chatpipe_tests::TestBroker;
+use chatpipe_tests::{now_ms, TestBroker};
 
 const PARTITIONS: usize = 4;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
 
 fn kafka_test_options() -> Vec<(&'static str, &'static str)> {
     vec![("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")]

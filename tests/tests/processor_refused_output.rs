@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
 fn event(id: u64, ty: EventType, session: u64, sender: u64) -> ChatEvent {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = chatpipe_tests::now_ms();
     let mut e = ChatEvent::bare(id, now, ty, session, SessionKind::Group, sender);
     e.user_id = (ty == EventType::Join).then_some(sender);
     e

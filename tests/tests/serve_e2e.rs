@@ -343,7 +343,7 @@ async fn posted_chat_reads_back_through_every_endpoint() {
     // post one event per request, in order, mapping script positions to assigned ids
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/events", ingest.local_addr());
-    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
+    let t0 = chatpipe_tests::now_ms() - 3_600_000;
     let mut sim = Sim { model: Model { sessions: Vec::new(), profiles: BTreeMap::new() }, fanout: FANOUT };
     let mut ids: Vec<u64> = Vec::new();
     for (mut event, target) in script(t0) {

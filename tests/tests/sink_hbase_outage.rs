@@ -16,7 +16,7 @@ use chatpipe_common::row_key;
 use chatpipe_common::rows::{tables, Cell, RowMutation};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_sink::metrics;
-use chatpipe_tests::{TestBroker, TestHbase};
+use chatpipe_tests::{wait_for, TestBroker, TestHbase};
 use sink_common::*;
 
 fn unique_put(i: u64) -> RowMutation {

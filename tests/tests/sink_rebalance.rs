@@ -8,7 +8,7 @@ mod sink_common;
 use std::time::Duration;
 
 use chatpipe_common::kafka::{topics, TopicSpec};
-use chatpipe_tests::{TestBroker, TestHbase};
+use chatpipe_tests::{wait_for, TestBroker, TestHbase};
 use sink_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use chatpipe_common::row_key;
 use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::metrics::{IN_FLIGHT_BATCHES, REVOCATION_WAITING_CALLS};
 use chatpipe_tests::proxy::Proxy;
-use chatpipe_tests::{TestBroker, TestHbase};
+use chatpipe_tests::{wait_for, TestBroker, TestHbase};
 use sink_common::*;
 
 const PARTITIONS: i32 = 2;

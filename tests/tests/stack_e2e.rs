@@ -15,7 +15,7 @@ use chatpipe_common::kafka::{parse_kafka_option, KafkaArgs, TopicSpec};
 use chatpipe_common::rows::tables;
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_tests::chat::{diff, oracle, scripted, Collector, Input, OracleRules, Workload};
-use chatpipe_tests::{TestBroker, TestHbase};
+use chatpipe_tests::{now_ms, TestBroker, TestHbase};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -172,7 +172,7 @@ async fn posted_workload_lands_in_hbase_and_topics_exactly() {
     ];
 
     // the workload: scripted events posted over HTTP, one undecodable record produced raw
-    let now = chrono_ms();
+    let now = now_ms();
     let w = scripted(PARTITIONS as usize, 400, now, &rules, 11);
     let url = format!("http://{}", ingest.local_addr());
     post(&url, &w).await;
@@ -295,8 +295,4 @@ async fn posted_workload_lands_in_hbase_and_topics_exactly() {
     for s in servers {
         s.shutdown().await;
     }
-}
-
-fn chrono_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{dlq, parse_kafka_option, topics, KafkaArgs};
-use chatpipe_tests::{TestBroker, TestHbase, SETUP_COMMAND};
+use chatpipe_tests::{now_ms, TestBroker, TestHbase, SETUP_COMMAND};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -156,13 +156,9 @@ fn kafka_args(broker: &TestBroker) -> KafkaArgs {
     k
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 /// A group conversation at event time `t`: three joins, messages of several kinds from
 /// every member, a read and a leave.
-fn conversation(t: u64) -> Value {
+fn conversation(t: i64) -> Value {
     let mut events = Vec::new();
     for user in 1..=3u64 {
         events.push(json!({"type":"join","session_id":SESSION.to_string(),"session_kind":"group","sender_id":user,
@@ -172,7 +168,7 @@ fn conversation(t: u64) -> Value {
     for (i, kind) in kinds.iter().enumerate() {
         let sender = 1 + i as u64 % 3;
         events.push(json!({"type":"message","session_id":SESSION,"session_kind":"group","sender_id":sender,
-            "client_msg_id":format!("m-{i}"),"sent_at":t + 1 + i as u64,
+            "client_msg_id":format!("m-{i}"),"sent_at":t + 1 + i as i64,
             "message":{"kind":kind,"body":format!("message {i}"),"mentions":[1]}}));
     }
     events.push(json!({"type":"message","session_id":"77","session_kind":"direct","sender_id":1,"recipient_id":2,

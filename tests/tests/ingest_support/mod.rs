@@ -243,17 +243,3 @@ fn read_records(brokers: &str, topic: &str, n: usize, timeout: Duration, quiet: 
 pub fn any_addr() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
-
-/// Waits until `f` holds, up to `timeout`.
-pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

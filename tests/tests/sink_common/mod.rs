@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chatpipe_common::envelope;
@@ -13,7 +12,7 @@ use chatpipe_common::row_key;
 use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_sink::Config;
-use chatpipe_tests::TestBroker;
+use chatpipe_tests::{now_ms, TestBroker};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -57,10 +56,6 @@ pub fn expected(ms: &[RowMutation]) -> State {
         apply(&mut s, m);
     }
     s
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// A deterministic mix over every table: puts to new rows, updates of existing rows (so a
@@ -372,20 +367,4 @@ pub fn init_logs() {
         log_level: level,
     };
     let _ = chatpipe_common::telemetry::init(&args, chatpipe_common::telemetry::LogFormat::Text);
-}
-
-/// Polls `cond` every 100 ms until it holds; panics with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
