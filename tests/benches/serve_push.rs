@@ -19,9 +19,6 @@
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/serve_support/mod.rs"]
-mod serve_support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +26,7 @@ use std::time::{Duration, Instant};
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{parse_kafka_option, KafkaArgs, TopicSpec};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
+use chatpipe_tests::serve_support;
 use chatpipe_tests::{now_ms, TestBroker, TestHbase};
 use futures::StreamExt;
 use serde_json::{json, Value};

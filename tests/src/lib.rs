@@ -12,6 +12,12 @@
 //! TCP proxy that holds, delays or resets a connection's bytes; [`time`] has [`now_ms`] and
 //! the one "poll until true" loop ([`eventually`], [`wait_for`]).
 //!
+//! What the tests of one role share lives here too, not in a `tests/<role>_support/mod.rs`
+//! compiled into every test binary: [`ingest_support`] (an in-process ingest, posting,
+//! reading the events topic), [`sink_support`] (a row-mutation workload, its HBase model, an
+//! in-process sink, offsets) and [`serve_support`] (a dataset written into the emulator with
+//! the oracle of every read, an in-process serve, the OpenAPI checker, the push stream).
+//!
 //! The harness panics on set-up failure (it is test code: a broken harness must fail the
 //! test loudly).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -211,9 +217,12 @@ impl Drop for TestBroker {
 }
 
 pub mod chat;
+pub mod ingest_support;
 pub mod pipeline;
 pub mod proxy;
 pub mod roles;
+pub mod serve_support;
+pub mod sink_support;
 pub mod time;
 
 pub use time::{eventually, now_ms, wait_for};

@@ -3,11 +3,10 @@
 //! failed event), and a broker that goes down and comes back (503 + not ready, then 202).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod ingest_support;
-
 use std::time::Duration;
 
 use chatpipe_tests::eventually;
+use chatpipe_tests::ingest_support;
 use ingest_support::{batch, Ingest, TOPIC};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

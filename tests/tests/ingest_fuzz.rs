@@ -16,14 +16,13 @@
 //!   and no event of a rejected request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod ingest_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chatpipe_common::event::EVENT_FIELDS;
 use chatpipe_common::kafka::TopicSpec;
+use chatpipe_tests::ingest_support;
 use chatpipe_tests::TestBroker;
 use futures::StreamExt;
 use ingest_support::{event, read_topic_all, Ingest, TOPIC};

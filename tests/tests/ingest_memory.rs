@@ -9,12 +9,11 @@
 //! other test's allocations share the process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod ingest_support;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatpipe_tests::ingest_support;
 use chatpipe_tests::TestBroker;
 use ingest_support::{event, read_topic_all, Ingest, TOPIC};
 

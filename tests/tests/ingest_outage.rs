@@ -5,11 +5,10 @@
 //! the topic afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod ingest_support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chatpipe_tests::ingest_support;
 use chatpipe_tests::{eventually, Storage, TestBroker};
 use ingest_support::{batch, read_topic, Ingest, TOPIC};
 

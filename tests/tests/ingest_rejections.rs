@@ -4,11 +4,10 @@
 //! locking fast clients out of the in-flight slots) and a spent body budget (503).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod ingest_support;
-
 use std::io::Write;
 use std::time::Duration;
 
+use chatpipe_tests::ingest_support;
 use chatpipe_tests::{eventually, TestBroker};
 use ingest_support::{batch, event, read_topic_all, topic_count, Ingest, Reply, TOPIC};
 use serde_json::json;

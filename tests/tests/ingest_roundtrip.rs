@@ -3,12 +3,11 @@
 //! returned; ids are unique; shutdown drains in-flight requests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod ingest_support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chatpipe_common::event::{self, ChatEvent};
+use chatpipe_tests::ingest_support;
 use chatpipe_tests::{now_ms, TestBroker};
 use ingest_support::{batch, event, read_topic, Ingest, TOPIC};
 use serde_json::{json, Value};

@@ -8,8 +8,7 @@
 //! one plus one per large group (two more with the large-group cache off).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod serve_support;
-
+use chatpipe_tests::serve_support;
 use chatpipe_tests::TestHbase;
 use serde_json::Value;
 use serve_support::{check_response, config, openapi, Model, Serve, FANOUT_MAX, UNKNOWN_SESSION, UNKNOWN_USER};

@@ -5,11 +5,10 @@
 //! is served.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod serve_support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chatpipe_tests::serve_support;
 use chatpipe_tests::{chatpipe_binary, free_port, tansu_binary};
 use serde_json::{json, Value};
 

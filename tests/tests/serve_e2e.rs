@@ -7,14 +7,13 @@
 //! session after reads and own messages, members, profiles.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod serve_support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{parse_kafka_option, KafkaArgs, TopicSpec};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
+use chatpipe_tests::serve_support;
 use chatpipe_tests::{TestBroker, TestHbase};
 use serde_json::{json, Value};
 use serve_support::{Membership, Model, Msg, Serve, Sess, Stream, PREVIEW_CHARS};

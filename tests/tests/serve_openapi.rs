@@ -5,10 +5,9 @@
 //! are checked against the document's schemas by `serve_api`, for every answer it gets.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod serve_support;
-
 use std::collections::BTreeSet;
 
+use chatpipe_tests::serve_support;
 use serde_json::Value;
 use serve_support::{config, openapi, Serve};
 

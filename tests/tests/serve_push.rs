@@ -9,14 +9,13 @@
 //! the new group's messages appear in the user's inbox.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod serve_support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chatpipe_common::kafka::TopicSpec;
 use chatpipe_common::row_key;
 use chatpipe_common::rows::{Cell, RowBatch, RowMutation};
+use chatpipe_tests::serve_support;
 use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;

@@ -4,14 +4,12 @@
 //! in order — and every offset is committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::time::Duration;
 
 use chatpipe_common::kafka::{topics, TopicSpec};
 use chatpipe_sink::metrics;
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{TestBroker, TestHbase};
-use sink_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutations_over_many_partitions_land_in_hbase_exactly() {

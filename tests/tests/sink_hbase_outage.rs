@@ -6,8 +6,6 @@
 //! every row is there.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -16,8 +14,8 @@ use chatpipe_common::row_key;
 use chatpipe_common::rows::{tables, Cell, RowMutation};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_sink::metrics;
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{wait_for, TestBroker, TestHbase};
-use sink_common::*;
 
 fn unique_put(i: u64) -> RowMutation {
     RowMutation {

@@ -10,16 +10,14 @@
 //! `cargo build`, which would wait on the build-directory lock `cargo test` holds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chatpipe_common::kafka::{topics, TopicSpec};
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{TestBroker, TestHbase};
 use clap::Parser;
-use sink_common::*;
 
 /// Set in the environment of the child process.
 const CHILD_ENV: &str = "CHATPIPE_SINK_TEST_CHILD";

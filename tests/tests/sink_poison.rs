@@ -5,8 +5,6 @@
 //! batch, as a refused one) is written and the committed offset reaches the end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,11 +12,11 @@ use chatpipe_common::kafka::{dlq, topics, TopicSpec};
 use chatpipe_common::row_key;
 use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::metrics;
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
-use sink_common::*;
 
 fn put(table: &str, row: &str, cells: &[(&str, &str)]) -> RowMutation {
     RowMutation {

@@ -3,13 +3,11 @@
 //! exactly the model's and every offset is committed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::time::Duration;
 
 use chatpipe_common::kafka::{topics, TopicSpec};
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{wait_for, TestBroker, TestHbase};
-use sink_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_and_a_leaving_instance_leave_the_exact_state() {

@@ -4,14 +4,12 @@
 //! (and to the model): replaying any suffix of `chat.rows` leaves the same visible state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::time::Duration;
 
 use chatpipe_common::kafka::{topics, TopicSpec};
 use chatpipe_sink::metrics;
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{TestBroker, TestHbase};
-use sink_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_partitions_from_offset_zero_leaves_an_identical_scan() {

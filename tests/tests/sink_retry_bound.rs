@@ -3,17 +3,15 @@
 //! partition moves on (its offsets are committed) instead of waiting forever.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::time::Duration;
 
 use chatpipe_common::kafka::{dlq, topics, TopicSpec};
 use chatpipe_sink::metrics;
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{TestBroker, TestHbase};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message};
-use sink_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_send_rows_to_the_dlq_and_alert() {

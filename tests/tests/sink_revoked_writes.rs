@@ -9,8 +9,6 @@
 //! its call was held, B writes the newer state first and A's older write lands on top.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sink_common;
-
 use std::time::Duration;
 
 use chatpipe_common::kafka::{parse_kafka_option, topics, TopicSpec};
@@ -18,8 +16,8 @@ use chatpipe_common::row_key;
 use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::metrics::{IN_FLIGHT_BATCHES, REVOCATION_WAITING_CALLS};
 use chatpipe_tests::proxy::Proxy;
+use chatpipe_tests::sink_support::*;
 use chatpipe_tests::{wait_for, TestBroker, TestHbase};
-use sink_common::*;
 
 const PARTITIONS: i32 = 2;
 

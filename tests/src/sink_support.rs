@@ -1,18 +1,18 @@
 //! Shared by the sink's end-to-end tests: a workload of row mutations and the HBase state it
 //! must leave (an independent model of HBase's visible cells), producing it to `chat.rows`,
 //! running the sink in process, and reading back HBase and the committed offsets.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::{now_ms, TestBroker};
 use chatpipe_common::envelope;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::row_key;
 use chatpipe_common::rows::{self, tables, Cell, RowMutation};
 use chatpipe_sink::hbase::{HbaseClient, HbaseConfig};
 use chatpipe_sink::Config;
-use chatpipe_tests::{now_ms, TestBroker};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};

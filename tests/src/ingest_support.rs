@@ -1,9 +1,8 @@
 //! Helpers shared by the `ingest_*` tests: start an in-process ingest, post bodies, read
 //! the events topic back.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chatpipe_common::envelope;
@@ -237,9 +236,4 @@ fn read_records(brokers: &str, topic: &str, n: usize, timeout: Duration, quiet: 
         }
     }
     out
-}
-
-/// A free address for an ingest listener.
-pub fn any_addr() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
 }

@@ -3,7 +3,7 @@
 //! the dataset alone; an in-process serve; and a small JSON-schema checker for the OpenAPI
 //! document (`$ref`, `oneOf`, `type`, `enum`, `required`, `properties`,
 //! `additionalProperties: false`, `items`, and the decimal-id pattern).
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
