@@ -250,7 +250,10 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
             TopicSpec::compacted(&config.agg_session_topic, out),
             TopicSpec::compacted(&config.agg_global_topic, 1),
             TopicSpec::compacted(&config.unread_topic, out),
-            TopicSpec::new(&config.partials_topic, 1),
+            // a merge that fails over replays the partials from the start: every partial a
+            // correction can still change must be there (`partials_retention`)
+            TopicSpec::new(&config.partials_topic, 1)
+                .with("retention.ms", partials_retention(&config).as_millis().to_string()),
             TopicSpec::new(&config.dlq_topic, out),
         ],
         timeout,
@@ -316,6 +319,14 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
     let merger = tokio::spawn(merge_task(shared.clone(), partitions, merger_stop.clone()));
     telemetry.health.set("processor", true);
     Ok(ProcessorHandle { stop, poller: Some(poller), merger, merger_stop, shared })
+}
+
+/// How long the partials topic keeps records: twice the correction horizon plus a window,
+/// and at least 7 days. A window can be corrected until the horizon has passed it, so a merge
+/// that replays the topic after a failover finds every partition's partials of every window
+/// it may still emit, and never emits one from part of its partials.
+fn partials_retention(config: &Config) -> Duration {
+    (config.correction_horizon * 2 + config.window).max(Duration::from_secs(7 * 86_400))
 }
 
 async fn topic_partitions(config: &Config, topic: &str) -> Result<i32, Error> {
@@ -395,5 +406,19 @@ async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync
         shared.out.metrics.output.with_label_values(&["agg_global"]).inc_by(records.len() as u64);
         let source = Source { topic: &cfg.partials_topic, partition: m.partition(), offset: m.offset() };
         deliver(&shared.out, &records, source).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partials_outlive_every_correctable_window() {
+        let mut cfg = Config::for_brokers("localhost:9092");
+        cfg.correction_horizon = Duration::from_secs(10 * 86_400);
+        assert!(partials_retention(&cfg) > cfg.correction_horizon * 2);
+        cfg.correction_horizon = Duration::from_secs(3_600);
+        assert_eq!(partials_retention(&cfg), Duration::from_secs(7 * 86_400), "at least a week");
     }
 }
