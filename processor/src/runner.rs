@@ -90,7 +90,18 @@ impl Shared {
     pub(crate) async fn rewind(&self, partition: i32, id: u64, offset: i64) -> Option<mpsc::Receiver<OwnedMessage>> {
         let (reply, answer) = oneshot::channel();
         self.rewinds.lock().unwrap_or_else(|p| p.into_inner()).push(Rewind { partition, task: id, offset, reply });
+        // A revocation removes the task and then drops its pending requests (the poller
+        // answers none while it runs the callback); a request pushed after that sees the
+        // task gone here. Either way the task is not left waiting out the drain timeout.
+        if self.tasks().get(&partition).is_none_or(|t| t.id != id) {
+            self.drop_rewinds(&[partition]);
+        }
         answer.await.ok()
+    }
+
+    /// Drops the pending rewind requests of `partitions` (their tasks see `None`).
+    fn drop_rewinds(&self, partitions: &[i32]) {
+        self.rewinds.lock().unwrap_or_else(|p| p.into_inner()).retain(|r| !partitions.contains(&r.partition));
     }
 
     /// The pending rewind requests (the poller's).
@@ -120,6 +131,7 @@ impl Shared {
             let mut tasks = self.tasks();
             partitions.iter().filter_map(|p| tasks.remove(p).map(|t| (*p, t))).collect()
         };
+        self.drop_rewinds(partitions);
         self.out.metrics.assigned.set(self.tasks().len() as i64);
         if stopping.is_empty() {
             return;
