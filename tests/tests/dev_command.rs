@@ -150,19 +150,51 @@ fn dev_accepts_a_post_readable_by_query_and_reuses_its_data() {
 fn load_twenty_thousand_verified_against_dev() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path(), ports());
-    let out = Command::new(chatpipe_binary().unwrap())
+    let (out_path, err_path) = (dir.path().join("load.out"), dir.path().join("load.err"));
+    let mut load = Command::new(chatpipe_binary().unwrap())
         .args(["load", "--events", "20000", "--batch", "50", "--concurrency", "8", "--verify", "--quiet"])
         .args(["--url", &format!("http://127.0.0.1:{}", dev.http)])
         .args(["--hbase-thrift", &format!("127.0.0.1:{}", dev.thrift)])
         .args(["--metrics-url", &format!("http://127.0.0.1:{}/metrics", dev.metrics)])
         .args(["--verify-timeout", "300s"])
-        .output()
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "load failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // load resends what ingest refused for as long as it runs: a pipeline that stops
+    // accepting must fail this test with the stack's logs, not hang the run
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let status = loop {
+        if let Some(status) = load.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = load.kill();
+            let _ = load.wait();
+            panic!(
+                "load did not finish within {LOAD_TIMEOUT:?}\n--- load:\n{}\n--- dev.log (tail):\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default(),
+                tail(&std::fs::read_to_string(dir.path().join("dev.log")).unwrap_or_default(), 60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    assert!(status.success(), "load failed: {stdout}\n{}", std::fs::read_to_string(&err_path).unwrap());
     assert!(stdout.contains(", 0 missing, 0 duplicated"), "{stdout}");
     let accepted: u64 =
         stdout.lines().find_map(|l| l.strip_prefix("verify:")?.split_whitespace().next()?.parse().ok()).unwrap();
     assert!(accepted >= 20_000, "{stdout}");
     dev.stop();
+}
+
+/// How long the 20,000-message load may take with its verification (a healthy dev stack
+/// needs well under a minute to send them; `--verify-timeout` is 300 s).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(480);
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
