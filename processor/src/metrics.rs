@@ -35,6 +35,8 @@ pub const ERRORS: &str = "chatpipe_processor_errors_total";
 pub const ASSIGNED: &str = "chatpipe_processor_assigned_partitions";
 /// Partitions paused because their task's queue is full.
 pub const PAUSED: &str = "chatpipe_processor_paused_partitions";
+/// Idle checks that found input waiting on the broker (a starved partition).
+pub const IDLE_DEFERRED: &str = "chatpipe_processor_idle_deferred_total";
 
 /// The processor's metrics.
 #[derive(Clone)]
@@ -69,6 +71,8 @@ pub struct ProcessorMetrics {
     pub assigned: IntGauge,
     /// See [`PAUSED`].
     pub paused: IntGauge,
+    /// See [`IDLE_DEFERRED`].
+    pub idle_deferred: IntCounter,
 }
 
 impl ProcessorMetrics {
@@ -95,6 +99,10 @@ impl ProcessorMetrics {
             errors: r.counter_vec(ERRORS, "Errors by kind.", &["kind"]),
             assigned: r.gauge(ASSIGNED, "Input partitions assigned to this instance."),
             paused: r.gauge(PAUSED, "Input partitions paused because their task's queue is full."),
+            idle_deferred: r.counter(
+                IDLE_DEFERRED,
+                "Idle checks that found input records on the broker not yet processed: the watermark did not advance on wall time.",
+            ),
         }
     }
 }

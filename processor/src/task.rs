@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::OwnedMessage;
+use rdkafka::producer::Producer;
 use rdkafka::Message;
 use tokio::sync::mpsc;
 
@@ -122,7 +123,13 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
         let started = Instant::now();
         if batch.is_empty() {
             if Instant::now() >= idle_at {
-                core.advance_idle(now_ms());
+                // idle, not starved: records the poller has not handed over yet (a slow
+                // broker, a paused fetch) would arrive after their window closed
+                if input_drained(&shared, partition, core.applied_offset()).await {
+                    core.advance_idle(now_ms());
+                } else {
+                    shared.out.metrics.idle_deferred.inc();
+                }
                 last_input = Instant::now();
             }
         } else {
@@ -294,5 +301,28 @@ fn checkpoint(shared: &Shared, partition: i32, committed_at: Option<i64>, fence:
             shared.out.metrics.errors.with_label_values(&["checkpoint"]).inc();
             tracing::warn!(partition, error = %e, "checkpoint not written");
         }
+    }
+}
+
+/// How long an idle check waits for the broker's answer; no answer counts as "records may
+/// be waiting" (the watermark stays where it is until the next check).
+const IDLE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the broker holds no input record of `partition` past `applied`, so the partition
+/// is truly idle and its watermark may advance on wall time. A partition whose records are
+/// on the broker but not here (starved: a slow fetch, a paused partition, a rewind under
+/// way) is not idle; neither is one whose high watermark cannot be read.
+async fn input_drained(shared: &Shared, partition: i32, applied: i64) -> bool {
+    let (_, producer) = shared.out.producer();
+    let topic = shared.config.events_topic.clone();
+    let probe =
+        tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, partition, IDLE_PROBE_TIMEOUT));
+    match probe.await {
+        Ok(Ok((_, high))) => high <= applied + 1,
+        Ok(Err(e)) => {
+            tracing::debug!(partition, error = %e, "the input's high watermark is unknown; the watermark waits");
+            false
+        }
+        Err(_) => false,
     }
 }

@@ -61,6 +61,8 @@ pub enum Storage {
 /// A tansu broker owned by one test.
 pub struct TestBroker {
     port: u16,
+    /// The port the broker names in metadata when clients reach it through a proxy.
+    advertised: Option<u16>,
     storage: Storage,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -108,7 +110,7 @@ impl TestBroker {
     /// Starts a broker with the given storage.
     pub fn start_with(storage: Storage) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut b = TestBroker { port: free_port(), storage, dir, child: None };
+        let mut b = TestBroker { port: free_port(), advertised: None, storage, dir, child: None };
         // A port taken by another process in between makes tansu exit: try a fresh one.
         let mut attempts = 3;
         while let Err(e) = b.spawn() {
@@ -122,9 +124,23 @@ impl TestBroker {
         b
     }
 
+    /// Starts a broker (memory engine) behind a [`proxy::Proxy`]: it advertises the proxy's
+    /// port, so every client — producers, consumers, their group coordinator — talks to it
+    /// through the proxy, and the test can slow or hold the network.
+    pub fn start_behind_proxy() -> (Self, proxy::Proxy) {
+        let port = free_port();
+        let proxy = proxy::Proxy::start(("127.0.0.1", port));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut b =
+            TestBroker { port, advertised: Some(proxy.addr().port()), storage: Storage::Memory, dir, child: None };
+        b.spawn().unwrap_or_else(|e| panic!("{e:#}"));
+        (b, proxy)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let bin = tansu_binary()?;
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let engine = match self.storage {
             Storage::Memory => "memory://tansu/".to_owned(),
             // resolved against the working directory (an absolute sqlite:///path is mangled)
@@ -133,7 +149,7 @@ impl TestBroker {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("tansu.log"))?;
         let child = Command::new(&bin)
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
+            .args(["--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &engine])
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -179,9 +195,9 @@ impl TestBroker {
         self.child.as_ref().map(Child::id)
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (the proxy's port for a broker behind one).
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised.unwrap_or(self.port))
     }
 
     /// Kafka arguments pointing at this broker.
