@@ -19,7 +19,7 @@
 //! final effect (a later put of a column replaces an earlier one; a column delete removes
 //! earlier puts of that column and stays a delete; a row delete replaces everything before
 //! it), and starts a new **phase** for a row only when a put must follow a delete of the
-//! same row or column. Phases run in order and the executor (`sink.rs`) waits until the
+//! same row or column. Phases run in order and the executor (`writer.rs`) waits until the
 //! clock has moved past the millisecond of the last acknowledged delete before a phase that
 //! puts, so the put always lands at a later timestamp than the delete. Within one phase,
 //! every row appears once and no put overlaps a delete of the same entry, so the order in

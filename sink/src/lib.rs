@@ -43,8 +43,10 @@
 //! * `config.rs` — [`Config`] (flags, `CHATPIPE_*` env), [`HbaseArgs`];
 //! * `batch.rs` — decoding, per-partition buffers, the write plan (pure, unit-tested);
 //! * `hbase.rs` — the Thrift client, the bounded connection pool, error classification;
-//! * `sink.rs` — the consumer, one worker per partition (buffer, flush), rebalances;
-//! * `writer.rs` — one batch: DLQ, HBase calls with retries, the offset;
+//! * `sink.rs` — the main task: serves the consumer, starts and joins the workers, shutdown;
+//! * `consumer.rs` — the consumer's context: lag, assignments, the revocation drain;
+//! * `worker.rs` — one worker per partition: buffer, flush, offset store, fetch check;
+//! * `writer.rs` — one batch: DLQ, HBase calls with retries; reports the next offset;
 //! * `ownership.rs` — which batch and which call may write for a partition; revocation;
 //! * `tables.rs` — `chatpipe tables` (create over Thrift, or HBase shell DDL);
 //! * `query.rs` — `chatpipe query timeline | inbox`;
@@ -52,12 +54,14 @@
 
 pub mod batch;
 pub mod config;
+mod consumer;
 pub mod hbase;
 pub mod metrics;
 mod ownership;
 pub mod query;
 mod sink;
 pub mod tables;
+mod worker;
 mod writer;
 
 use std::future::Future;
@@ -76,10 +80,11 @@ pub use config::{Config, HbaseArgs};
 pub use query::QueryArgs;
 pub use tables::TablesArgs;
 
+use crate::consumer::{SinkConsumer, SinkContext};
 use crate::hbase::{HbaseError, HbasePool};
 use crate::metrics::SinkMetrics;
 use crate::ownership::Shared;
-use crate::sink::{Pipeline, SinkConsumer, SinkContext};
+use crate::sink::ConsumeLoop;
 use crate::tables::TablesError;
 use crate::writer::Writer;
 
@@ -242,7 +247,6 @@ async fn start_and_run(
     let writer = Arc::new(Writer {
         pool,
         producer,
-        consumer: Arc::clone(&consumer),
         shared: Arc::clone(&shared),
         metrics,
         health,
@@ -258,7 +262,7 @@ async fn start_and_run(
         &config.rows_topic,
         chatpipe_common::kafka::session_timeout(&cc),
     );
-    let pipeline = Pipeline::new(config, consumer, shared, writer, assignments, from_earliest, watchdog);
+    let pipeline = ConsumeLoop::new(config, consumer, shared, writer, assignments, from_earliest, watchdog);
     // On a worker thread of its own, so that the rebalance callback may block in place.
     tokio::spawn(pipeline.run(stop.cancelled_owned())).await.map_err(|e| Error::BatchTask(e.to_string()))?
 }

@@ -1,9 +1,9 @@
-//! Writes one batch of one partition: DLQ for what cannot be written, the planned HBase
-//! calls (see `batch.rs`) with retries, then the offset.
+//! Writes one batch of one partition: DLQ for what cannot be written, then the planned
+//! HBase calls (see `batch.rs`) with retries; it reports what happened and, when done, the
+//! offset after the batch's last record, which the partition worker stores (`worker.rs`).
 //!
-//! A batch ends `Done` — every record acknowledged by HBase or by the DLQ, and the offset
-//! after its last record stored for the next commit — or `Abandoned` when cancelled
-//! (revocation timeout, shutdown), storing nothing. Transient HBase errors are retried with
+//! A batch ends `Done` — every record acknowledged by HBase or by the DLQ — or `Abandoned`
+//! when cancelled (revocation timeout, shutdown), reporting no offset. Transient HBase errors are retried with
 //! exponential backoff and jitter, forever or up to `--max-retries` (then the call's records
 //! go to the DLQ as `retries_exhausted`); permanent errors send exactly the refused records
 //! to the DLQ: a refused call is split in halves until the refused rows are found, and a
@@ -20,18 +20,15 @@ use chatpipe_common::http::Health;
 use chatpipe_common::kafka::dlq;
 use hbase_thrift::hbase::BatchMutation;
 use rand::Rng;
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{flatten, plan, plan_mutations, reason, Entry, EntryOp, Phase, Record, Rejection};
 use crate::hbase::{batch_mutation, HbaseClient, HbaseError, HbasePool};
 use crate::metrics::{kind, SinkMetrics};
-use crate::ownership::{FinishGuard, Shared};
-use crate::sink::SinkConsumer;
+use crate::ownership::Shared;
 use chatpipe_common::rows::RowMutation;
 
 /// HBase timestamps are milliseconds: a put must reach the server at least this long after
@@ -57,6 +54,8 @@ pub(crate) struct BatchReport {
     pub(crate) outcome: Outcome,
     /// When the last delete of the partition was acknowledged (see [`DELETE_BARRIER`]).
     pub(crate) last_delete_ack: Option<Instant>,
+    /// `Done`: the offset after the batch's last record, for the worker to store.
+    pub(crate) next_offset: Option<i64>,
 }
 
 /// Cancelled while writing.
@@ -66,7 +65,6 @@ struct Abandoned;
 pub(crate) struct Writer {
     pub(crate) pool: HbasePool,
     pub(crate) producer: FutureProducer,
-    pub(crate) consumer: Arc<SinkConsumer>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) metrics: SinkMetrics,
     pub(crate) health: Health,
@@ -125,7 +123,6 @@ impl Writer {
         cancel: CancellationToken,
         _permit: OwnedSemaphorePermit,
     ) -> BatchReport {
-        let _finish = FinishGuard { shared: Arc::clone(&self.shared), partition };
         let flat = flatten(&records);
         let mut run = BatchRun {
             writer: &self,
@@ -138,14 +135,15 @@ impl Writer {
             rejected: Vec::new(),
             exhausted: AtomicBool::new(false),
         };
-        let outcome = match run.execute().await {
-            Ok(()) => Outcome::Done,
+        let (outcome, next_offset) = match run.execute().await {
+            // the offset to commit is the next one to read (`store_offset` would add 1)
+            Ok(()) => (Outcome::Done, records.last().map(|r| r.offset + 1)),
             Err(Abandoned) => {
                 self.metrics.error(kind::ABANDONED);
-                Outcome::Abandoned
+                (Outcome::Abandoned, None)
             }
         };
-        BatchReport { outcome, last_delete_ack: run.last_delete_ack }
+        BatchReport { outcome, last_delete_ack: run.last_delete_ack, next_offset }
     }
 }
 
@@ -164,19 +162,6 @@ impl BatchRun<'_> {
             return Err(Abandoned);
         }
         self.account();
-        if let Some(last) = self.records.last() {
-            let w = self.writer;
-            // the offset to commit is the next one to read (`store_offset` would add 1)
-            let mut next = TopicPartitionList::new();
-            let stored = next
-                .add_partition_offset(&w.topic, self.partition, Offset::Offset(last.offset + 1))
-                .and_then(|()| w.consumer.store_offsets(&next));
-            if let Err(e) = stored {
-                // after a revocation the partition is gone: the next owner writes them again
-                tracing::debug!(partition = self.partition, error = %e, "offset not stored");
-                w.metrics.error(kind::OFFSET_COMMIT);
-            }
-        }
         Ok(())
     }
 

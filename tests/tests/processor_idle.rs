@@ -105,8 +105,7 @@ async fn a_starved_partition_does_not_close_its_windows_and_an_idle_one_does() {
     let start = now - now.rem_euclid(WINDOW_MS);
     let (first, second) = (message(1, now), message(2, (now + 1).min(start + WINDOW_MS - 1)));
     produce(&producer, &first).await;
-    wait_until("the first message to be processed", Duration::from_secs(60), || counter(&telemetry, events) >= 1)
-        .await;
+    wait_until("the first message to be processed", Duration::from_secs(60), || counter(&telemetry, events) >= 1).await;
 
     // every chunk on the network now takes 4 s: the second message reaches the processor
     // well after the window's end + grace has passed on the wall clock
