@@ -17,7 +17,8 @@
 //! * [`kafka`] — Kafka client configuration from CLI flags (secrets redacted), topic
 //!   creation, DLQ header names; [`group`] — the consumer-group watchdog that rejoins a
 //!   member a faulty coordinator left without partitions.
-//! * [`duration`] — the one parser of duration flags (humantime syntax).
+//! * [`duration`] — the one parser of duration flags (humantime syntax); [`seek_back`] — the
+//!   one schedule of fetching again from further back when a broker skipped records.
 //! * [`telemetry`], [`http`], [`shutdown`] — tracing set-up, the `/metrics` `/healthz`
 //!   `/readyz` server, and the SIGINT/SIGTERM shutdown future.
 //!
@@ -31,6 +32,7 @@ pub mod http;
 pub mod kafka;
 pub mod row_key;
 pub mod rows;
+pub mod seek_back;
 pub mod shutdown;
 pub mod snowflake;
 pub mod telemetry;

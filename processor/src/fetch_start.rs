@@ -7,7 +7,8 @@
 //! nothing when the offset is in the partition's last batch (DESIGN §2). So until the first
 //! record of a partition is known to be at or before its expected start, the partition is
 //! **unverified**:
-//! * a first record past the expected start seeks back (16 records, then ×4 each time);
+//! * a first record past the expected start seeks back (16 records, then ×4 each time:
+//!   [`chatpipe_common::seek_back`], the schedule the sink follows too);
 //! * no record for [`STALL`] also seeks back (the fetch may have started inside the last
 //!   batch, which tansu answers with nothing).
 //!
@@ -19,6 +20,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chatpipe_common::seek_back::SeekBack;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -34,8 +36,8 @@ struct Pending {
     /// The offset the first record must be at or before; `None`: the committed offset
     /// (asked once).
     expected: Option<i64>,
-    /// How far back the last seek went (0: none yet).
-    back: i64,
+    /// How far back the last seek went.
+    seek: SeekBack,
     /// When the partition last started a fetch (assignment, resume or seek).
     since: Instant,
 }
@@ -58,7 +60,7 @@ pub enum Verdict {
 impl FetchStarts {
     /// A partition was assigned: its first record must be at or before the committed offset.
     pub fn assigned(&mut self, partition: i32) {
-        self.pending.insert(partition, Pending { expected: None, back: 0, since: Instant::now() });
+        self.pending.insert(partition, Pending { expected: None, seek: SeekBack::default(), since: Instant::now() });
     }
 
     /// A partition's task starts over (it was fenced while the partition stayed assigned):
@@ -75,7 +77,8 @@ impl FetchStarts {
 
     /// A partition was resumed at `next`: its first record must be at or before it.
     pub fn resumed(&mut self, partition: i32, next: i64) {
-        self.pending.insert(partition, Pending { expected: Some(next), back: 0, since: Instant::now() });
+        self.pending
+            .insert(partition, Pending { expected: Some(next), seek: SeekBack::default(), since: Instant::now() });
     }
 
     /// Forgets partitions no longer assigned.
@@ -100,7 +103,7 @@ impl FetchStarts {
                     partition,
                     first = offset,
                     expected = e,
-                    back = p.back,
+                    back = p.seek.back(),
                     "fetch started past the expected offset; sought back"
                 );
                 self.pending.insert(partition, p);
@@ -128,7 +131,7 @@ impl FetchStarts {
             p.expected = expected;
             match expected {
                 Some(e) if self.seek_back(consumer, topic, partition, e, &mut p) => {
-                    tracing::debug!(partition, expected = e, back = p.back, "fetch silent; sought back");
+                    tracing::debug!(partition, expected = e, back = p.seek.back(), "fetch silent; sought back");
                     self.pending.insert(partition, p);
                 }
                 // nothing before the start to re-read (or no start known): nothing can have
@@ -151,15 +154,10 @@ impl FetchStarts {
         expected: i64,
         p: &mut Pending,
     ) -> bool {
-        if p.back > 0 && expected - p.back <= 0 {
-            return false;
-        }
-        let back = if p.back == 0 { 16 } else { p.back.saturating_mul(4) };
-        let to = expected.saturating_sub(back).max(0);
+        let Some(to) = p.seek.next_target(expected) else { return false };
         if consumer.seek(topic, partition, Offset::Offset(to), CALL_TIMEOUT).is_err() {
             return false;
         }
-        p.back = back;
         p.since = Instant::now();
         true
     }

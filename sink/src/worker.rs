@@ -24,6 +24,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use chatpipe_common::seek_back::SeekBack;
+
 use crate::batch::{Buffer, Record};
 use crate::config::Config;
 use crate::consumer::{blocking, SinkConsumer, SinkContext};
@@ -331,27 +333,27 @@ fn seek(consumer: &SinkConsumer, topic: &str, partition: i32, offset: i64) {
 /// `expected` first. A correct broker does; tansu 0.6 answers a fetch from inside a record
 /// batch with the *following* batch, which would silently skip records. Then the fetch is
 /// restarted further back (16, 64, 256, … records before `expected`, down to 0) until a
-/// record at or before `expected` arrives; the worker skips the records it already has.
+/// record at or before `expected` arrives ([`SeekBack`], the schedule the processor follows
+/// too); the worker skips the records it already has.
 /// Nothing arriving for [`CHECK_IDLE`] counts as a skip too (the skipped records may be the
 /// partition's tail); on a correct broker that costs one re-read of 16 records. Reaching
 /// offset 0 without success accepts the gap (a compacted or truncated log).
 struct FetchCheck {
     expected: i64,
-    target: i64,
-    step: i64,
+    seek: SeekBack,
     since: Instant,
     given_up: bool,
 }
 
 impl FetchCheck {
     fn new(expected: i64) -> Self {
-        FetchCheck { expected, target: expected, step: 0, since: Instant::now(), given_up: false }
+        FetchCheck { expected, seek: SeekBack::default(), since: Instant::now(), given_up: false }
     }
 
     /// The fetch from `target` did not deliver `expected` (`seen`: what it delivered
     /// instead, -1 for nothing): fetch from further back, or give up at offset 0.
     fn probe_further(&mut self, consumer: &SinkConsumer, topic: &str, partition: i32, seen: i64) {
-        if self.target == 0 {
+        let Some(target) = self.seek.next_target(self.expected) else {
             if seen >= 0 {
                 tracing::warn!(
                     partition,
@@ -362,17 +364,15 @@ impl FetchCheck {
             }
             self.given_up = true;
             return;
-        }
-        self.step = if self.step == 0 { 16 } else { self.step.saturating_mul(4) };
-        self.target = (self.expected - self.step).max(0);
+        };
         tracing::debug!(
             partition,
             expected = self.expected,
             seen,
-            target = self.target,
+            target,
             "fetch skipped ahead; fetching from further back"
         );
-        seek(consumer, topic, partition, self.target);
+        seek(consumer, topic, partition, target);
         self.since = Instant::now();
     }
 }
