@@ -17,13 +17,15 @@
 //! * [`kafka`] — Kafka client configuration from CLI flags (secrets redacted), topic
 //!   creation, DLQ header names; [`group`] — the consumer-group watchdog that rejoins a
 //!   member a faulty coordinator left without partitions.
-//! * [`duration`] — the one parser of duration flags (humantime syntax); [`seek_back`] — the
-//!   one schedule of fetching again from further back when a broker skipped records.
+//! * [`duration`] — the one parser of duration flags (humantime syntax); [`backoff`] — the
+//!   one retry backoff (exponential, capped, jittered); [`seek_back`] — the one schedule of
+//!   fetching again from further back when a broker skipped records.
 //! * [`telemetry`], [`http`], [`shutdown`] — tracing set-up, the `/metrics` `/healthz`
 //!   `/readyz` server, and the SIGINT/SIGTERM shutdown future.
 //!
 //! Nothing here panics on input: every fallible function returns a typed error.
 
+pub mod backoff;
 pub mod duration;
 pub mod envelope;
 pub mod event;

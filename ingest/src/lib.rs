@@ -22,7 +22,7 @@
 //!   `Retry-After`, and `/readyz` (component `kafka`) is not ready until a probe or a
 //!   delivery succeeds again.
 //! * The events topic is created at start if missing (`--events-partitions`). If the broker
-//!   cannot be reached, ingest **keeps running, not ready**, retrying with backoff (0.5 s
+//!   cannot be reached, ingest **keeps running, not ready**, retrying with jittered backoff (about 0.5 s
 //!   doubling to 30 s, each failure logged as a warning); events requests get 503 meanwhile.
 //! * Overload: a body is received before the request takes an in-flight slot, bounded by
 //!   `--max-body-bytes` (413) and `--read-timeout` (408), and all bodies being received by

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use chatpipe_common::backoff::Backoff;
 use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
 use chatpipe_common::http::Health;
@@ -499,7 +500,7 @@ impl EventProducer {
     /// Creates the topic (retrying with backoff until it succeeds), then probes the broker
     /// every second until `cancel`; recreates the topic if it disappears.
     pub(crate) async fn watch(self: Arc<Self>, cancel: CancellationToken) {
-        let mut backoff = SETUP_BACKOFF_MIN;
+        let mut backoff = Backoff::new(SETUP_BACKOFF_MIN, SETUP_BACKOFF_MAX);
         loop {
             if !self.topic_ready() {
                 let r = tokio::select! {
@@ -512,22 +513,22 @@ impl EventProducer {
                         tracing::info!(topic = %self.topic, "events topic ready");
                         self.readiness.topic.store(true, Ordering::Release);
                         self.readiness.publish(&self.health);
-                        backoff = SETUP_BACKOFF_MIN;
+                        backoff.reset();
                     }
                     Err(error) => {
                         self.metrics.error(kind::TOPIC_SETUP);
+                        let delay = backoff.next_delay();
                         tracing::warn!(
                             topic = %self.topic,
                             %error,
-                            retry_in = ?backoff,
+                            retry_in = ?delay,
                             "cannot find or create the events topic; not ready, retrying"
                         );
                         tokio::select! {
                             biased;
                             () = cancel.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                            () = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(SETUP_BACKOFF_MAX);
                         continue;
                     }
                 }

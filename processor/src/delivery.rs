@@ -26,6 +26,7 @@ use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
+use chatpipe_common::backoff::Backoff;
 use chatpipe_common::envelope;
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::dlq;
@@ -138,7 +139,7 @@ pub(crate) struct Out {
 /// topic, key and size (reason `output_refused`), counted and logged as an error, and the
 /// partition moves on.
 pub(crate) async fn deliver(d: &Delivery, records: &[Out], source: Source<'_>) -> Option<i64> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut substituted: Vec<Out>;
     let mut records = records;
     loop {
@@ -165,9 +166,9 @@ pub(crate) async fn deliver(d: &Delivery, records: &[Out], source: Source<'_>) -
                 if d.renew_if_failed(generation, &e) {
                     continue;
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, "output delivery failed; retrying the batch");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "output delivery failed; retrying the batch");
+                tokio::time::sleep(delay).await;
             }
         }
     }

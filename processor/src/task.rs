@@ -27,6 +27,7 @@ use rdkafka::producer::Producer;
 use rdkafka::Message;
 use tokio::sync::mpsc;
 
+use chatpipe_common::backoff::Backoff;
 use chatpipe_common::envelope;
 use chatpipe_common::event::ChatEvent;
 
@@ -44,7 +45,7 @@ fn now_ms() -> i64 {
 pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiver<OwnedMessage>, shared: Arc<Shared>) {
     let cfg = &shared.config;
     let t0 = Instant::now();
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let restored = loop {
         let (generation, producer) = shared.out.producer();
         match changelog::restore(cfg, &producer, partition).await {
@@ -57,8 +58,7 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
                 }
                 shared.out.metrics.errors.with_label_values(&["restore"]).inc();
                 tracing::error!(partition, error = %e, "state restore failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     };

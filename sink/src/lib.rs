@@ -292,7 +292,7 @@ where
                 if failures.is_power_of_two() {
                     tracing::warn!(error = %e, failures, "{what} failed; retrying");
                 }
-                let delay = writer::backoff(config.retry_backoff, config.retry_max_backoff, failures);
+                let delay = chatpipe_common::backoff::delay(config.retry_backoff, config.retry_max_backoff, failures);
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(None),
                     _ = tokio::time::sleep(delay) => {}

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use chatpipe_common::backoff;
 use chatpipe_common::http::Health;
 use chatpipe_common::kafka::dlq;
 use hbase_thrift::hbase::BatchMutation;
-use rand::Rng;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::OwnedSemaphorePermit;
@@ -75,14 +75,6 @@ pub(crate) struct Writer {
     pub(crate) max_retries: u32,
     /// Last readiness reported for `hbase` (the health registry is only touched on changes).
     pub(crate) hbase_ok: AtomicBool,
-}
-
-/// The backoff before retry number `attempt` (1-based): exponential, capped, with jitter
-/// in [½, 1] of the step so that many partitions do not retry in lockstep.
-pub(crate) fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let step = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
-    let half = step / 2;
-    half + half.mul_f64(rand::thread_rng().gen_range(0.0..=1.0))
 }
 
 fn now_ms() -> i64 {
@@ -364,7 +356,7 @@ impl BatchRun<'_> {
                             "transient HBase error; retrying with backoff (the partition stops reading when its buffer is full)");
                     }
                     w.metrics.retries.inc();
-                    let delay = backoff(w.retry_backoff, w.retry_max_backoff, failures);
+                    let delay = backoff::delay(w.retry_backoff, w.retry_max_backoff, failures);
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Err(Abandoned),
                         _ = tokio::time::sleep(delay) => {}
@@ -425,31 +417,13 @@ impl BatchRun<'_> {
                     if failures.is_power_of_two() {
                         tracing::warn!(error = %e, failures, "DLQ produce failed; retrying");
                     }
-                    let delay = backoff(w.retry_backoff, w.retry_max_backoff, failures);
+                    let delay = backoff::delay(w.retry_backoff, w.retry_max_backoff, failures);
                     tokio::select! {
                         _ = self.cancel.cancelled() => return Err(Abandoned),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
-        let (i, m) = (Duration::from_millis(100), Duration::from_secs(10));
-        for _ in 0..100 {
-            let b1 = backoff(i, m, 1);
-            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100), "{b1:?}");
-            let b4 = backoff(i, m, 4);
-            assert!(b4 >= Duration::from_millis(400) && b4 <= Duration::from_millis(800), "{b4:?}");
-            let b30 = backoff(i, m, 30);
-            assert!(b30 >= Duration::from_secs(5) && b30 <= Duration::from_secs(10), "{b30:?}");
         }
     }
 }
