@@ -123,7 +123,7 @@ fn failed_for_good(producer: &FutureProducer, error: &KafkaError) -> bool {
 
 /// A record to produce.
 #[derive(Clone)]
-pub(crate) struct Out {
+pub(crate) struct OutRecord {
     pub(crate) topic: String,
     pub(crate) partition: Option<i32>,
     pub(crate) key: Vec<u8>,
@@ -138,9 +138,9 @@ pub(crate) struct Out {
 /// retried forever and never dropped silently: it is replaced by a DLQ record naming its
 /// topic, key and size (reason `output_refused`), counted and logged as an error, and the
 /// partition moves on.
-pub(crate) async fn deliver(d: &Delivery, records: &[Out], source: Source<'_>) -> Option<i64> {
+pub(crate) async fn deliver(d: &Delivery, records: &[OutRecord], source: Source<'_>) -> Option<i64> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut substituted: Vec<Out>;
+    let mut substituted: Vec<OutRecord>;
     let mut records = records;
     loop {
         let (generation, producer) = d.producer();
@@ -185,12 +185,12 @@ pub(crate) struct Source<'a> {
 
 /// The DLQ record that stands for an output the broker refused: its key, no value, and
 /// headers naming the output topic and size and the input batch it came from.
-fn refused_to_dlq(d: &Delivery, r: &Out, e: &KafkaError, source: Source<'_>) -> Out {
+fn refused_to_dlq(d: &Delivery, r: &OutRecord, e: &KafkaError, source: Source<'_>) -> OutRecord {
     let size = r.value.as_ref().map_or(0, Vec::len);
     d.metrics.errors.with_label_values(&["output_refused"]).inc();
     d.metrics.dlq.with_label_values(&["output_refused"]).inc();
     tracing::error!(topic = %r.topic, bytes = size, error = %e, "an output record was refused; sent to the DLQ instead");
-    Out {
+    OutRecord {
         topic: d.dlq_topic.clone(),
         partition: None,
         key: r.key.clone(),
@@ -228,7 +228,7 @@ fn is_permanent(e: &KafkaError) -> bool {
 async fn try_deliver(
     d: &Delivery,
     producer: &FutureProducer,
-    records: &[Out],
+    records: &[OutRecord],
 ) -> Result<(Vec<(usize, KafkaError)>, Option<i64>), KafkaError> {
     let mut futures = Vec::with_capacity(records.len());
     for r in records {
@@ -296,7 +296,7 @@ pub(crate) fn output_records(
     batch: &[OwnedMessage],
     partition: i32,
     metrics: &ProcessorMetrics,
-) -> Vec<Out> {
+) -> Vec<OutRecord> {
     let mut out = Vec::with_capacity(o.rows.len() + o.session_aggs.len() + o.unread.len() + 2);
     for r in &mut o.rows {
         if r.value.len() > envelope::MAX_BODY {
@@ -306,7 +306,7 @@ pub(crate) fn output_records(
             tracing::error!(bytes = r.value.len(), "a chat.rows record is over the envelope's size limit");
             continue;
         }
-        out.push(Out {
+        out.push(OutRecord {
             topic: cfg.rows_topic.clone(),
             partition: None,
             key: itoa::Buffer::new().format(r.key).as_bytes().to_vec(),
@@ -315,7 +315,7 @@ pub(crate) fn output_records(
         });
     }
     for (k, v) in &o.session_aggs {
-        out.push(Out {
+        out.push(OutRecord {
             topic: cfg.agg_session_topic.clone(),
             partition: None,
             key: k.clone().into_bytes(),
@@ -324,7 +324,7 @@ pub(crate) fn output_records(
         });
     }
     for (k, v) in &o.unread {
-        out.push(Out {
+        out.push(OutRecord {
             topic: cfg.unread_topic.clone(),
             partition: None,
             key: k.clone().into_bytes(),
@@ -337,7 +337,7 @@ pub(crate) fn output_records(
             metrics.errors.with_label_values(&["encode"]).inc();
             tracing::error!(error = %e, "a window progress record failed to encode");
         }) {
-            out.push(Out {
+            out.push(OutRecord {
                 topic: cfg.partials_topic.clone(),
                 partition: Some(0),
                 key: partition.to_string().into_bytes(),
@@ -348,7 +348,7 @@ pub(crate) fn output_records(
     }
     for d in &o.dlq {
         let original = batch.iter().find(|m| m.offset() == d.offset);
-        out.push(Out {
+        out.push(OutRecord {
             topic: cfg.dlq_topic.clone(),
             partition: None,
             key: original.and_then(|m| m.key()).map(<[u8]>::to_vec).unwrap_or_default(),
@@ -389,8 +389,14 @@ mod tests {
         Delivery::new(make, metrics, telemetry, "dlq".into()).unwrap()
     }
 
-    fn record(i: u8) -> Out {
-        Out { topic: "out".into(), partition: Some(0), key: vec![i], value: Some(vec![i; 8]), headers: Vec::new() }
+    fn record(i: u8) -> OutRecord {
+        OutRecord {
+            topic: "out".into(),
+            partition: Some(0),
+            key: vec![i],
+            value: Some(vec![i; 8]),
+            headers: Vec::new(),
+        }
     }
 
     /// A producer the broker fences (what tansu answers an idempotent producer whose process

@@ -2,7 +2,7 @@
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use chatpipe_common::telemetry::{Metrics as Reg, LATENCY_BUCKETS, SIZE_BUCKETS};
+use chatpipe_common::telemetry::{Metrics, LATENCY_BUCKETS, SIZE_BUCKETS};
 
 /// Events by outcome.
 pub const EVENTS: &str = "chatpipe_processor_events_total";
@@ -78,7 +78,7 @@ pub struct ProcessorMetrics {
 impl ProcessorMetrics {
     /// Registers every processor metric.
     pub fn new(registry: &Registry) -> Self {
-        let r = Reg(registry);
+        let r = Metrics(registry);
         ProcessorMetrics {
             events: r.counter_vec(EVENTS, "Input events by outcome.", &["outcome"]),
             windows: r.counter_vec(WINDOWS, "Window records emitted (final and corrected).", &["scope"]),

@@ -31,17 +31,17 @@ use tokio::sync::mpsc;
 use chatpipe_common::group::{self, GroupWatchdog, Verdict};
 
 use crate::fetch_start::{self, FetchStarts};
-use crate::runner::{partitions_of, Ctx, Rewind, Shared};
+use crate::runner::{partitions_of, PollerContext, Rewind, Shared};
 
 pub(crate) fn poll_loop(
-    consumer: BaseConsumer<Ctx>,
+    consumer: BaseConsumer<PollerContext>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     mut commits: mpsc::Receiver<(i32, i64)>,
     mut watchdog: GroupWatchdog,
 ) {
     let topic = shared.config.events_topic.clone();
-    let commit = |consumer: &BaseConsumer<Ctx>, commits: &mut mpsc::Receiver<(i32, i64)>| {
+    let commit = |consumer: &BaseConsumer<PollerContext>, commits: &mut mpsc::Receiver<(i32, i64)>| {
         let mut latest: HashMap<i32, i64> = HashMap::new();
         while let Ok((p, o)) = commits.try_recv() {
             let e = latest.entry(p).or_insert(o);
@@ -199,7 +199,7 @@ const REFENCE_AFTER: Duration = Duration::from_secs(1);
 /// zombie-era double assignment that the group has since resolved in this member's favour,
 /// or the group will revoke the partition soon. Partitions no longer assigned are left
 /// alone. The partitions restarted, with their new task ids.
-fn restart_fenced(consumer: &BaseConsumer<Ctx>, shared: &Arc<Shared>, topic: &str) -> Vec<(i32, u64)> {
+fn restart_fenced(consumer: &BaseConsumer<PollerContext>, shared: &Arc<Shared>, topic: &str) -> Vec<(i32, u64)> {
     let due: Vec<i32> = {
         let mut fenced = shared.fenced.lock().unwrap_or_else(|p| p.into_inner());
         let due = fenced.iter().filter(|(_, at)| at.elapsed() >= REFENCE_AFTER).map(|(p, _)| *p).collect();
@@ -223,7 +223,7 @@ fn restart_fenced(consumer: &BaseConsumer<Ctx>, shared: &Arc<Shared>, topic: &st
 /// and a record parked for it; a pause left from before is lifted (whether a client keeps a
 /// pause across an assignment varies).
 fn new_task(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<PollerContext>,
     topic: &str,
     p: i32,
     parked: &mut HashMap<i32, OwnedMessage>,
@@ -253,7 +253,7 @@ fn hand_over(shared: &Shared, m: OwnedMessage) -> Result<(), Option<OwnedMessage
 /// checked as after a resume. A request of a task that has been replaced is dropped (its
 /// task sees the reply channel closed).
 fn rewind(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<PollerContext>,
     shared: &Shared,
     topic: &str,
     r: Rewind,

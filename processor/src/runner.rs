@@ -39,7 +39,7 @@ use chatpipe_common::kafka::{ensure_topics, record_consumer_lag, TopicSpec};
 
 use crate::config::Config;
 use crate::core::Progress;
-use crate::delivery::{deliver, Delivery, Out, Source};
+use crate::delivery::{deliver, Delivery, OutRecord, Source};
 use crate::freeze::FreezeGuard;
 use crate::merge::Merger;
 use crate::metrics::ProcessorMetrics;
@@ -165,11 +165,11 @@ impl Shared {
 }
 
 /// The consumer context: rebalance handling and lag statistics.
-pub(crate) struct Ctx {
+pub(crate) struct PollerContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for Ctx {
+impl ClientContext for PollerContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         record_consumer_lag(&statistics, &self.shared.out.metrics.lag);
     }
@@ -179,7 +179,7 @@ pub(crate) fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
     tpl.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect()
 }
 
-impl ConsumerContext for Ctx {
+impl ConsumerContext for PollerContext {
     fn pre_rebalance(&self, c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions_of(tpl, &self.shared.config.events_topic);
@@ -311,7 +311,8 @@ pub async fn start(config: Config, telemetry: Telemetry) -> Result<ProcessorHand
         freeze: FreezeGuard::start(chatpipe_common::kafka::session_timeout(&consumer_config))
             .map_err(|e| Error::Internal(e.to_string()))?,
     });
-    let consumer: BaseConsumer<Ctx> = consumer_config.create_with_context(Ctx { shared: shared.clone() })?;
+    let consumer: BaseConsumer<PollerContext> =
+        consumer_config.create_with_context(PollerContext { shared: shared.clone() })?;
     consumer.subscribe(&[&config.events_topic])?;
     let watchdog = GroupWatchdog::new(
         &config.group_id,
@@ -404,9 +405,9 @@ async fn merge_task(shared: Arc<Shared>, partitions: i32, stop: tokio_util::sync
         if emitted.is_empty() {
             continue;
         }
-        let records: Vec<Out> = emitted
+        let records: Vec<OutRecord> = emitted
             .into_iter()
-            .map(|(k, v)| Out {
+            .map(|(k, v)| OutRecord {
                 topic: cfg.agg_global_topic.clone(),
                 partition: None,
                 key: k.into_bytes(),

@@ -33,7 +33,7 @@ use chatpipe_common::event::ChatEvent;
 
 use crate::changelog;
 use crate::core::PartitionCore;
-use crate::delivery::{deliver, output_records, record_outcomes, Out, Source};
+use crate::delivery::{deliver, output_records, record_outcomes, OutRecord, Source};
 use crate::runner::Shared;
 use crate::state::{ChangeRecord, PartitionState, StateKey};
 use crate::Error;
@@ -185,7 +185,7 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
         // Outputs and state entries in one wave, then the Meta record that commits the batch:
         // a crash before Meta restores the batch's `prev` values and redoes the batch.
         let (meta, entries): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(k, _)| *k == StateKey::Meta);
-        let log = |set: Vec<(StateKey, ChangeRecord)>| -> Vec<Out> {
+        let log = |set: Vec<(StateKey, ChangeRecord)>| -> Vec<OutRecord> {
             set.into_iter()
                 .filter_map(|(k, r)| {
                     // a record with neither value is a committed delete: a Kafka tombstone
@@ -195,7 +195,7 @@ pub(crate) async fn partition_task(partition: i32, id: u64, mut rx: mpsc::Receiv
                         Ok((key, value))
                     });
                     match encoded {
-                        Ok((key, value)) => Some(Out {
+                        Ok((key, value)) => Some(OutRecord {
                             topic: cfg.changelog_topic.clone(),
                             partition: Some(partition),
                             key,

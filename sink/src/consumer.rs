@@ -21,7 +21,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::metrics::{kind, SinkMetrics};
-use crate::ownership::{Released, Shared};
+use crate::ownership::{Ownership, Released};
 
 /// A newly assigned partition.
 pub(crate) struct Assignment {
@@ -32,7 +32,7 @@ pub(crate) struct Assignment {
 /// The consumer's context: records lag from statistics, announces assigned partitions,
 /// drains revoked partitions.
 pub(crate) struct SinkContext {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) ownership: Arc<Ownership>,
     pub(crate) topic: String,
     pub(crate) metrics: SinkMetrics,
     pub(crate) drain_timeout: Duration,
@@ -69,10 +69,10 @@ impl ConsumerContext for SinkContext {
                 // needs the runtime).
                 let released = if multi_thread() {
                     tokio::task::block_in_place(|| {
-                        self.shared.revoke(&partitions, self.drain_timeout, self.call_bound, waiting)
+                        self.ownership.revoke(&partitions, self.drain_timeout, self.call_bound, waiting)
                     })
                 } else {
-                    self.shared.revoke(&partitions, Duration::ZERO, self.call_bound, waiting)
+                    self.ownership.revoke(&partitions, Duration::ZERO, self.call_bound, waiting)
                 };
                 record_release(&self.metrics, released, started.elapsed());
                 commit(base_consumer);
@@ -87,7 +87,7 @@ impl ConsumerContext for SinkContext {
         let partitions = self.partitions(tpl);
         tracing::info!(?partitions, "partitions assigned");
         for partition in partitions {
-            let generation = self.shared.generation(partition);
+            let generation = self.ownership.generation(partition);
             let _ = self.assignments.send(Assignment { partition, generation });
         }
     }

@@ -83,7 +83,7 @@ pub use tables::TablesArgs;
 use crate::consumer::{SinkConsumer, SinkContext};
 use crate::hbase::{HbaseError, HbasePool};
 use crate::metrics::SinkMetrics;
-use crate::ownership::Shared;
+use crate::ownership::Ownership;
 use crate::sink::ConsumeLoop;
 use crate::tables::TablesError;
 use crate::writer::Writer;
@@ -211,10 +211,10 @@ async fn start_and_run(
     health.set("hbase", true);
 
     // Kafka clients.
-    let shared = Arc::new(Shared::default());
+    let ownership = Arc::new(Ownership::default());
     let (assignments_tx, assignments) = tokio::sync::mpsc::unbounded_channel();
     let context = SinkContext {
-        shared: Arc::clone(&shared),
+        ownership: Arc::clone(&ownership),
         topic: config.rows_topic.clone(),
         metrics: metrics.clone(),
         drain_timeout: config.drain_timeout,
@@ -247,7 +247,7 @@ async fn start_and_run(
     let writer = Arc::new(Writer {
         pool,
         producer,
-        shared: Arc::clone(&shared),
+        ownership: Arc::clone(&ownership),
         metrics,
         health,
         topic: config.rows_topic.clone(),
@@ -262,7 +262,7 @@ async fn start_and_run(
         &config.rows_topic,
         chatpipe_common::kafka::session_timeout(&cc),
     );
-    let pipeline = ConsumeLoop::new(config, consumer, shared, writer, assignments, from_earliest, watchdog);
+    let pipeline = ConsumeLoop::new(config, consumer, ownership, writer, assignments, from_earliest, watchdog);
     // On a worker thread of its own, so that the rebalance callback may block in place.
     tokio::spawn(pipeline.run(stop.cancelled_owned())).await.map_err(|e| Error::BatchTask(e.to_string()))?
 }

@@ -9,7 +9,7 @@
 //! 1. **Drain**: the revoked partitions' workers stop, and their in-flight batches get up to
 //!    `--drain-timeout` to finish (each stores its offset; the callback then commits).
 //! 2. **Fence**: batches still running are cancelled. Under the same lock, every HBase call
-//!    of a batch is admitted by [`Shared::enter_call`] on the connection thread right before
+//!    of a batch is admitted by [`Ownership::enter_call`] on the connection thread right before
 //!    it goes on the wire; a cancelled batch's calls are refused there, so a call that was
 //!    queued for a connection never starts, and the batch makes no new call.
 //! 3. **Wait for running calls**: calls already on a connection when the batch was cancelled
@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const CALL_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
-struct PartShared {
+struct PartitionOwnership {
     /// Bumped on every revocation: a worker of an older generation must stop.
     generation: u64,
     /// The running batch, if any (cancelled when a revocation times out).
@@ -62,11 +62,11 @@ struct PartShared {
     calls: usize,
 }
 
-/// What the workers, the batch tasks, the connection threads and the rebalance callback
-/// share (std locks: the callback runs inside librdkafka's poll, outside any async context).
+/// Which batch and which call may write for each partition: what the workers, the batch
+/// tasks, the connection threads and the rebalance callback share (std locks: the callback runs inside librdkafka's poll, outside any async context).
 #[derive(Default)]
-pub(crate) struct Shared {
-    parts: Mutex<HashMap<i32, PartShared>>,
+pub(crate) struct Ownership {
+    parts: Mutex<HashMap<i32, PartitionOwnership>>,
     /// Notified when a batch ends or a call returns.
     idle: Condvar,
     next_generation: AtomicU64,
@@ -94,29 +94,29 @@ pub(crate) struct Released {
 
 /// Holds a partition's call count up while one HBase call runs.
 pub(crate) struct CallGuard {
-    shared: Arc<Shared>,
+    ownership: Arc<Ownership>,
     partition: i32,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.shared.lock().get_mut(&self.partition) {
+        if let Some(p) = self.ownership.lock().get_mut(&self.partition) {
             p.calls = p.calls.saturating_sub(1);
         }
-        self.shared.idle.notify_all();
+        self.ownership.idle.notify_all();
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, HashMap<i32, PartShared>> {
+impl Ownership {
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, PartitionOwnership>> {
         self.parts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn wait<'a>(
         &self,
-        guard: MutexGuard<'a, HashMap<i32, PartShared>>,
+        guard: MutexGuard<'a, HashMap<i32, PartitionOwnership>>,
         timeout: Duration,
-    ) -> MutexGuard<'a, HashMap<i32, PartShared>> {
+    ) -> MutexGuard<'a, HashMap<i32, PartitionOwnership>> {
         match self.idle.wait_timeout(guard, timeout) {
             Ok((guard, _)) => guard,
             Err(poisoned) => poisoned.into_inner().0,
@@ -169,7 +169,7 @@ impl Shared {
             return None;
         }
         parts.entry(partition).or_default().calls += 1;
-        Some(CallGuard { shared: Arc::clone(self), partition })
+        Some(CallGuard { ownership: Arc::clone(self), partition })
     }
 
     /// Marks `partitions` revoked and stops their workers; waits up to `drain` for their
@@ -224,7 +224,7 @@ impl Shared {
                 released.cancelled += 1;
             }
         }
-        let running = |parts: &HashMap<i32, PartShared>| -> usize {
+        let running = |parts: &HashMap<i32, PartitionOwnership>| -> usize {
             partitions.iter().filter_map(|p| parts.get(p)).map(|s| s.calls).sum()
         };
         released.waited_calls = running(&parts);
@@ -264,13 +264,13 @@ impl Shared {
 
 /// Clears a partition's in-flight mark when its batch task ends, however it ends.
 pub(crate) struct FinishGuard {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) ownership: Arc<Ownership>,
     pub(crate) partition: i32,
 }
 
 impl Drop for FinishGuard {
     fn drop(&mut self) {
-        self.shared.finish(self.partition);
+        self.ownership.finish(self.partition);
     }
 }
 
@@ -284,44 +284,44 @@ mod tests {
 
     #[test]
     fn revocation_stops_the_worker_waits_for_in_flight_batches_then_cancels() {
-        let shared = Arc::new(Shared::default());
-        let g = shared.generation(3);
+        let ownership = Arc::new(Ownership::default());
+        let g = ownership.generation(3);
         let worker = CancellationToken::new();
-        assert!(shared.register_worker(3, g, worker.clone()));
+        assert!(ownership.register_worker(3, g, worker.clone()));
         let token = CancellationToken::new();
-        assert!(matches!(shared.begin(3, g, token.clone()), Begin::Started));
-        assert!(matches!(shared.begin(3, g, CancellationToken::new()), Begin::Busy));
+        assert!(matches!(ownership.begin(3, g, token.clone()), Begin::Started));
+        assert!(matches!(ownership.begin(3, g, CancellationToken::new()), Begin::Busy));
         // a batch that finishes within the drain timeout is waited for
-        let s2 = Arc::clone(&shared);
+        let s2 = Arc::clone(&ownership);
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             s2.finish(3);
         });
-        let released = shared.revoke(&[3], Duration::from_secs(10), Duration::from_secs(10), &gauge());
+        let released = ownership.revoke(&[3], Duration::from_secs(10), Duration::from_secs(10), &gauge());
         t.join().unwrap();
         assert_eq!(released, Released::default());
         assert!(worker.is_cancelled());
         assert!(!token.is_cancelled());
-        assert!(matches!(shared.begin(3, g, CancellationToken::new()), Begin::Stale));
-        assert!(!shared.register_worker(3, g, CancellationToken::new()));
+        assert!(matches!(ownership.begin(3, g, CancellationToken::new()), Begin::Stale));
+        assert!(!ownership.register_worker(3, g, CancellationToken::new()));
         // one that does not is cancelled
-        let g = shared.generation(3);
+        let g = ownership.generation(3);
         let token = CancellationToken::new();
-        assert!(matches!(shared.begin(3, g, token.clone()), Begin::Started));
-        let released = shared.revoke(&[3], Duration::from_millis(20), Duration::from_secs(10), &gauge());
+        assert!(matches!(ownership.begin(3, g, token.clone()), Begin::Started));
+        let released = ownership.revoke(&[3], Duration::from_millis(20), Duration::from_secs(10), &gauge());
         assert!(token.is_cancelled());
         assert_eq!(released, Released { cancelled: 1, waited_calls: 0, outlived: 0 });
     }
 
     #[test]
     fn a_revocation_returns_only_after_the_running_call_and_refuses_new_ones() {
-        let shared = Arc::new(Shared::default());
-        let g = shared.generation(1);
+        let ownership = Arc::new(Ownership::default());
+        let g = ownership.generation(1);
         let token = CancellationToken::new();
-        assert!(matches!(shared.begin(1, g, token.clone()), Begin::Started));
-        let call = shared.enter_call(1, &token).unwrap();
+        assert!(matches!(ownership.begin(1, g, token.clone()), Begin::Started));
+        let call = ownership.enter_call(1, &token).unwrap();
         let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (s2, r2) = (Arc::clone(&shared), Arc::clone(&returned));
+        let (s2, r2) = (Arc::clone(&ownership), Arc::clone(&returned));
         let waiting = gauge();
         let w2 = waiting.clone();
         let revoker = std::thread::spawn(move || {
@@ -333,7 +333,7 @@ mod tests {
         while !token.is_cancelled() {
             std::thread::yield_now();
         }
-        assert!(shared.enter_call(1, &token).is_none(), "a cancelled batch makes no new call");
+        assert!(ownership.enter_call(1, &token).is_none(), "a cancelled batch makes no new call");
         while waiting.get() != 1 {
             std::thread::yield_now();
         }
@@ -346,12 +346,12 @@ mod tests {
 
     #[test]
     fn a_call_outliving_the_bound_is_reported() {
-        let shared = Arc::new(Shared::default());
-        let g = shared.generation(2);
+        let ownership = Arc::new(Ownership::default());
+        let g = ownership.generation(2);
         let token = CancellationToken::new();
-        assert!(matches!(shared.begin(2, g, token.clone()), Begin::Started));
-        let _call = shared.enter_call(2, &token).unwrap();
-        let released = shared.fence_all(Duration::from_millis(10), &gauge());
+        assert!(matches!(ownership.begin(2, g, token.clone()), Begin::Started));
+        let _call = ownership.enter_call(2, &token).unwrap();
+        let released = ownership.fence_all(Duration::from_millis(10), &gauge());
         assert_eq!(released, Released { cancelled: 1, waited_calls: 1, outlived: 1 });
     }
 }

@@ -59,7 +59,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::consumer::{blocking, commit, record_release, Assignment, SinkConsumer};
 use crate::metrics::kind;
-use crate::ownership::{Shared, CALL_MARGIN};
+use crate::ownership::{Ownership, CALL_MARGIN};
 use crate::worker::{Worker, WorkerDeps, WorkerState};
 use crate::writer::Writer;
 use crate::Error;
@@ -84,7 +84,7 @@ impl ConsumeLoop {
     pub(crate) fn new(
         config: Config,
         consumer: Arc<SinkConsumer>,
-        shared: Arc<Shared>,
+        ownership: Arc<Ownership>,
         writer: Arc<Writer>,
         assignments: mpsc::UnboundedReceiver<Assignment>,
         from_earliest: bool,
@@ -92,7 +92,7 @@ impl ConsumeLoop {
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let deps =
-            WorkerDeps { config, consumer, shared, writer, permits, drain: CancellationToken::new(), from_earliest };
+            WorkerDeps { config, consumer, ownership, writer, permits, drain: CancellationToken::new(), from_earliest };
         ConsumeLoop {
             deps: Arc::new(deps),
             assignments,
@@ -170,7 +170,7 @@ impl ConsumeLoop {
             return;
         }
         let stop = CancellationToken::new();
-        if !self.deps.shared.register_worker(a.partition, a.generation, stop.clone()) {
+        if !self.deps.ownership.register_worker(a.partition, a.generation, stop.clone()) {
             return; // revoked again meanwhile
         }
         // Messages fetched before the split would sit on the main queue; the worker's fetch
@@ -209,9 +209,9 @@ impl ConsumeLoop {
                     // no HBase call of a cancelled batch starts; the ones on the wire end by
                     // their timeout, and the consumer leaves the group only after them
                     let started = Instant::now();
-                    let (shared, m) = (&self.deps.shared, &self.deps.writer.metrics);
+                    let (ownership, m) = (&self.deps.ownership, &self.deps.writer.metrics);
                     let bound = self.deps.config.hbase.timeout + CALL_MARGIN;
-                    let released = blocking(|| shared.fence_all(bound, &m.revocation_waiting_calls));
+                    let released = blocking(|| ownership.fence_all(bound, &m.revocation_waiting_calls));
                     record_release(m, released, started.elapsed());
                     let grace = tokio::time::Instant::now() + Duration::from_secs(5);
                     while tokio::time::timeout_at(grace, self.workers.join_next()).await.is_ok_and(|d| d.is_some()) {}

@@ -30,8 +30,8 @@ use crate::batch::{Buffer, Record};
 use crate::config::Config;
 use crate::consumer::{blocking, SinkConsumer, SinkContext};
 use crate::metrics::kind;
-use crate::ownership::{Begin, FinishGuard, Shared};
-use crate::writer::{BatchReport, Outcome, Writer};
+use crate::ownership::{Begin, FinishGuard, Ownership};
+use crate::writer::{BatchOutcome, BatchReport, Writer};
 use crate::Error;
 
 /// A partition whose fetch was (re)started and delivered nothing for this long is checked
@@ -46,7 +46,7 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct WorkerDeps {
     pub(crate) config: Config,
     pub(crate) consumer: Arc<SinkConsumer>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) ownership: Arc<Ownership>,
     pub(crate) writer: Arc<Writer>,
     pub(crate) permits: Arc<Semaphore>,
     /// Shutdown: stop reading, write what is buffered, exit.
@@ -68,7 +68,7 @@ async fn batch_task(
     permit: OwnedSemaphorePermit,
 ) -> BatchReport {
     // cleared however the task ends (dropped last: after the offset is stored)
-    let _finish = FinishGuard { shared: Arc::clone(&deps.shared), partition };
+    let _finish = FinishGuard { ownership: Arc::clone(&deps.ownership), partition };
     let report = Arc::clone(&deps.writer).run_batch(partition, records, last_delete_ack, cancel, permit).await;
     if let Some(next) = report.next_offset {
         let mut list = TopicPartitionList::new();
@@ -153,7 +153,7 @@ impl Worker {
                     match report {
                         Ok(r) => {
                             self.state.last_delete_ack = r.last_delete_ack;
-                            if r.outcome == Outcome::Abandoned && !stop.is_cancelled() && !draining {
+                            if r.outcome == BatchOutcome::Abandoned && !stop.is_cancelled() && !draining {
                                 break Err(Error::BatchTask(format!(
                                     "partition {}: batch abandoned while the partition is still assigned",
                                     self.partition
@@ -169,7 +169,7 @@ impl Worker {
                 permit = Arc::clone(&deps.permits).acquire_owned(), if want_permit => {
                     let Ok(permit) = permit else { break Ok(()) };
                     let token = CancellationToken::new();
-                    match deps.shared.begin(self.partition, self.generation, token.clone()) {
+                    match deps.ownership.begin(self.partition, self.generation, token.clone()) {
                         Begin::Started => {}
                         Begin::Stale => break Ok(()),
                         Begin::Busy => {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{flatten, plan, plan_mutations, reason, Entry, EntryOp, Phase, Record, Rejection};
 use crate::hbase::{batch_mutation, HbaseClient, HbaseError, HbasePool};
 use crate::metrics::{kind, SinkMetrics};
-use crate::ownership::Shared;
+use crate::ownership::Ownership;
 use chatpipe_common::rows::RowMutation;
 
 /// HBase timestamps are milliseconds: a put must reach the server at least this long after
@@ -42,7 +42,7 @@ const DLQ_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum BatchOutcome {
     /// Every record is in HBase or in the DLQ and the offset is stored.
     Done,
     /// Cancelled (revocation timeout, shutdown): nothing stored.
@@ -51,7 +51,7 @@ pub(crate) enum Outcome {
 
 /// What a batch task reports to its partition.
 pub(crate) struct BatchReport {
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: BatchOutcome,
     /// When the last delete of the partition was acknowledged (see [`DELETE_BARRIER`]).
     pub(crate) last_delete_ack: Option<Instant>,
     /// `Done`: the offset after the batch's last record, for the worker to store.
@@ -65,7 +65,7 @@ struct Abandoned;
 pub(crate) struct Writer {
     pub(crate) pool: HbasePool,
     pub(crate) producer: FutureProducer,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) ownership: Arc<Ownership>,
     pub(crate) metrics: SinkMetrics,
     pub(crate) health: Health,
     pub(crate) topic: String,
@@ -129,10 +129,10 @@ impl Writer {
         };
         let (outcome, next_offset) = match run.execute().await {
             // the offset to commit is the next one to read (`store_offset` would add 1)
-            Ok(()) => (Outcome::Done, records.last().map(|r| r.offset + 1)),
+            Ok(()) => (BatchOutcome::Done, records.last().map(|r| r.offset + 1)),
             Err(Abandoned) => {
                 self.metrics.error(kind::ABANDONED);
-                (Outcome::Abandoned, None)
+                (BatchOutcome::Abandoned, None)
             }
         };
         BatchReport { outcome, last_delete_ack: run.last_delete_ack, next_offset }
@@ -314,13 +314,13 @@ impl BatchRun<'_> {
             }
             // the latency of the call itself, on its connection (not the wait for one)
             let f = make();
-            let (shared, partition, batch) = (Arc::clone(&w.shared), self.partition, self.cancel.clone());
+            let (ownership, partition, batch) = (Arc::clone(&w.ownership), self.partition, self.cancel.clone());
             let result = w
                 .pool
                 .call(move |c| {
                     // admitted right before it goes on the wire: a revocation waits for an
                     // admitted call, and a cancelled batch's call is not made (ownership.rs)
-                    let Some(_call) = shared.enter_call(partition, &batch) else { return Ok(None) };
+                    let Some(_call) = ownership.enter_call(partition, &batch) else { return Ok(None) };
                     let started = Instant::now();
                     f(c).map(|v| Some((v, started.elapsed())))
                 })

@@ -19,7 +19,8 @@
 
 use std::borrow::Cow;
 
-use super::{ArrayOr, BodyFormat, Loose, ObjectOr, RawEvent, RawMessage, MAX_MENTIONS};
+use super::lenient::{ArrayOr, LooseValue, ObjectOr, RawEvent, RawMessage};
+use super::{BodyFormat, MAX_MENTIONS};
 
 /// The events of a body, each passed to `accept` with its index as it is read (which
 /// turns it into the caller's type, or answers `None` to stop), or `None` when the serde
@@ -142,17 +143,17 @@ impl<'a> Scanner<'a> {
     }
 
     /// A scalar field value; `Some(None)` for `null` (serde's `Option` reads null as absent).
-    fn scalar(&mut self) -> Option<Option<Loose<'a>>> {
+    fn scalar(&mut self) -> Option<Option<LooseValue<'a>>> {
         Some(Some(match self.peek()? {
-            b'"' => Loose::Str(Cow::Borrowed(self.string()?)),
-            b'0'..=b'9' => Loose::U64(self.number()?),
+            b'"' => LooseValue::Str(Cow::Borrowed(self.string()?)),
+            b'0'..=b'9' => LooseValue::U64(self.number()?),
             b't' => {
                 self.literal(b"true")?;
-                Loose::Bool
+                LooseValue::Bool
             }
             b'f' => {
                 self.literal(b"false")?;
-                Loose::Bool
+                LooseValue::Bool
             }
             b'n' => {
                 self.literal(b"null")?;
@@ -251,7 +252,7 @@ impl<'a> Scanner<'a> {
         }
         loop {
             match self.scalar()? {
-                Some(id @ (Loose::Str(_) | Loose::U64(_))) if ids.len() < MAX_MENTIONS => ids.push(id),
+                Some(id @ (LooseValue::Str(_) | LooseValue::U64(_))) if ids.len() < MAX_MENTIONS => ids.push(id),
                 _ => return None,
             }
             match self.next()? {
