@@ -69,6 +69,18 @@ fn role_config<T: Args + clap::FromArgMatches>(args: &[String]) -> Result<T> {
     Ok(W::<T>::try_parse_from(argv)?.c)
 }
 
+/// Producer settings for the local broker (DESIGN §2): no compression (loopback, and tansu
+/// decompresses every batch it stores: a quarter of its CPU under load) and two requests in
+/// flight per connection (with librdkafka's five, a producer's broker thread spins while
+/// tansu is slow to answer: ingest and the processor burned 40–70 CPU-s per minute of load).
+/// Measured in docs/BENCHMARKS.md (bench/devstack); production keeps the defaults.
+const DEV_KAFKA_OPTIONS: [&str; 2] = ["compression.type=none", "max.in.flight.requests.per.connection=2"];
+
+/// `--kafka-option` flags for [`DEV_KAFKA_OPTIONS`].
+fn dev_kafka_options() -> Vec<String> {
+    DEV_KAFKA_OPTIONS.iter().flat_map(|o| ["--kafka-option".to_owned(), (*o).to_owned()]).collect()
+}
+
 fn s(v: impl ToString) -> String {
     v.to_string()
 }
@@ -176,36 +188,49 @@ pub async fn run(args: DevArgs, shutdown: impl std::future::Future<Output = ()> 
         "--events-partitions".into(),
         s(args.partitions),
     ];
+    ingest_args.extend(dev_kafka_options());
     match &args.api_keys_file {
         Some(f) => ingest_args.extend(["--api-keys-file".into(), f.display().to_string()]),
         None => ingest_args.push("--insecure-no-auth".into()),
     }
     let ingest = chatpipe_ingest::start(role_config(&ingest_args)?, telemetry.clone()).await?;
     let processor = chatpipe_processor::start(
-        role_config(&[
-            "--kafka-brokers".into(),
-            brokers.clone(),
-            "--state-dir".into(),
-            data.join("processor").display().to_string(),
-            "--events-partitions".into(),
-            s(args.partitions),
-            "--output-partitions".into(),
-            s(args.partitions),
-            "--idle-timeout".into(),
-            "5s".into(),
-        ])?,
+        role_config(
+            &[
+                dev_kafka_options(),
+                vec![
+                    "--kafka-brokers".into(),
+                    brokers.clone(),
+                    "--state-dir".into(),
+                    data.join("processor").display().to_string(),
+                    "--events-partitions".into(),
+                    s(args.partitions),
+                    "--output-partitions".into(),
+                    s(args.partitions),
+                    "--idle-timeout".into(),
+                    "5s".into(),
+                ],
+            ]
+            .concat(),
+        )?,
         telemetry.clone(),
     )
     .await?;
     let sink_stop = tokio_util::sync::CancellationToken::new();
-    let sink_cfg: chatpipe_sink::Config = role_config(&[
-        "--kafka-brokers".into(),
-        brokers.clone(),
-        "--hbase-thrift".into(),
-        thrift.clone(),
-        "--topic-partitions".into(),
-        s(args.partitions),
-    ])?;
+    let sink_cfg: chatpipe_sink::Config = role_config(
+        &[
+            dev_kafka_options(),
+            vec![
+                "--kafka-brokers".into(),
+                brokers.clone(),
+                "--hbase-thrift".into(),
+                thrift.clone(),
+                "--topic-partitions".into(),
+                s(args.partitions),
+            ],
+        ]
+        .concat(),
+    )?;
     let sink = {
         let stop = sink_stop.clone();
         let t = telemetry.clone();

@@ -112,6 +112,11 @@ pub struct LoadArgs {
     /// `chatpipe.bench.raw`, to measure the broker's raw produce ceiling.
     #[arg(long)]
     pub raw_kafka_brokers: Option<String>,
+    /// A librdkafka property for the `--raw-kafka-brokers` producer (`key=value`,
+    /// repeatable), to give the baseline the producer settings of the roles it is compared
+    /// with (as `--kafka-option` does for a role).
+    #[arg(long = "raw-kafka-option", value_parser = chatpipe_common::kafka::parse_kafka_option)]
+    pub raw_kafka_options: Vec<chatpipe_common::kafka::KafkaOption>,
     /// Random seed (sessions and bodies).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -386,7 +391,8 @@ async fn worker(shared: Arc<Shared>, client: reqwest::Client, idx: usize, pb: in
 /// configuration ingest uses, for `--duration` or `--events` messages.
 async fn raw_ceiling(args: &LoadArgs, brokers: &str) -> Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let kafka = chatpipe_common::kafka::KafkaArgs::new(brokers);
+    let mut kafka = chatpipe_common::kafka::KafkaArgs::new(brokers);
+    kafka.options.clone_from(&args.raw_kafka_options);
     chatpipe_common::kafka::ensure_topics(
         &kafka,
         &[chatpipe_common::kafka::TopicSpec::new("chatpipe.bench.raw", 4)],

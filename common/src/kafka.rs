@@ -161,21 +161,38 @@ impl fmt::Debug for KafkaArgs {
     }
 }
 
+/// librdkafka properties only a producer reads (a consumer given one logs `CONFWARN`).
+pub const PRODUCER_ONLY: [&str; 16] = [
+    "acks",
+    "batch.num.messages",
+    "batch.size",
+    "compression.codec",
+    "compression.level",
+    "compression.type",
+    "delivery.timeout.ms",
+    "enable.idempotence",
+    "linger.ms",
+    "message.send.max.retries",
+    "message.timeout.ms",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.ms",
+    "request.required.acks",
+    "retries",
+];
+
 impl KafkaArgs {
     /// Arguments for a broker at `brokers` with no options (tests, dev).
     pub fn new(brokers: impl Into<String>) -> Self {
         KafkaArgs { brokers: brokers.into(), client_id: "chatpipe".to_owned(), options: Vec::new() }
     }
 
-    /// A base client configuration for a role (`role` is appended to the client id).
-    /// User options are applied last, so they override chatpipe's defaults.
+    /// A base configuration for a role's consumer or admin client (`role` is appended to
+    /// the client id). User options are applied last, so they override chatpipe's defaults;
+    /// producer-only ones ([`PRODUCER_ONLY`]) are left to the producers, so that one
+    /// `--kafka-option compression.type=…` does not make every consumer log a warning.
     pub fn client_config(&self, role: &str) -> ClientConfig {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.brokers).set("client.id", format!("{}-{role}", self.client_id));
-        for o in &self.options {
-            cfg.set(&o.key, &o.value);
-        }
-        cfg
+        self.client_config_with(role, &[])
     }
 
     /// A consumer configuration: [`Self::client_config`] with chatpipe's consumer defaults
@@ -184,15 +201,16 @@ impl KafkaArgs {
         self.client_config_with(role, &[("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)])
     }
 
-    /// A client configuration with chatpipe's `defaults` for a role, which the user's
-    /// `--kafka-option`s override.
+    /// A consumer or admin client configuration with chatpipe's `defaults` for a role, which
+    /// the user's `--kafka-option`s override (producer-only ones skipped, as in
+    /// [`Self::client_config`]).
     pub fn client_config_with(&self, role: &str, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.brokers).set("client.id", format!("{}-{role}", self.client_id));
         for (k, v) in defaults {
             cfg.set(*k, *v);
         }
-        for o in &self.options {
+        for o in self.options.iter().filter(|o| !PRODUCER_ONLY.contains(&o.key.as_str())) {
             cfg.set(&o.key, &o.value);
         }
         cfg
@@ -321,6 +339,22 @@ mod tests {
         assert_eq!(cfg.get("client.id"), Some("chatpipe-test"));
         let err = Cli::try_parse_from(["x", "--kafka-option", "hunter2"]).unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn producer_only_options_reach_producers_and_not_consumers() {
+        let mut args = KafkaArgs::new("b:1");
+        for o in ["compression.type=none", "max.in.flight.requests.per.connection=2", "linger.ms=7"] {
+            args.options.push(parse_kafka_option(o).unwrap());
+        }
+        let producer = args.producer_config("ingest", 5);
+        assert_eq!(producer.get("compression.type"), Some("none"));
+        assert_eq!(producer.get("linger.ms"), Some("7"));
+        for consumer in [args.consumer_config("sink"), args.client_config("admin")] {
+            assert_eq!(consumer.get("compression.type"), None);
+            assert_eq!(consumer.get("linger.ms"), None);
+            assert_eq!(consumer.get("max.in.flight.requests.per.connection"), Some("2"));
+        }
     }
 
     #[test]
