@@ -17,7 +17,7 @@ use chatpipe_common::event::{ChatEvent, EventType, MessageContent, MessageKind, 
 use chatpipe_common::http::Telemetry;
 use chatpipe_common::kafka::{parse_kafka_option, TopicSpec};
 use chatpipe_processor::Config;
-use chatpipe_tests::{now_ms, TestBroker};
+use chatpipe_tests::{now_ms, wait_for, TestBroker};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -83,14 +83,6 @@ fn window_records(consumer: &BaseConsumer, start: i64, seen: &mut Vec<(u64, u64)
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starved_partition_does_not_close_its_windows_and_an_idle_one_does() {
     let (broker, proxy) = TestBroker::start_behind_proxy();
@@ -105,7 +97,11 @@ async fn a_starved_partition_does_not_close_its_windows_and_an_idle_one_does() {
     let start = now - now.rem_euclid(WINDOW_MS);
     let (first, second) = (message(1, now), message(2, (now + 1).min(start + WINDOW_MS - 1)));
     produce(&producer, &first).await;
-    wait_until("the first message to be processed", Duration::from_secs(60), || counter(&telemetry, events) >= 1).await;
+    wait_for(Duration::from_secs(60), "the first message to be processed", || {
+        let done = counter(&telemetry, events) >= 1;
+        async move { done }
+    })
+    .await;
 
     // every chunk on the network now takes 4 s: the second message reaches the processor
     // well after the window's end + grace has passed on the wall clock
@@ -113,8 +109,11 @@ async fn a_starved_partition_does_not_close_its_windows_and_an_idle_one_does() {
     let window_closes_at = start + WINDOW_MS + 1_000;
     produce(&producer, &second).await;
     assert!(now_ms() > window_closes_at, "the window must close on the wall clock before the second message is read");
-    wait_until("the second message to be processed", Duration::from_secs(120), || counter(&telemetry, events) >= 2)
-        .await;
+    wait_for(Duration::from_secs(120), "the second message to be processed", || {
+        let done = counter(&telemetry, events) >= 2;
+        async move { done }
+    })
+    .await;
     let deferred = counter(&telemetry, chatpipe_processor::metrics::IDLE_DEFERRED);
     assert!(deferred > 0, "no idle check saw the starved partition: the test did not exercise the path");
 
