@@ -21,7 +21,7 @@ use crate::filter::{self, Filter};
 use crate::regions;
 use crate::scanner::{Scanner, Scanners};
 use crate::store::{
-    Cell, ColumnSel, FamilyDescriptor, Increment, Op, ReadSpec, RowCells, RowMutation, ScanSpec, Store, StoreError,
+    ColumnSel, FamilyDescriptor, Increment, Op, ReadSpec, RowCells, RowEdit, ScanSpec, Store, StoreError, StoredCell,
     LATEST_TIMESTAMP,
 };
 
@@ -82,7 +82,7 @@ fn selector(column: &[u8]) -> ColumnSel {
     }
 }
 
-fn column_name(cell: &Cell) -> Vec<u8> {
+fn column_name(cell: &StoredCell) -> Vec<u8> {
     let mut name = Vec::with_capacity(cell.family.len() + 1 + cell.qualifier.len());
     name.extend_from_slice(&cell.family);
     name.push(b':');
@@ -90,12 +90,12 @@ fn column_name(cell: &Cell) -> Vec<u8> {
     name
 }
 
-fn tcell(cell: Cell) -> TCell {
+fn tcell(cell: StoredCell) -> TCell {
     TCell { value: Some(cell.value), timestamp: Some(cell.ts) }
 }
 
 /// One `TRowResult`, as HBase's `ThriftUtilities.rowResultFromHBase` builds it.
-fn row_result(row: Vec<u8>, cells: Vec<Cell>, sort_columns: bool) -> TRowResult {
+fn row_result(row: Vec<u8>, cells: Vec<StoredCell>, sort_columns: bool) -> TRowResult {
     if sort_columns {
         TRowResult {
             row: Some(row),
@@ -230,7 +230,7 @@ impl Handler {
         now_ms()
     }
 
-    fn mutate(&self, table: &[u8], rows: Vec<RowMutation>, ts: Option<i64>) -> Result<(), StoreError> {
+    fn mutate(&self, table: &[u8], rows: Vec<RowEdit>, ts: Option<i64>) -> Result<(), StoreError> {
         for r in &rows {
             if !r.ops.is_empty() {
                 check_row(&r.row)?;
@@ -324,7 +324,7 @@ impl Handler {
     }
 
     fn delete(&self, table: &[u8], row: Vec<u8>, op: Op, ts: Option<i64>) -> thrift::Result<()> {
-        self.mutate(table, vec![RowMutation { row, ops: vec![op] }], ts).map_err(|e| to_thrift(e, Declares::Io))
+        self.mutate(table, vec![RowEdit { row, ops: vec![op] }], ts).map_err(|e| to_thrift(e, Declares::Io))
     }
 }
 
@@ -563,7 +563,7 @@ impl HbaseSyncHandler for Handler {
     ) -> thrift::Result<()> {
         let run = || {
             let ops = ops_from_thrift(mutations, PutWithoutQualifier::Ignore)?;
-            self.mutate(&table_name, vec![RowMutation { row, ops }], Some(timestamp))
+            self.mutate(&table_name, vec![RowEdit { row, ops }], Some(timestamp))
         };
         run().map_err(|e| to_thrift(e, Declares::IoIllegal))
     }
@@ -590,7 +590,7 @@ impl HbaseSyncHandler for Handler {
                 .map(|b| {
                     let row = b.row.ok_or_else(|| illegal("BatchMutation without a row"))?;
                     let ops = ops_from_thrift(b.mutations.unwrap_or_default(), PutWithoutQualifier::Refuse)?;
-                    Ok(RowMutation { row, ops })
+                    Ok(RowEdit { row, ops })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             self.mutate(&table_name, rows, Some(timestamp))
@@ -937,7 +937,8 @@ mod tests {
 
     #[test]
     fn batch_size_splits_wide_rows() {
-        let cell = |q: &str| Cell { family: b"f".to_vec(), qualifier: q.as_bytes().to_vec(), ts: 1, value: Vec::new() };
+        let cell =
+            |q: &str| StoredCell { family: b"f".to_vec(), qualifier: q.as_bytes().to_vec(), ts: 1, value: Vec::new() };
         let rows = vec![RowCells { row: b"r".to_vec(), cells: vec![cell("a"), cell("b"), cell("c")] }];
         let mut out = std::collections::VecDeque::new();
         split_into_results(rows, Some(2), true, &mut out);

@@ -86,7 +86,7 @@ use crate::metrics::SinkMetrics;
 use crate::ownership::Ownership;
 use crate::sink::ConsumeLoop;
 use crate::tables::TablesError;
-use crate::writer::Writer;
+use crate::writer::BatchWriter;
 
 /// Why the sink stopped.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +244,7 @@ async fn start_and_run(
     let producer: FutureProducer = config.kafka.awaited_producer_config("sink-dlq", 5).create()?;
     tracing::info!(topic = %config.rows_topic, group = %config.group_id, hbase = %config.hbase.addr, "sink started");
 
-    let writer = Arc::new(Writer {
+    let writer = Arc::new(BatchWriter {
         pool,
         producer,
         ownership: Arc::clone(&ownership),

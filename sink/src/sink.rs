@@ -6,7 +6,7 @@
 //! assigned partition's messages into a queue of their own (librdkafka partition queues),
 //! served by a **partition worker** task, which owns the partition's [`Buffer`]. When the buffer is
 //! due (rows, bytes or age) and the partition has no batch in flight, the worker takes a
-//! batch and spawns a **batch task** ([`Writer`]) that writes it, bounded by
+//! batch and spawns a **batch task** ([`BatchWriter`]) that writes it, bounded by
 //! `--max-in-flight` permits over all partitions. One batch per partition at a time keeps
 //! each row's mutations in order (a row lives in one partition); partitions write in
 //! parallel. The main task ([`ConsumeLoop`], here) serves the consumer's own queue
@@ -61,7 +61,7 @@ use crate::consumer::{blocking, commit, record_release, Assignment, SinkConsumer
 use crate::metrics::kind;
 use crate::ownership::{Ownership, CALL_MARGIN};
 use crate::worker::{Worker, WorkerDeps, WorkerState};
-use crate::writer::Writer;
+use crate::writer::BatchWriter;
 use crate::Error;
 
 /// The main task: serves the consumer's queue, starts and joins the partition workers,
@@ -85,7 +85,7 @@ impl ConsumeLoop {
         config: Config,
         consumer: Arc<SinkConsumer>,
         ownership: Arc<Ownership>,
-        writer: Arc<Writer>,
+        writer: Arc<BatchWriter>,
         assignments: mpsc::UnboundedReceiver<Assignment>,
         from_earliest: bool,
         watchdog: GroupWatchdog,

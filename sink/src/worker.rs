@@ -1,5 +1,5 @@
 //! A partition worker: reads its partition's queue into a buffer, hands due batches to a
-//! batch task ([`Writer`]) one at a time, stores the offset after each batch that ended
+//! batch task ([`BatchWriter`]) one at a time, stores the offset after each batch that ended
 //! `Done`, and checks where a (re)started fetch really starts.
 //!
 //! Guarantee: a partition has at most one batch in flight, so a row's mutations reach HBase
@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::consumer::{blocking, SinkConsumer, SinkContext};
 use crate::metrics::kind;
 use crate::ownership::{Begin, FinishGuard, Ownership};
-use crate::writer::{BatchOutcome, BatchReport, Writer};
+use crate::writer::{BatchOutcome, BatchReport, BatchWriter};
 use crate::Error;
 
 /// A partition whose fetch was (re)started and delivered nothing for this long is checked
@@ -47,7 +47,7 @@ pub(crate) struct WorkerDeps {
     pub(crate) config: Config,
     pub(crate) consumer: Arc<SinkConsumer>,
     pub(crate) ownership: Arc<Ownership>,
-    pub(crate) writer: Arc<Writer>,
+    pub(crate) writer: Arc<BatchWriter>,
     pub(crate) permits: Arc<Semaphore>,
     /// Shutdown: stop reading, write what is buffered, exit.
     pub(crate) drain: CancellationToken,

@@ -62,7 +62,7 @@ pub(crate) struct BatchReport {
 struct Abandoned;
 
 /// What every batch task shares.
-pub(crate) struct Writer {
+pub(crate) struct BatchWriter {
     pub(crate) pool: HbasePool,
     pub(crate) producer: FutureProducer,
     pub(crate) ownership: Arc<Ownership>,
@@ -83,7 +83,7 @@ fn now_ms() -> i64 {
 
 /// One batch being written.
 struct BatchRun<'a> {
-    writer: &'a Writer,
+    writer: &'a BatchWriter,
     records: &'a [Record],
     /// Every mutation of the writable records, with its record's index (entries' sources
     /// are positions in this list).
@@ -99,7 +99,7 @@ struct BatchRun<'a> {
     exhausted: AtomicBool,
 }
 
-impl Writer {
+impl BatchWriter {
     fn hbase_ready(&self, ok: bool) {
         if self.hbase_ok.swap(ok, Ordering::Relaxed) != ok {
             self.health.set("hbase", ok);

@@ -10,12 +10,12 @@ use super::lenient::{ArrayOr, LooseValue, ObjectOr, RawEvent, RawMessage};
 use super::*;
 
 /// Collects the errors of one event.
-pub(super) struct Check {
+pub(super) struct EventCheck {
     pub(super) index: Option<usize>,
     pub(super) errors: Vec<FieldError>,
 }
 
-impl Check {
+impl EventCheck {
     pub(super) fn err(&mut self, field: &str, code: &'static str, message: impl Into<String>) {
         self.errors.push(FieldError::new(self.index, field, code, message));
     }
@@ -32,7 +32,7 @@ impl Check {
         self.id_named(|| Cow::Borrowed(field), v, required)
     }
 
-    /// [`Check::id`] with the field's name made only when there is an error (a mention's
+    /// [`EventCheck::id`] with the field's name made only when there is an error (a mention's
     /// name is formatted from its position).
     pub(super) fn id_named<'f>(
         &mut self,
@@ -134,11 +134,11 @@ pub(super) fn parse_decimal_id(s: &str) -> Result<u64, (&'static str, String)> {
 }
 
 /// Parses `sent_at`: RFC 3339 text or epoch milliseconds.
-pub(super) fn parse_time(c: &mut Check, v: &Option<LooseValue<'_>>) -> Option<i64> {
+pub(super) fn parse_time(c: &mut EventCheck, v: &Option<LooseValue<'_>>) -> Option<i64> {
     const FIELD: &str = "sent_at";
     // Epoch ms between 1970 and year 9999 (what RFC 3339 can also express).
     const MAX_MS: u64 = 253_402_300_799_999;
-    match Check::present(v)? {
+    match EventCheck::present(v)? {
         LooseValue::U64(ms) if *ms <= MAX_MS => Some(*ms as i64),
         LooseValue::U64(_) | LooseValue::Negative => {
             c.err(FIELD, "out_of_range", "sent_at epoch milliseconds must be between 1970 and 9999");
@@ -182,7 +182,7 @@ impl ObjectOr<'_, RawEvent<'_>> {
 
 impl RawEvent<'_> {
     pub(super) fn validate(self, index: Option<usize>) -> Result<EventInput, Vec<FieldError>> {
-        let mut c = Check { index, errors: Vec::new() };
+        let mut c = EventCheck { index, errors: Vec::new() };
         let event_type = c.name(
             "type",
             &self.event_type,
@@ -194,7 +194,7 @@ impl RawEvent<'_> {
         let needs_user = matches!(event_type, Some(EventType::Join | EventType::Leave | EventType::Profile));
         let user_id = c.id("user_id", &self.user_id, needs_user);
         let session_id = c.id("session_id", &self.session_id, !is_profile);
-        let session_kind = if is_profile && Check::present(&self.session_kind).is_none() {
+        let session_kind = if is_profile && EventCheck::present(&self.session_kind).is_none() {
             Some(SessionKind::Direct)
         } else {
             c.name("session_kind", &self.session_kind, SessionKind::from_name, "direct, group, channel")
@@ -208,12 +208,12 @@ impl RawEvent<'_> {
         let target_id = c.id("target_id", &self.target_id, needs_target);
         let name = c.text("name", &self.name, event_type == Some(EventType::Session), MAX_NAME_BYTES);
         let avatar_url = c.text("avatar_url", &self.avatar_url, false, MAX_AVATAR_URL_BYTES);
-        if is_profile && Check::present(&self.name).is_none() && Check::present(&self.avatar_url).is_none() {
+        if is_profile && EventCheck::present(&self.name).is_none() && EventCheck::present(&self.avatar_url).is_none() {
             c.err("name", "missing", "a profile event needs name or avatar_url");
         }
         let (session_id, sender_id) = if is_profile { (user_id, user_id) } else { (session_id, sender_id) };
         let sent_at_ms = parse_time(&mut c, &self.sent_at);
-        let client_msg_id = match Check::present(&self.client_msg_id) {
+        let client_msg_id = match EventCheck::present(&self.client_msg_id) {
             None => None,
             Some(LooseValue::Str(s)) if s.is_empty() => {
                 c.err("client_msg_id", "empty", "client_msg_id must not be empty");
@@ -276,9 +276,9 @@ impl RawEvent<'_> {
     }
 }
 
-pub(super) fn validate_message(c: &mut Check, m: RawMessage<'_>) -> Option<MessageContent> {
+pub(super) fn validate_message(c: &mut EventCheck, m: RawMessage<'_>) -> Option<MessageContent> {
     let kind = c.name("message.kind", &m.kind, MessageKind::from_name, "text, image, audio, video, file, card, system");
-    let body = match Check::present(&m.body) {
+    let body = match EventCheck::present(&m.body) {
         None => {
             c.err("message.body", "missing", "message.body is required");
             None

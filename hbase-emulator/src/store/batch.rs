@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::{Op, RowMutation};
+use super::{Op, RowEdit};
 
 /// What an op does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,8 +101,8 @@ impl MutationBatch {
     }
 }
 
-impl From<&[RowMutation]> for MutationBatch {
-    fn from(rows: &[RowMutation]) -> Self {
+impl From<&[RowEdit]> for MutationBatch {
+    fn from(rows: &[RowEdit]) -> Self {
         let mut b = MutationBatch::default();
         for rm in rows {
             let row = b.push_bytes(&rm.row);
@@ -137,15 +137,15 @@ mod tests {
     #[test]
     fn rows_and_ops_read_back_in_order() {
         let rows = vec![
-            RowMutation {
+            RowEdit {
                 row: b"r1".to_vec(),
                 ops: vec![
                     Op::Put { family: b"f".to_vec(), qualifier: b"q".to_vec(), value: b"v".to_vec() },
                     Op::DeleteFamily { family: b"g".to_vec() },
                 ],
             },
-            RowMutation { row: b"r2".to_vec(), ops: vec![] },
-            RowMutation { row: b"r3".to_vec(), ops: vec![Op::DeleteRow] },
+            RowEdit { row: b"r2".to_vec(), ops: vec![] },
+            RowEdit { row: b"r3".to_vec(), ops: vec![Op::DeleteRow] },
         ];
         let batch = MutationBatch::from(rows.as_slice());
         let read: Vec<(Vec<u8>, Vec<OpRef<'_>>)> = batch.rows().map(|(r, ops)| (r.to_vec(), ops.collect())).collect();

@@ -164,10 +164,10 @@ mod tests {
     use super::*;
     use crate::store::batch::MutationBatch;
     use crate::store::meta::TableMeta;
-    use crate::store::{FamilyDescriptor, Op, RowMutation};
+    use crate::store::{FamilyDescriptor, Op, RowEdit};
 
     fn delta(ts: i64, ops: &[Op]) -> Vec<u8> {
-        let batch = MutationBatch::from(&[RowMutation { row: b"r".to_vec(), ops: ops.to_vec() }][..]);
+        let batch = MutationBatch::from(&[RowEdit { row: b"r".to_vec(), ops: ops.to_vec() }][..]);
         let (_, ops) = batch.rows().next().unwrap();
         super::delta(ts, ops)
     }

@@ -60,7 +60,7 @@ pub use engine::{Durability, Engine, EngineOptions, EngineStats, LOCK_FILE, LSM_
 use meta::show;
 pub use meta::{validate_table_name, FamilyDescriptor, TableMeta};
 use read::{load_row, read_row, resolve_selection};
-pub use read::{Cell, PreparedScan, RowCells, ScanCursor, ScanSpec};
+pub use read::{PreparedScan, RowCells, ScanCursor, ScanSpec, StoredCell};
 
 /// HBase's `HConstants.LATEST_TIMESTAMP`: "the server's current time".
 pub const LATEST_TIMESTAMP: i64 = i64::MAX;
@@ -145,7 +145,7 @@ pub struct Increment {
 
 /// The changes to one row.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowMutation {
+pub struct RowEdit {
     pub row: Vec<u8>,
     pub ops: Vec<Op>,
 }
@@ -299,7 +299,7 @@ impl Store {
     /// timestamp of every put and the upper bound of every delete; `None` (or
     /// [`LATEST_TIMESTAMP`]) means `now`. Every family is checked before anything is written:
     /// a batch naming an unknown family writes nothing.
-    pub fn mutate(&self, table: &[u8], rows: Vec<RowMutation>, ts: Option<i64>, now: i64) -> Result<(), StoreError> {
+    pub fn mutate(&self, table: &[u8], rows: Vec<RowEdit>, ts: Option<i64>, now: i64) -> Result<(), StoreError> {
         self.mutate_batch(table, &MutationBatch::from(rows.as_slice()), ts, now)
     }
 
@@ -359,7 +359,7 @@ impl Store {
     }
 
     /// The cells of one row; empty if the row has none that qualify.
-    pub fn get(&self, table: &[u8], key: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<Cell>, StoreError> {
+    pub fn get(&self, table: &[u8], key: &[u8], spec: &ReadSpec, now: i64) -> Result<Vec<StoredCell>, StoreError> {
         let meta = self.readable(table)?;
         let selection = resolve_selection(&meta, &spec.columns)?;
         let mut folds = Vec::new();

@@ -18,7 +18,7 @@ use crate::row::Row;
 
 /// One version of one cell, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cell {
+pub struct StoredCell {
     pub family: Vec<u8>,
     pub qualifier: Vec<u8>,
     pub ts: i64,
@@ -29,7 +29,7 @@ pub struct Cell {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowCells {
     pub row: Vec<u8>,
-    pub cells: Vec<Cell>,
+    pub cells: Vec<StoredCell>,
 }
 
 /// `columns` resolved as HBase resolves a Get's family map: `None` = the whole family.
@@ -117,7 +117,7 @@ pub fn read_row(
     spec: &ReadSpec,
     filter: &Filter,
     now: i64,
-) -> Vec<Cell> {
+) -> Vec<StoredCell> {
     struct Candidate<'r> {
         family: &'r [u8],
         qualifier: &'r [u8],
@@ -183,7 +183,7 @@ pub fn read_row(
             continue;
         }
         taken += 1;
-        cells.push(Cell {
+        cells.push(StoredCell {
             family: c.family.to_vec(),
             qualifier: c.qualifier.to_vec(),
             ts: c.ts,

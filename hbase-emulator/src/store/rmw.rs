@@ -10,7 +10,7 @@ use super::commit::Txn;
 use super::edit::max_versions;
 use super::meta::show;
 use super::read::expired;
-use super::{Cell, Increment, Store, StoreError, TableMeta};
+use super::{Increment, Store, StoreError, StoredCell, TableMeta};
 use crate::row::Row;
 
 /// The newest visible (unexpired) version of a column.
@@ -89,7 +89,7 @@ impl Store {
         key: &[u8],
         columns: &[(Vec<u8>, Vec<u8>, Vec<u8>)],
         now: i64,
-    ) -> Result<Vec<Cell>, StoreError> {
+    ) -> Result<Vec<StoredCell>, StoreError> {
         let (key, columns) = (key.to_vec(), columns.to_vec());
         self.read_modify_write(table, 1, move |txn| {
             let mut out = Vec::with_capacity(columns.len());
@@ -105,7 +105,7 @@ impl Store {
                 };
                 row.put(family, qualifier, &value, ts, max_versions(txn.meta, family));
                 txn.save(&key, row);
-                out.push(Cell { family: family.clone(), qualifier: qualifier.clone(), ts, value });
+                out.push(StoredCell { family: family.clone(), qualifier: qualifier.clone(), ts, value });
             }
             Ok(out)
         })

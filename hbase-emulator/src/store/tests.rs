@@ -20,11 +20,11 @@ fn store_with(families: &[(&str, i32, i32)]) -> Store {
     store
 }
 
-fn put(row: &str, fam: &str, q: &str, v: &str) -> RowMutation {
-    RowMutation { row: row.into(), ops: vec![Op::Put { family: fam.into(), qualifier: q.into(), value: v.into() }] }
+fn put(row: &str, fam: &str, q: &str, v: &str) -> RowEdit {
+    RowEdit { row: row.into(), ops: vec![Op::Put { family: fam.into(), qualifier: q.into(), value: v.into() }] }
 }
 
-fn values(cells: &[Cell]) -> Vec<(String, i64, String)> {
+fn values(cells: &[StoredCell]) -> Vec<(String, i64, String)> {
     cells.iter().map(|c| (format!("{}:{}", show(&c.family), show(&c.qualifier)), c.ts, show(&c.value))).collect()
 }
 
@@ -51,10 +51,8 @@ fn column_delete_masks_older_puts_even_ones_written_later() {
     let s = store_with(&[("f", 3, TTL_FOREVER)]);
     s.mutate(b"t", vec![put("r", "f", "q", "old")], Some(100), NOW).unwrap();
     s.mutate(b"t", vec![put("r", "f", "keep", "k")], Some(100), NOW).unwrap();
-    let del = RowMutation {
-        row: b"r".to_vec(),
-        ops: vec![Op::DeleteColumn { family: b"f".to_vec(), qualifier: b"q".to_vec() }],
-    };
+    let del =
+        RowEdit { row: b"r".to_vec(), ops: vec![Op::DeleteColumn { family: b"f".to_vec(), qualifier: b"q".to_vec() }] };
     s.mutate(b"t", vec![del], Some(200), NOW).unwrap();
     s.mutate(b"t", vec![put("r", "f", "q", "late-but-old")], Some(150), NOW).unwrap();
     assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("f:keep".into(), 100, "k".into())]);
@@ -69,10 +67,10 @@ fn column_delete_masks_older_puts_even_ones_written_later() {
 fn family_and_row_deletes_mask_at_or_below_their_timestamp() {
     let s = store_with(&[("a", 3, TTL_FOREVER), ("b", 3, TTL_FOREVER)]);
     s.mutate(b"t", vec![put("r", "a", "x", "1"), put("r", "b", "y", "2")], Some(50), NOW).unwrap();
-    let del = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteFamily { family: b"a".to_vec() }] };
+    let del = RowEdit { row: b"r".to_vec(), ops: vec![Op::DeleteFamily { family: b"a".to_vec() }] };
     s.mutate(b"t", vec![del], Some(50), NOW).unwrap();
     assert_eq!(values(&s.get(b"t", b"r", &versions(3), NOW).unwrap()), vec![("b:y".into(), 50, "2".into())]);
-    let del_row = RowMutation { row: b"r".to_vec(), ops: vec![Op::DeleteRow] };
+    let del_row = RowEdit { row: b"r".to_vec(), ops: vec![Op::DeleteRow] };
     s.mutate(b"t", vec![del_row], None, NOW).unwrap();
     assert!(s.get(b"t", b"r", &versions(3), NOW).unwrap().is_empty());
     // A put after the delete, at a later server time, is visible again.
@@ -196,7 +194,7 @@ fn rows_survive_flushes_compactions_and_reopening_and_the_dir_is_locked() {
         }
         // A row in a sorted file, rewritten in the memstore: the newest value wins.
         s.mutate(b"t", vec![put("r00001", "f", "q", "new")], None, NOW + 1).unwrap();
-        let del = RowMutation { row: b"r00002".to_vec(), ops: vec![Op::DeleteRow] };
+        let del = RowEdit { row: b"r00002".to_vec(), ops: vec![Op::DeleteRow] };
         s.mutate(b"t", vec![del], None, NOW + 1).unwrap();
         assert!(s.stats().flushes >= 2, "{:?}", s.stats());
         let second = Store::open(dir.path(), options).unwrap_err();
@@ -232,7 +230,7 @@ fn a_row_read_with_many_edits_is_folded_into_one_and_reads_the_same() {
         )
         .unwrap();
     }
-    let del = RowMutation {
+    let del = RowEdit {
         row: b"r".to_vec(),
         ops: vec![Op::DeleteColumn { family: b"f".to_vec(), qualifier: b"q3".to_vec() }],
     };
