@@ -99,25 +99,10 @@ fn next_events(shared: &Shared, rng: &mut StdRng, seq: &mut u64, worker: usize) 
                 member(plan.id, 0)
             }
         });
-        out.push(EventInput {
-            event_type: EventType::Message,
-            session_id: plan.id,
-            session_kind: plan.kind,
-            sender_id: sender,
-            recipient_id: recipient,
-            client_msg_id: Some(format!("load-{}-{worker}-{seq}", shared.args.seed)),
-            sent_at_ms: None,
-            message: Some(MessageContent {
-                kind: shared.pick_kind(rng),
-                body: body(rng, shared.args.body_size),
-                mentions: vec![],
-            }),
-            target_id: None,
-            user_id: None,
-            read_seq: None,
-            name: None,
-            avatar_url: None,
-        });
+        let content =
+            MessageContent { kind: shared.pick_kind(rng), body: body(rng, shared.args.body_size), mentions: vec![] };
+        let client_msg_id = format!("load-{}-{worker}-{seq}", shared.args.seed);
+        out.push(message_input((plan.id, plan.kind), sender, recipient, client_msg_id, content));
     }
     out
 }
@@ -345,4 +330,29 @@ pub async fn generate(args: LoadArgs, stop: Option<Arc<AtomicBool>>) -> Result<R
         report.verified = Some(verified);
     }
     Ok(report)
+}
+
+/// A message event of `sender` in `session` (id and kind), with every other field absent.
+pub(super) fn message_input(
+    (session_id, session_kind): (u64, SessionKind),
+    sender_id: u64,
+    recipient_id: Option<u64>,
+    client_msg_id: String,
+    message: MessageContent,
+) -> EventInput {
+    EventInput {
+        event_type: EventType::Message,
+        session_id,
+        session_kind,
+        sender_id,
+        recipient_id,
+        client_msg_id: Some(client_msg_id),
+        sent_at_ms: None,
+        message: Some(message),
+        target_id: None,
+        user_id: None,
+        read_seq: None,
+        name: None,
+        avatar_url: None,
+    }
 }

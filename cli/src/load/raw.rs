@@ -1,6 +1,6 @@
 //! The baseline of `--raw-kafka-brokers`: the same events produced straight to the broker.
 
-use super::generate::body;
+use super::generate::{body, message_input};
 use super::*;
 
 /// The broker's raw produce ceiling for the same events: a producer loop with the
@@ -27,25 +27,10 @@ pub(super) async fn raw_ceiling(args: &LoadArgs, brokers: &str) -> Result<()> {
         for _ in 0..1000 {
             id += 1;
             let session = rng.gen_range(0..args.sessions);
-            let input = EventInput {
-                event_type: EventType::Message,
-                session_id: session + 1,
-                session_kind: SessionKind::Group,
-                sender_id: id % 50 + 1,
-                recipient_id: None,
-                client_msg_id: Some(format!("raw-{id}")),
-                sent_at_ms: None,
-                message: Some(MessageContent {
-                    kind: MessageKind::Text,
-                    body: body(&mut rng, args.body_size),
-                    mentions: vec![],
-                }),
-                target_id: None,
-                user_id: None,
-                read_seq: None,
-                name: None,
-                avatar_url: None,
-            };
+            let content =
+                MessageContent { kind: MessageKind::Text, body: body(&mut rng, args.body_size), mentions: vec![] };
+            let input =
+                message_input((session + 1, SessionKind::Group), id % 50 + 1, None, format!("raw-{id}"), content);
             let ev =
                 chatpipe_common::event::ChatEvent::from_input(input, id, chrono::Utc::now().timestamp_millis(), 60_000);
             batch.push((ev.session_id.to_string(), chatpipe_common::envelope::encode(&ev)?));
